@@ -1,0 +1,58 @@
+"""Input validation shared by every op: clear errors before XLA sees the data.
+
+Each check names the argument, what it received and what it expected, and
+raises ``TypeError`` (wrong kind of thing) or ``ValueError`` (wrong shape or
+value). They read only static shapes and dtypes, so they also run under
+``jit``/``vmap``/``grad`` tracing.
+"""
+from __future__ import annotations
+
+import numbers
+
+import jax.numpy as jnp
+import numpy as np
+
+
+def floating(name, x):
+    """Require a floating-point array (any of float16/bfloat16/float32/float64)."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        raise TypeError(f"{name} must be an array, got {type(x).__name__}")
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"{name} must have a floating dtype, got {dtype} "
+                        f"(cast it, e.g. {name}.astype(jnp.float32))")
+
+
+def rank(name, x, ranks, layout):
+    """Require ``x.ndim`` in ``ranks``; ``layout`` describes the expected axes."""
+    ranks = (ranks,) if isinstance(ranks, int) else tuple(ranks)
+    if x.ndim not in ranks:
+        raise ValueError(f"{name} must have rank {' or '.join(map(str, ranks))} "
+                         f"({layout}), got shape {tuple(x.shape)}")
+
+
+def shape(name, x, expected, meaning=""):
+    """Require ``x.shape == expected``."""
+    if tuple(x.shape) != tuple(expected):
+        extra = f" ({meaning})" if meaning else ""
+        raise ValueError(f"{name} must have shape {tuple(expected)}{extra}, "
+                         f"got {tuple(x.shape)}")
+
+
+def pair(name, v, minimum):
+    """Normalize an int or a pair of ints to a tuple, each ``>= minimum``."""
+    vals = (v, v) if isinstance(v, numbers.Integral) else v
+    if (not isinstance(vals, (tuple, list)) or len(vals) != 2
+            or not all(isinstance(i, (numbers.Integral, np.integer)) and not isinstance(i, bool)
+                       for i in vals)):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
+    if any(i < minimum for i in vals):
+        raise ValueError(f"{name} must be >= {minimum}, got {v!r}")
+    return int(vals[0]), int(vals[1])
+
+
+def number(name, v):
+    """Require a Python (static) real number, e.g. a slope or an epsilon."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name} must be a Python number, got {type(v).__name__}")
+    return float(v)

@@ -1,0 +1,164 @@
+"""2-D convolution (cross-correlation, as in every deep-learning library).
+
+Derivation section "CNN 卷积层". With ``X̃ = im2col(X)`` — rows ``(n, h', w')``,
+columns ``(i, fh, fw)`` — and ``F̃ = reshape(F, O, I·FH·FW)ᵀ``:
+
+    forward   Ỹ = X̃ F̃ + B̃                   ((N·H'·W') × O, then to N×O×H'×W')
+    backward  δb = Σ_rows δỸ
+              δF̃ = X̃ᵀ δỸ                     (NOTES.md, care 1: not δX̃ᵀ δỸ)
+              δX = col2im(δỸ F̃ᵀ)             (col2im *adds* overlapping patches)
+
+The products are written as ``einsum`` over named axes instead of reshaping
+``X̃`` into a matrix: the contraction is the same, and XLA picks the memory
+order. The explicit path materializes ``X̃`` (``FH·FW`` times the input) in the
+forward pass and again in the backward pass; it saves ``x``, not ``X̃``.
+
+``algorithm="implicit"`` executes the *same* three rules as XLA convolutions,
+never building ``X̃``: ``δX̃ F̃``-then-col2im is a correlation of the
+stride-dilated ``δY`` with the spatially flipped, in/out-swapped kernel, and
+``X̃ᵀ δỸ`` is a correlation of ``X`` with ``δY`` (dilated by the stride) in
+which the batch axis is the one contracted.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxbp import _checks, _windows
+from jaxbp._op import like, with_twin
+
+# einsum subscripts of the patch tensor and of the output, per layout;
+# the kernel is always "ock" = (O, I, FH·FW).
+_SUBSCRIPTS = {"NCHW": ("nckhw", "nohw"), "NHWC": ("nhwkc", "nhwo")}
+# lax dimension numbers: forward, then the two backward convolutions.
+_DIMS = {
+    "NCHW": dict(fwd=("NCHW", "OIHW", "NCHW"), dx=("NCHW", "IOHW", "NCHW"),
+                 dw=("CNHW", "IOHW", "CNHW")),
+    "NHWC": dict(fwd=("NHWC", "OIHW", "NHWC"), dx=("NHWC", "IOHW", "NHWC"),
+                 dw=("CHWN", "IHWO", "CNHW")),
+}
+
+
+def _bias_shape(layout, o):
+    return (1, o, 1, 1) if layout == "NCHW" else (1, 1, 1, o)
+
+
+def _explicit(x, w, b, stride, pads, layout):
+    o, c, fh, fw = w.shape
+    (ah, aw), _ = _windows.LAYOUTS[layout]
+    out = _windows.out_hw((x.shape[ah], x.shape[aw]), (fh, fw), stride, pads)
+    cols = _windows.im2col(_windows.pad(x, pads, layout), (fh, fw), stride, out, layout)
+    xs, ys = _SUBSCRIPTS[layout]
+    y = jnp.einsum(f"{xs},ock->{ys}", cols, w.reshape(o, c, fh * fw))  # Ỹ = X̃ F̃
+    return y if b is None else y + b.reshape(_bias_shape(layout, o))
+
+
+def _explicit_fwd(x, w, b, stride, pads, layout):
+    return _explicit(x, w, b, stride, pads, layout), (x, w, b)
+
+
+def _explicit_bwd(stride, pads, layout, res, g):
+    x, w, b = res
+    o, c, fh, fw = w.shape
+    (ah, aw), ch = _windows.LAYOUTS[layout]
+    in_hw = (x.shape[ah], x.shape[aw])
+    padded = tuple(n + lo + hi for n, (lo, hi) in zip(in_hw, pads))
+    out = (g.shape[ah], g.shape[aw])
+    xs, ys = _SUBSCRIPTS[layout]
+    # Recompute X̃ rather than keep it alive between the passes.
+    cols = _windows.im2col(_windows.pad(x, pads, layout), (fh, fw), stride, out, layout)
+    dw = jnp.einsum(f"{xs},{ys}->ock", cols, g).reshape(w.shape)          # δF̃ = X̃ᵀ δỸ
+    dcols = jnp.einsum(f"{ys},ock->{xs}", g, w.reshape(o, c, fh * fw))    # δX̃ = δỸ F̃ᵀ
+    dx = _windows.unpad(_windows.col2im(dcols, (fh, fw), stride, padded, layout),
+                        pads, in_hw, layout)                               # δX = col2im(δX̃)
+    db = None if b is None else g.sum(axis=tuple(a for a in range(4) if a != ch))
+    return like((dx, dw, db), (x, w, b))
+
+
+def _implicit(x, w, b, stride, pads, layout):
+    y = lax.conv_general_dilated(x, w, stride, pads, dimension_numbers=_DIMS[layout]["fwd"])
+    return y if b is None else y + b.reshape(_bias_shape(layout, w.shape[0]))
+
+
+def _implicit_fwd(x, w, b, stride, pads, layout):
+    return _implicit(x, w, b, stride, pads, layout), (x, w, b)
+
+
+def _implicit_bwd(stride, pads, layout, res, g):
+    x, w, b = res
+    _, _, fh, fw = w.shape
+    (ah, aw), ch = _windows.LAYOUTS[layout]
+    in_hw = (x.shape[ah], x.shape[aw])
+    out = (g.shape[ah], g.shape[aw])
+    # Rows/columns of the padded input that no window reaches (stride leftovers).
+    rest = [n + lo + hi - k - s * (m - 1)
+            for n, (lo, hi), k, s, m in zip(in_hw, pads, (fh, fw), stride, out)]
+    # δX = col2im(δỸ F̃ᵀ): full correlation of the stride-dilated δY with the
+    # flipped kernel, giving the padded input's gradient; then drop the padding.
+    dxp = lax.conv_general_dilated(
+        g, jnp.flip(w, (2, 3)).astype(g.dtype), (1, 1),
+        [(fh - 1, fh - 1 + rest[0]), (fw - 1, fw - 1 + rest[1])],
+        lhs_dilation=stride, dimension_numbers=_DIMS[layout]["dx"])
+    dx = _windows.unpad(dxp, pads, in_hw, layout)
+    # δF̃ = X̃ᵀ δỸ: correlate X with δY (dilated by the stride), contracting the batch.
+    dw = lax.conv_general_dilated(
+        x, g.astype(x.dtype), (1, 1), list(pads), rhs_dilation=stride,
+        dimension_numbers=_DIMS[layout]["dw"])[:, :, :fh, :fw]
+    db = None if b is None else g.sum(axis=tuple(a for a in range(4) if a != ch))
+    return like((dx, dw, db), (x, w, b))
+
+
+_explicit_vjp = jax.custom_vjp(_explicit, nondiff_argnums=(3, 4, 5))
+_explicit_vjp.defvjp(_explicit_fwd, _explicit_bwd)
+_implicit_vjp = jax.custom_vjp(_implicit, nondiff_argnums=(3, 4, 5))
+_implicit_vjp.defvjp(_implicit_fwd, _implicit_bwd)
+
+_ALGORITHMS = {"explicit": (_explicit_vjp, _explicit), "implicit": (_implicit_vjp, _implicit)}
+
+
+def _pick(custom):
+    def impl(algorithm, *args):
+        return _ALGORITHMS[algorithm][0 if custom else 1](*args)
+    return impl
+
+
+@with_twin(_pick(True), _pick(False))
+def conv2d(impl, x, w, b=None, stride=1, padding=0, *, algorithm="explicit", layout="NCHW"):
+    """2-D convolution by explicit im2col: ``Y = X ⊗ F + b``.
+
+    Backward (derivation "CNN 卷积层", 反向传播): ``δb = Σ_rows δỸ``,
+    ``δF̃ = X̃ᵀ δỸ``, ``δX = col2im(δỸ F̃ᵀ)``. Saves ``x`` and ``w``; the patch
+    matrix ``X̃`` is rebuilt in the backward pass.
+
+    Args:
+      x: ``(N, I, H, W)`` input (``(N, H, W, I)`` when ``layout="NHWC"``).
+      w: ``(O, I, FH, FW)`` kernel, in both layouts.
+      b: ``(O,)`` bias, or ``None``.
+      stride: int or ``(sh, sw)``, each ≥ 1.
+      padding: int, ``(ph, pw)``, ``((top, bottom), (left, right))``, ``"SAME"``
+        (output ``ceil(H / sh)``) or ``"VALID"``; zeros are padded.
+      algorithm: ``"explicit"`` (build ``X̃``) or ``"implicit"`` (the same rules
+        as XLA convolutions, ``X̃`` never materialized).
+      layout: ``"NCHW"`` or ``"NHWC"`` for ``x`` and the result.
+
+    Returns:
+      ``(N, O, H', W')`` (or ``(N, H', W', O)``), ``H' = (H + pads − FH) // sh + 1``.
+    """
+    (ah, aw), ch = _windows.check_layout(layout)
+    if algorithm not in _ALGORITHMS:
+        raise ValueError(f"algorithm must be 'explicit' or 'implicit', got {algorithm!r}")
+    for name, a in (("x", x), ("w", w)) + ((("b", b),) if b is not None else ()):
+        _checks.floating(name, a)
+    _checks.rank("x", x, 4, " ".join(layout))
+    _checks.rank("w", w, 4, "O I FH FW")
+    if w.shape[1] != x.shape[ch]:
+        raise ValueError(f"w must have {x.shape[ch]} input channels (axis 1) to match x of "
+                         f"shape {tuple(x.shape)} ({layout}), got w of shape {tuple(w.shape)}")
+    if b is not None:
+        _checks.shape("b", b, (w.shape[0],), "one entry per output channel of w")
+    stride = _checks.pair("stride", stride, 1)
+    in_hw, window = (x.shape[ah], x.shape[aw]), tuple(w.shape[2:])
+    pads = _windows.resolve_padding(padding, in_hw, window, stride)
+    _windows.out_hw(in_hw, window, stride, pads)
+    return impl(algorithm, x, w, b, stride, pads, layout)

@@ -1,0 +1,110 @@
+"""Sliding windows over the two spatial axes: im2col and col2im.
+
+Shared by convolution and pooling. Only static slices and pads are used (no
+gather or scatter with index arrays, which are slow on GPUs in current XLA).
+
+Layouts: ``"NCHW"`` (spatial axes 2, 3) and ``"NHWC"`` (spatial axes 1, 2).
+The window axis of length ``K = FH·FW`` (ordered ``(fh, fw)``, row-major) is
+inserted after the channel axis for NCHW — ``N,C,H,W -> N,C,K,H',W'`` — and
+before it for NHWC — ``N,H,W,C -> N,H',W',K,C`` — so that in both layouts one
+patch is contiguous along the axes that the following contraction reduces.
+"""
+from __future__ import annotations
+
+import itertools
+
+import jax.numpy as jnp
+from jax import lax
+
+from jaxbp import _checks
+
+LAYOUTS = {"NCHW": ((2, 3), 1), "NHWC": ((1, 2), 3)}  # spatial axes, channel axis
+WINDOW_AXIS = {"NCHW": 2, "NHWC": 3}
+
+
+def check_layout(layout):
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
+    return LAYOUTS[layout]
+
+
+def resolve_padding(padding, in_hw, window, stride):
+    """``padding`` (int, pair, pair of pairs, 'SAME', 'VALID') -> ((top, bottom), (left, right))."""
+    if isinstance(padding, str):
+        mode = padding.upper()
+        if mode == "VALID":
+            return ((0, 0), (0, 0))
+        if mode == "SAME":
+            # As lax/TensorFlow: output ceil(in / stride), the odd extra row at the end.
+            pads = []
+            for n, k, s in zip(in_hw, window, stride):
+                total = max((-(-n // s) - 1) * s + k - n, 0)
+                pads.append((total // 2, total - total // 2))
+            return tuple(pads)
+        raise ValueError(f"padding must be an int, a pair, 'SAME' or 'VALID', got {padding!r}")
+    if (isinstance(padding, (tuple, list)) and len(padding) == 2
+            and all(isinstance(p, (tuple, list)) for p in padding)):
+        return tuple(_checks.pair("padding", p, 0) for p in padding)
+    ph, pw = _checks.pair("padding", padding, 0)
+    return ((ph, ph), (pw, pw))
+
+
+def out_hw(in_hw, window, stride, pads, what="kernel"):
+    """Output size ``(H', W')``, checking that the window fits the padded input."""
+    padded = tuple(n + lo + hi for n, (lo, hi) in zip(in_hw, pads))
+    if any(k > p for k, p in zip(window, padded)):
+        raise ValueError(f"{what} of size {tuple(window)} is larger than the padded input "
+                         f"{padded} (input {tuple(in_hw)}, padding {pads})")
+    return tuple((p - k) // s + 1 for p, k, s in zip(padded, window, stride))
+
+
+def pad(x, pads, layout, value=0):
+    (ah, aw), _ = LAYOUTS[layout]
+    config = [(0, 0)] * x.ndim
+    config[ah], config[aw] = pads
+    return jnp.pad(x, config, constant_values=value)
+
+
+def unpad(xp, pads, in_hw, layout):
+    (ah, aw), _ = LAYOUTS[layout]
+    start, limit = [0] * xp.ndim, list(xp.shape)
+    for a, (lo, _), n in zip((ah, aw), pads, in_hw):
+        start[a], limit[a] = lo, lo + n
+    return lax.slice(xp, start, limit)
+
+
+def im2col(xp, window, stride, out, layout):
+    """Padded input -> every window, stacked on a new axis.
+
+    NCHW: ``N,C,Hp,Wp -> N,C,K,H',W'``; NHWC: ``N,Hp,Wp,C -> N,H',W',K,C``;
+    entry ``k = fh·FW + fw`` holds ``xp[..., fh + s·h', fw + s·w', ...]``.
+    """
+    (ah, aw), _ = LAYOUTS[layout]
+    cols = []
+    for i, j in itertools.product(range(window[0]), range(window[1])):
+        start, limit, strides = [0] * xp.ndim, list(xp.shape), [1] * xp.ndim
+        for a, o, s, k in ((ah, out[0], stride[0], i), (aw, out[1], stride[1], j)):
+            start[a], limit[a], strides[a] = k, k + s * (o - 1) + 1, s
+        cols.append(lax.slice(xp, start, limit, strides))
+    return jnp.stack(cols, axis=WINDOW_AXIS[layout])
+
+
+def col2im(cols, window, stride, padded_hw, layout):
+    """Adjoint of :func:`im2col`: put each window entry back, *adding* overlaps.
+
+    NCHW: ``N,C,K,H',W' -> N,C,Hp,Wp``; NHWC: ``N,H',W',K,C -> N,Hp,Wp,C``.
+    Entry ``k = (fh, fw)`` is spread to stride ``s`` by interior padding and
+    shifted by ``(fh, fw)`` by edge padding; the ``K`` shifted copies are summed.
+    """
+    (ah, aw), _ = LAYOUTS[layout]
+    k_axis = WINDOW_AXIS[layout]
+    total = None
+    for k, (i, j) in enumerate(itertools.product(range(window[0]), range(window[1]))):
+        part = lax.index_in_dim(cols, k, k_axis, keepdims=False)
+        config = [(0, 0, 0)] * part.ndim
+        for a, s, off, p in ((ah, stride[0], i, padded_hw[0]), (aw, stride[1], j, padded_hw[1])):
+            span = s * (part.shape[a] - 1) + 1
+            config[a] = (off, p - off - span, s - 1)
+        part = lax.pad(part, jnp.zeros((), part.dtype), config)
+        total = part if total is None else total + part
+    return total

@@ -1,0 +1,14 @@
+"""The ops with the hand-derived backward rules (``jax.custom_vjp``).
+
+Same names as :mod:`jaxbp.autodiff`, whose functions are these ops' autodiff
+twins, so a model can be built on either namespace.
+"""
+from jaxbp._activation import leaky_relu, relu, sigmoid, tanh
+from jaxbp._conv import conv2d
+from jaxbp._dense import dense
+from jaxbp._loss import euclidean_loss, mse, softmax_cross_entropy
+from jaxbp._norm import batch_norm
+from jaxbp._pool import avg_pool2d, max_pool2d
+
+__all__ = ["avg_pool2d", "batch_norm", "conv2d", "dense", "euclidean_loss", "leaky_relu",
+           "max_pool2d", "mse", "relu", "sigmoid", "softmax_cross_entropy", "tanh"]

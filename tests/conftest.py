@@ -1,0 +1,10 @@
+import os
+
+# 8 CPU devices for the sharding tests; must precede the first jax import.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+import jax  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+# Accidental broadcasting is the usual bug of a hand-written backward pass.
+jax.config.update("jax_numpy_rank_promotion", "raise")

@@ -1,0 +1,167 @@
+"""The three checks every op gets: twin, finite differences, composition.
+
+A :class:`Case` is one op applied to fixed arguments; ``argnums`` names the
+arguments differentiated. The custom op is ``case.op``, its twin
+``case.op.autodiff``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.test_util import check_grads
+
+TWIN_TOL = 1e-10       # float64, first order
+TWIN_TOL_2ND = 1e-8    # float64, grad of grad
+
+
+@dataclasses.dataclass
+class Case:
+    op: Callable
+    args: tuple
+    argnums: tuple
+    kwargs: dict = dataclasses.field(default_factory=dict)
+
+    def fn(self, impl):
+        def f(*diff):
+            args = list(self.args)
+            for i, d in zip(self.argnums, diff):
+                args[i] = d
+            return impl(*args, **self.kwargs)
+        return f
+
+    @property
+    def diff(self):
+        return tuple(self.args[i] for i in self.argnums)
+
+
+def normal(seed, *shapes, dtype=jnp.float64):
+    keys = jax.random.split(jax.random.key(seed), len(shapes))
+    return tuple(jax.random.normal(k, s, dtype) for k, s in zip(keys, shapes))
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
+
+
+def assert_close_trees(a, b, tol):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        assert x.shape == y.shape and x.dtype == y.dtype, (x.shape, x.dtype, y.shape, y.dtype)
+        assert rel_err(x, y) <= tol, rel_err(x, y)
+
+
+def _cotangent(y, seed=7):
+    leaves, tree = jax.tree.flatten(y)
+    return tree.unflatten(normal(seed, *[l.shape for l in leaves], dtype=leaves[0].dtype))
+
+
+def vjp(case, impl):
+    """Primal and pullback of a random cotangent, in one compiled computation."""
+    f = case.fn(impl)
+    ct = _cotangent(jax.eval_shape(f, *case.diff))
+
+    @jax.jit
+    def run(diff, ct):
+        y, pullback = jax.vjp(f, *diff)
+        return y, pullback(ct)
+
+    return run(case.diff, ct)
+
+
+def scalar_loss(case, impl):
+    """A scalar of the op's outputs with fixed random weights (for grad of grad)."""
+    f = case.fn(impl)
+    w = _cotangent(jax.eval_shape(f, *case.diff), seed=11)
+    return lambda *d: sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(f(*d)), jax.tree.leaves(w)))
+
+
+def assert_twin(case):
+    """Custom VJP vs autodiff twin in float64: same primal, gradients within TWIN_TOL."""
+    y, g = vjp(case, case.op)
+    y_twin, g_twin = vjp(case, case.op.autodiff)
+    assert_close_trees(y, y_twin, 1e-14)  # same forward; fusion may reorder a sum
+    assert_close_trees(g, g_twin, TWIN_TOL)
+
+
+def assert_finite_differences(case):
+    check_grads(jax.jit(case.fn(case.op)), case.diff, order=1, modes=["rev"])
+
+
+def assert_second_order(case):
+    """grad of (grad · v): custom vs twin within TWIN_TOL_2ND."""
+    v = normal(5, *[d.shape for d in case.diff])
+
+    def hvp(impl):
+        grad = jax.grad(scalar_loss(case, impl), argnums=tuple(range(len(case.diff))))
+        return jax.grad(lambda *d: sum(jnp.vdot(a, b) for a, b in zip(grad(*d), v)),
+                        argnums=tuple(range(len(case.diff))))(*case.diff)
+
+    assert_close_trees(jax.jit(lambda: hvp(case.op))(), jax.jit(lambda: hvp(case.op.autodiff))(),
+                       TWIN_TOL_2ND)
+
+
+def assert_composes(case, batched=True):
+    """Under jit, checkpoint and vmap the custom gradients stay the same."""
+    loss = scalar_loss(case, case.op)
+    grad = jax.grad(loss, argnums=tuple(range(len(case.diff))))
+    expected = jax.jit(grad)(*case.diff)
+    remat = jax.jit(jax.grad(jax.checkpoint(loss), argnums=tuple(range(len(case.diff)))))
+    assert_close_trees(remat(*case.diff), expected, 1e-12)
+    # vmap over a new leading axis of two stacked copies (the second one scaled).
+    stacked = tuple(jnp.stack([d, 0.5 * d]) for d in case.diff)
+    per_example = jax.jit(jax.vmap(grad))(*stacked)
+    for i, scale in enumerate((1.0, 0.5)):
+        one = jax.jit(grad)(*(scale * d for d in case.diff))
+        assert_close_trees([p[i] for p in per_example], one, 1e-12)
+
+
+def assert_sharded(case, batch_args):
+    """jit with the batch axis of ``batch_args`` sharded over all devices."""
+    devices = jax.devices()
+    mesh = Mesh(np.array(devices), ("batch",))
+    args = list(case.diff)
+    for i in batch_args:
+        assert args[i].shape[0] % len(devices) == 0
+        args[i] = jax.device_put(args[i], NamedSharding(mesh, P("batch")))
+    grad = jax.jit(jax.grad(scalar_loss(case, case.op), argnums=tuple(range(len(args)))))
+    sharded = grad(*args)
+    assert len(args[batch_args[0]].sharding.device_set) == len(devices)
+    assert_close_trees(sharded, grad(*case.diff), 1e-12)
+
+
+FIRST_ORDER = {"twin": assert_twin, "finite_differences": assert_finite_differences}
+COMPOSITION = {"second_order": assert_second_order, "composes": assert_composes}
+
+
+def gradient_test(cases, composition=None):
+    """One parametrized test: every case x the first-order checks, and the cases
+    named in ``composition`` (default: all) x grad-of-grad and jit/vmap/checkpoint."""
+    import pytest
+
+    composition = list(cases) if composition is None else composition
+    assert set(composition) <= set(cases), set(composition) - set(cases)
+    params = [(n, c) for n in cases for c in FIRST_ORDER]
+    params += [(n, c) for n in composition for c in COMPOSITION]
+
+    @pytest.mark.parametrize("name,check", params)
+    def test_gradients(name, check):
+        {**FIRST_ORDER, **COMPOSITION}[check](cases[name])
+
+    return test_gradients
+
+
+def sharded_test(cases, batch_args=(0,)):
+    """jit over all devices with the batch sharded, for the cases whose batch is 8."""
+    import pytest
+
+    @pytest.mark.skipif(jax.device_count() < 2, reason="needs several devices")
+    @pytest.mark.parametrize("name", list(cases))
+    def test_sharded(name):
+        assert_sharded(cases[name], batch_args)
+
+    return test_sharded

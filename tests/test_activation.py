@@ -1,0 +1,44 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxbp
+from helpers import Case, gradient_test, normal
+
+OPS = {"relu": jaxbp.relu, "sigmoid": jaxbp.sigmoid, "tanh": jaxbp.tanh,
+       "leaky_relu": jaxbp.leaky_relu}
+CASES = {name: Case(op, normal(i, (4, 5)), (0,)) for i, (name, op) in enumerate(OPS.items())}
+CASES["leaky_relu_slope_0.2"] = Case(jaxbp.leaky_relu, normal(9, (3, 2, 4)), (0,), {"negative_slope": 0.2})
+test_gradients = gradient_test(CASES)
+
+REFERENCE = {"relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh,
+             "leaky_relu": jax.nn.leaky_relu}
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_forward_and_gradient_equal_jax_nn_including_zero(name):
+    z = jnp.array([-2.0, -0.5, 0.0, 0.5, 3.0])
+    np.testing.assert_allclose(OPS[name](z), REFERENCE[name](z), rtol=1e-15)
+    grad = jax.grad(lambda z: OPS[name](z).sum())(z)
+    # Equal up to float64 rounding: 1 − a·a vs JAX's own expression for tanh'.
+    np.testing.assert_allclose(grad, jax.grad(lambda z: REFERENCE[name](z).sum())(z), rtol=1e-13)
+
+
+def test_relu_derivative_at_zero_is_zero():
+    assert jax.grad(lambda z: jaxbp.relu(z).sum())(jnp.zeros(3)).tolist() == [0.0, 0.0, 0.0]
+    assert jax.grad(lambda z: jaxbp.autodiff.relu(z).sum())(jnp.zeros(3)).tolist() == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
+@pytest.mark.parametrize("name", list(OPS))
+def test_gradient_keeps_dtype(name, dtype):
+    z = normal(0, (3, 4), dtype=dtype)[0]
+    assert jax.grad(lambda z: OPS[name](z).astype(jnp.float32).sum())(z).dtype == dtype
+
+
+def test_forward_mode_is_the_documented_error():
+    with pytest.raises(TypeError, match="can't apply forward-mode autodiff"):
+        jax.jvp(jaxbp.relu, (jnp.ones(3),), (jnp.ones(3),))
+    # The twin supports it.
+    jax.jvp(jaxbp.autodiff.relu, (jnp.ones(3),), (jnp.ones(3),))

@@ -1,0 +1,115 @@
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from jax import lax
+
+import jaxbp
+from jaxbp import _windows
+from helpers import Case, assert_close_trees, assert_twin, gradient_test, normal, sharded_test, vjp
+
+
+def conv_case(seed, x_shape, w_shape, stride=1, padding=0, bias=True, **kw):
+    x, w, b = normal(seed, x_shape, w_shape, (w_shape[0],))
+    return Case(jaxbp.conv2d, (x, w, b if bias else None, stride, padding),
+                (0, 1, 2) if bias else (0, 1), kw)
+
+
+# Non-square input (7×8) and kernel (3×2); strides 1–3 × paddings 0/1/2/SAME/VALID.
+CASES = {f"s{s}-p{p}": conv_case(i, (2, 3, 7, 8), (4, 3, 3, 2), s, p)
+         for i, (s, p) in enumerate(itertools.product((1, 2, 3), (0, 1, 2, "SAME", "VALID")))}
+CASES.update({
+    "batch1": conv_case(20, (1, 2, 5, 5), (3, 2, 3, 3), 1, 1),
+    "no_bias": conv_case(21, (2, 2, 6, 5), (3, 2, 2, 2), 2, 0, bias=False),
+    "stride_pair": conv_case(22, (2, 2, 9, 7), (2, 2, 3, 3), (2, 3), (1, 0)),
+    "asym_padding": conv_case(23, (2, 2, 6, 6), (2, 2, 3, 3), 2, ((0, 2), (1, 0))),
+    "kernel_fills_padded_input": conv_case(24, (2, 2, 4, 3), (3, 2, 6, 5), 1, 1),
+    "one_by_one": conv_case(25, (2, 5, 4, 4), (3, 5, 1, 1), 1, 0),
+})
+for alg, layout in (("explicit", "NHWC"), ("implicit", "NCHW"), ("implicit", "NHWC")):
+    for i, (s, p) in enumerate(((1, "VALID"), (2, 1), (3, "SAME"), ((2, 1), ((1, 2), (0, 1))))):
+        x_shape = (2, 7, 8, 3) if layout == "NHWC" else (2, 3, 7, 8)
+        CASES[f"{alg}-{layout}-s{s}-p{p}"] = conv_case(30 + i, x_shape, (4, 3, 3, 2), s, p,
+                                                      algorithm=alg, layout=layout)
+test_gradients = gradient_test(CASES, composition=[
+    "s2-p1", "s3-pSAME", "batch1", "no_bias", "asym_padding", "kernel_fills_padded_input",
+    "explicit-NHWC-s2-p1", "implicit-NCHW-s2-p1", "implicit-NHWC-s3-pSAME"])
+test_sharded = sharded_test({
+    f"{alg}-{layout}": conv_case(40, (8, 2, 5, 5) if layout == "NCHW" else (8, 5, 5, 2),
+                                 (3, 2, 3, 3), 1, 1, algorithm=alg, layout=layout)
+    for alg in ("explicit", "implicit") for layout in ("NCHW", "NHWC")})
+
+
+def lax_conv(x, w, b, stride, padding, layout="NCHW"):
+    stride = (stride, stride) if isinstance(stride, int) else stride
+    hw = x.shape[2:] if layout == "NCHW" else x.shape[1:3]
+    pads = _windows.resolve_padding(padding, hw, w.shape[2:], stride)
+    y = lax.conv_general_dilated(x, w, stride, pads, dimension_numbers=(layout, "OIHW", layout),
+                                 precision=lax.Precision.HIGHEST)
+    return y + (b.reshape(1, -1, 1, 1) if layout == "NCHW" else b.reshape(1, 1, 1, -1))
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if CASES[n].args[2] is not None])
+def test_forward_equals_lax_conv(name):
+    case = CASES[name]
+    y = case.op(*case.args, **case.kwargs)
+    np.testing.assert_allclose(y, lax_conv(*case.args, **{"layout": case.kwargs.get("layout", "NCHW")}),
+                               rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("stride,padding", [(1, 0), (2, 1), (3, "SAME"), (2, ((0, 1), (2, 0)))])
+def test_implicit_equals_explicit(stride, padding, layout):
+    shape = (2, 3, 9, 7) if layout == "NCHW" else (2, 9, 7, 3)
+    explicit = conv_case(50, shape, (4, 3, 3, 2), stride, padding, layout=layout)
+    implicit = conv_case(50, shape, (4, 3, 3, 2), stride, padding, layout=layout, algorithm="implicit")
+    y_e, g_e = vjp(explicit, jaxbp.conv2d)
+    y_i, g_i = vjp(implicit, jaxbp.conv2d)
+    assert_close_trees(y_i, y_e, 1e-13)
+    assert_close_trees(g_i, g_e, 1e-13)
+
+
+def test_nhwc_is_nchw_transposed():
+    x, w, b = normal(51, (2, 3, 6, 5), (4, 3, 3, 3), (4,))
+    nchw = jaxbp.conv2d(x, w, b, 2, 1)
+    nhwc = jaxbp.conv2d(x.transpose(0, 2, 3, 1), w, b, 2, 1, layout="NHWC")
+    np.testing.assert_allclose(nhwc.transpose(0, 3, 1, 2), nchw, rtol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
+@pytest.mark.parametrize("algorithm", ["explicit", "implicit"])
+def test_gradients_keep_dtype_and_are_finite(dtype, algorithm):
+    x, w, b = normal(52, (2, 3, 8, 8), (4, 3, 3, 3), (4,), dtype=dtype)
+    grads = jax.grad(lambda x, w, b: jaxbp.conv2d(x, w, b, 1, 1, algorithm=algorithm)
+                     .astype(jnp.float32).sum(), (0, 1, 2))(x, w, b)
+    for g in grads:
+        assert g.dtype == dtype and bool(jnp.isfinite(g.astype(jnp.float32)).all())
+
+
+@st.composite
+def conv_configs(draw):
+    fh, fw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    padding = draw(st.one_of(st.sampled_from(["SAME", "VALID"]),
+                             st.tuples(st.integers(0, 2), st.integers(0, 2))))
+    pads = (padding if isinstance(padding, str) else padding)
+    h, w = draw(st.integers(fh, 9)), draw(st.integers(fw, 9))
+    return dict(n=draw(st.integers(1, 3)), c=draw(st.integers(1, 3)), o=draw(st.integers(1, 3)),
+                h=h, w=w, fh=fh, fw=fw, stride=stride, padding=pads,
+                layout=draw(st.sampled_from(["NCHW", "NHWC"])),
+                algorithm=draw(st.sampled_from(["explicit", "implicit"])))
+
+
+@settings(max_examples=20, deadline=None)
+@given(conv_configs())
+def test_property_random_configurations(cfg):
+    x_shape = ((cfg["n"], cfg["c"], cfg["h"], cfg["w"]) if cfg["layout"] == "NCHW"
+               else (cfg["n"], cfg["h"], cfg["w"], cfg["c"]))
+    case = conv_case(60, x_shape, (cfg["o"], cfg["c"], cfg["fh"], cfg["fw"]), cfg["stride"],
+                     cfg["padding"], layout=cfg["layout"], algorithm=cfg["algorithm"])
+    np.testing.assert_allclose(case.op(*case.args, **case.kwargs),
+                               lax_conv(*case.args, layout=cfg["layout"]), rtol=1e-12, atol=1e-12)
+    assert_twin(case)
