@@ -1,0 +1,42 @@
+"""Timing and memory helpers shared by ``benchmarks/`` and ``jaxbp bench``.
+
+Machines are noisy: candidates are timed *interleaved* (one call of each per
+round), after warm-up, and the median of the rounds is reported, so ratios
+between candidates are measured under the same conditions.
+"""
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+
+import jax
+
+
+def interleaved(fns, rounds=20, warmup=2):
+    """Median seconds per call of each zero-argument function, timed in rounds."""
+    for _ in range(warmup):
+        for f in fns.values():
+            jax.block_until_ready(f())
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, f in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(f())
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def temp_bytes(jitted, *args):
+    """Compiled temporary memory of ``jitted(*args)`` (exact, from XLA), or None."""
+    stats = jitted.lower(*args).compile().memory_analysis()
+    return None if stats is None else int(stats.temp_size_in_bytes)
+
+
+def machine():
+    """One line naming the machine, backend and versions, for result tables."""
+    dev = jax.devices()[0]
+    import jaxlib
+    return (f"{dev.device_kind} ({jax.default_backend()}, {jax.device_count()} device(s)), "
+            f"{platform.processor() or platform.machine()}, jax {jax.__version__}, "
+            f"jaxlib {jaxlib.__version__}")

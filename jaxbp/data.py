@@ -1,0 +1,136 @@
+"""Data sets that need no network: bundled digits, MNIST-style IDX files, synthetic.
+
+Every loader returns a :class:`Dataset` of NCHW float32 images in ``[0, 1]``
+and int32 labels, split into train and test.
+
+* ``digits``: the 1,797 8×8 handwritten digits of the UCI "Optical Recognition
+  of Handwritten Digits" set (as bundled with scikit-learn; CC BY 4.0), shipped
+  inside this package; a fixed seeded 80/20 stratified split.
+* ``mnist`` / ``fashion-mnist``: the four standard IDX files (raw or ``.gz``)
+  from a directory the user provides.
+* ``synthetic``: random class-dependent images, for benchmarks and smoke tests.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import typing
+from importlib import resources
+
+import numpy as np
+
+IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+IDX_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
+             "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
+DATASETS = ("digits", "mnist", "fashion-mnist", "synthetic")
+
+
+class DataError(ValueError):
+    """A data file or directory that cannot be used, with the reason."""
+
+
+class Dataset(typing.NamedTuple):
+    x_train: np.ndarray  # (N, C, H, W) float32 in [0, 1]
+    y_train: np.ndarray  # (N,) int32
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+
+
+def read_idx(path):
+    """Parse one IDX file (raw or gzip) into a numpy array, checking it fully.
+
+    Layout: two zero bytes, a type byte, the number of dimensions ``d``, then
+    ``d`` big-endian int32 sizes, then exactly ``prod(sizes)`` items.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        if data[:2] == b"\x1f\x8b":
+            data = gzip.decompress(data)
+    except (OSError, EOFError) as e:
+        raise DataError(f"cannot read IDX file {path}: {e}") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in IDX_TYPES:
+        raise DataError(f"{path} is not an IDX file: bad magic number {data[:4].hex() or '(empty)'} "
+                        "(expected 0000 then a type byte 08/09/0b/0c/0d/0e and a rank)")
+    dtype, ndim = np.dtype(IDX_TYPES[data[2]]), data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{path} is truncated: {len(data)} bytes, the header alone needs {header}")
+    shape = tuple(int(s) for s in np.frombuffer(data, ">i4", ndim, 4))
+    expected = header + int(np.prod(shape)) * dtype.itemsize
+    if len(data) != expected:
+        what = "truncated" if len(data) < expected else "longer than its header says"
+        raise DataError(f"{path} is {what}: {len(data)} bytes, expected {expected} for shape {shape}")
+    return np.frombuffer(data, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def write_idx(path, array):
+    """Write ``array`` as an IDX file (gzip if ``path`` ends in .gz); for tests and tools."""
+    code = {np.dtype(v).newbyteorder("="): k for k, v in IDX_TYPES.items()}[array.dtype]
+    payload = (bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, ">i4").tobytes()
+               + array.astype(np.dtype(IDX_TYPES[code])).tobytes())
+    with (gzip.open if str(path).endswith(".gz") else open)(path, "wb") as f:
+        f.write(payload)
+
+
+def _find(directory, stem):
+    for name in (stem, stem + ".gz"):
+        if os.path.exists(os.path.join(directory, name)):
+            return os.path.join(directory, name)
+    raise DataError(f"{directory} has no {stem} (or {stem}.gz)")
+
+
+def load_idx_dir(directory):
+    """MNIST-format train/test images and labels from ``directory``."""
+    if not directory or not os.path.isdir(directory):
+        raise DataError(f"data directory {directory!r} does not exist or is not a directory")
+    arrays = {k: read_idx(_find(directory, stem)) for k, stem in IDX_FILES.items()}
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(f"{split} images {images.shape} and labels {labels.shape} in {directory} "
+                            "do not match (expected (N, H, W) and (N,))")
+    scale = 255.0 if arrays["train_images"].dtype == np.uint8 else 1.0
+    x = {s: (arrays[f"{s}_images"][:, None] / scale).astype(np.float32) for s in ("train", "test")}
+    y = {s: arrays[f"{s}_labels"].astype(np.int32) for s in ("train", "test")}
+    return Dataset(x["train"], y["train"], x["test"], y["test"], int(max(y["train"].max(), y["test"].max())) + 1)
+
+
+def load_digits(seed=0, test_fraction=0.2):
+    """The bundled 8×8 digits, split per class with a fixed seed."""
+    with resources.files("jaxbp").joinpath("data/digits.npz").open("rb") as f:
+        d = np.load(f)
+        images, labels = d["images"], d["labels"].astype(np.int32)
+    rng = np.random.default_rng(seed)
+    test = np.zeros(len(labels), bool)
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        test[idx[:round(len(idx) * test_fraction)]] = True
+    x = (images[:, None] / 16.0).astype(np.float32)
+    return Dataset(x[~test], labels[~test], x[test], labels[test], 10)
+
+
+def synthetic(n_train=1024, n_test=256, shape=(1, 8, 8), num_classes=10, seed=0):
+    """Images = a fixed random template per class + noise; learnable, no files."""
+    rng = np.random.default_rng(seed)
+    templates = rng.uniform(size=(num_classes,) + tuple(shape))
+
+    def draw(n):
+        y = rng.integers(0, num_classes, n).astype(np.int32)
+        x = np.clip(templates[y] + 0.3 * rng.standard_normal((n,) + tuple(shape)), 0, 1)
+        return x.astype(np.float32), y
+
+    (xt, yt), (xv, yv) = draw(n_train), draw(n_test)
+    return Dataset(xt, yt, xv, yv, num_classes)
+
+
+def load(name, data_dir=None, seed=0):
+    """Dispatch on a data set name (see :data:`DATASETS`)."""
+    if name == "digits":
+        return load_digits(seed=0)  # the split is fixed, whatever the training seed
+    if name in ("mnist", "fashion-mnist"):
+        return load_idx_dir(data_dir)
+    if name == "synthetic":
+        return synthetic(seed=seed)
+    raise DataError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")

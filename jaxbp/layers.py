@@ -1,0 +1,238 @@
+"""Layers and models on jaxbp's ops, in the style of ``jax.example_libraries.stax``.
+
+A layer is a pair of pure functions::
+
+    init(key, input_shape) -> (output_shape, params, state)
+    apply(params, state, x, *, train, key) -> (y, new_state)
+
+``params`` (trained) and ``state`` (e.g. batch-norm running statistics) are
+separate pytrees of arrays. ``train`` selects batch statistics and active
+dropout; ``key`` is a PRNG key, used only by dropout. :func:`serial` chains
+layers.
+
+Every layer takes ``ops``: the namespace whose functions it calls —
+:mod:`jaxbp.ops` (hand-derived backward rules) or :mod:`jaxbp.autodiff` (their
+twins). Models take ``gradients="custom" | "autodiff"`` and pass the matching
+namespace down, so the choice is part of the model function itself and no jit
+cache can silently keep the other one.
+
+Images are NCHW at the model's edge. ``layout="NHWC"`` runs the convolutional
+part channels-last inside (one transpose at the input, none per layer), which
+is what the explicit im2col wants on CPUs and GPUs (see BENCHMARKS.md).
+"""
+from __future__ import annotations
+
+import math
+import typing
+
+import jax
+import jax.numpy as jnp
+
+from jaxbp import autodiff, ops as custom_ops
+
+GRADIENTS = {"custom": custom_ops, "autodiff": autodiff}
+
+
+class Layer(typing.NamedTuple):
+    init: typing.Callable
+    apply: typing.Callable
+
+
+def namespace(gradients):
+    """``"custom"`` -> :mod:`jaxbp.ops`, ``"autodiff"`` -> :mod:`jaxbp.autodiff`."""
+    if gradients not in GRADIENTS:
+        raise ValueError(f"gradients must be 'custom' or 'autodiff', got {gradients!r}")
+    return GRADIENTS[gradients]
+
+
+# Initializers: variance 2/fan_in (He, for ReLU nets) or 2/(fan_in + fan_out) (Glorot).
+def he_normal(key, shape, fan_in, fan_out, dtype=jnp.float32):
+    return jax.random.normal(key, shape, dtype) * math.sqrt(2.0 / fan_in)
+
+
+def glorot_uniform(key, shape, fan_in, fan_out, dtype=jnp.float32):
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    return jax.random.uniform(key, shape, dtype, -limit, limit)
+
+
+INITIALIZERS = {"he": he_normal, "glorot": glorot_uniform}
+
+
+def _stateless(init_params, apply_fn):
+    def init(key, shape):
+        out_shape, params = init_params(key, shape)
+        return out_shape, params, {}
+
+    def apply(params, state, x, *, train=False, key=None):
+        return apply_fn(params, x), state
+
+    return Layer(init, apply)
+
+
+def Dense(features, *, ops=custom_ops, init="he"):
+    """``(N, in) -> (N, features)``; params ``w (features, in)``, ``b (features,)``."""
+    def init_params(key, shape):
+        fan_in = shape[-1]
+        w = INITIALIZERS[init](key, (features, fan_in), fan_in, features)
+        return shape[:-1] + (features,), {"w": w, "b": jnp.zeros((features,), jnp.float32)}
+
+    return _stateless(init_params, lambda p, x: ops.dense(x, p["w"].astype(x.dtype), p["b"].astype(x.dtype)))
+
+
+def Conv2D(features, kernel, stride=1, padding="SAME", *, ops=custom_ops, init="he",
+           layout="NCHW", algorithm="explicit", bias=True):
+    """``(N, C, H, W) -> (N, features, H', W')`` (channels last with ``layout="NHWC"``);
+    params ``w (features, C, FH, FW)``, ``b (features,)``."""
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    ch = 1 if layout == "NCHW" else 3
+
+    def init_params(key, shape):
+        c = shape[ch]
+        w = INITIALIZERS[init](key, (features, c, kh, kw), c * kh * kw, features * kh * kw)
+        params = {"w": w, "b": jnp.zeros((features,), jnp.float32)} if bias else {"w": w}
+        dummy = jax.ShapeDtypeStruct(shape, jnp.float32)
+        out = jax.eval_shape(lambda x: ops.conv2d(x, w, None, stride, padding, layout=layout), dummy)
+        return out.shape, params
+
+    def apply(p, x):
+        b = p["b"].astype(x.dtype) if bias else None
+        return ops.conv2d(x, p["w"].astype(x.dtype), b, stride, padding, layout=layout, algorithm=algorithm)
+
+    return _stateless(init_params, apply)
+
+
+def BatchNorm(*, ops=custom_ops, momentum=0.9, eps=1e-5, axis=1):
+    """Batch normalization over every axis but ``axis``.
+
+    Training uses the batch statistics (``ops.batch_norm``) and updates the
+    running ones as ``running = momentum·running + (1 − momentum)·batch``
+    (the Flax/Keras convention; PyTorch's ``momentum`` is ``1 −`` this), with
+    the biased batch variance. Evaluation uses the running statistics only, so
+    an example's output does not depend on the rest of its batch.
+    Params ``gamma``, ``beta``; state ``mean``, ``var``; all ``(C,)``.
+    """
+    def init(key, shape):
+        c = shape[axis]
+        return shape, {"gamma": jnp.ones((c,), jnp.float32), "beta": jnp.zeros((c,), jnp.float32)}, \
+            {"mean": jnp.zeros((c,), jnp.float32), "var": jnp.ones((c,), jnp.float32)}
+
+    def apply(params, state, x, *, train=False, key=None):
+        if train:
+            y, mean, var = ops.batch_norm(x, params["gamma"].astype(x.dtype),
+                                          params["beta"].astype(x.dtype), eps, axis=axis)
+            mean, var = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
+            new = {"mean": momentum * state["mean"] + (1 - momentum) * mean,
+                   "var": momentum * state["var"] + (1 - momentum) * var}
+            return y, new
+        shape = [-1 if a == axis % x.ndim else 1 for a in range(x.ndim)]
+        scale = params["gamma"] * jax.lax.rsqrt(state["var"] + eps)
+        shift = params["beta"] - state["mean"] * scale
+        return (x * scale.reshape(shape).astype(x.dtype) + shift.reshape(shape).astype(x.dtype)), state
+
+    return Layer(init, apply)
+
+
+def Activation(name, *, ops=custom_ops, **kwargs):
+    """Elementwise ``relu``, ``sigmoid``, ``tanh`` or ``leaky_relu`` (shape unchanged)."""
+    fn = getattr(ops, name)
+    return _stateless(lambda key, shape: (shape, {}), lambda p, x: fn(x, **kwargs))
+
+
+def MaxPool2D(window, stride=None, padding=0, *, ops=custom_ops, layout="NCHW"):
+    return _pool(ops.max_pool2d, window, stride, padding, layout)
+
+
+def AvgPool2D(window, stride=None, padding=0, *, ops=custom_ops, layout="NCHW"):
+    return _pool(ops.avg_pool2d, window, stride, padding, layout)
+
+
+def _pool(fn, window, stride, padding, layout):
+    def init_params(key, shape):
+        out = jax.eval_shape(lambda x: fn(x, window, stride, padding, layout=layout),
+                             jax.ShapeDtypeStruct(shape, jnp.float32))
+        return out.shape, {}
+
+    return _stateless(init_params, lambda p, x: fn(x, window, stride, padding, layout=layout))
+
+
+def Flatten():
+    """``(N, ...) -> (N, prod(...))``."""
+    return _stateless(lambda key, shape: ((shape[0], math.prod(shape[1:])), {}),
+                      lambda p, x: x.reshape(x.shape[0], -1))
+
+
+def Transpose(perm):
+    """Permute axes, e.g. NCHW -> NHWC once at a model's edge."""
+    return _stateless(lambda key, shape: (tuple(shape[i] for i in perm), {}),
+                      lambda p, x: x.transpose(perm))
+
+
+def Dropout(rate):
+    """Zero each entry with probability ``rate`` in training, scaling the rest by
+    ``1/(1 − rate)``; identity in evaluation. Needs ``key`` when training."""
+    def apply(params, state, x, *, train=False, key=None):
+        if not train or rate == 0:
+            return x, state
+        if key is None:
+            raise ValueError("Dropout needs a PRNG key when train=True (pass key=...)")
+        keep = jax.random.bernoulli(key, 1 - rate, x.shape)
+        return jnp.where(keep, x / (1 - rate), 0).astype(x.dtype), state
+
+    return Layer(lambda key, shape: (shape, {}, {}), apply)
+
+
+def serial(*layers):
+    """Chain layers; params and state are lists with one entry per layer."""
+    def init(key, shape):
+        params, state = [], []
+        for layer, k in zip(layers, jax.random.split(key, len(layers))):
+            shape, p, s = layer.init(k, shape)
+            params.append(p)
+            state.append(s)
+        return shape, params, state
+
+    def apply(params, state, x, *, train=False, key=None):
+        keys = [None] * len(layers) if key is None else list(jax.random.split(key, len(layers)))
+        new_state = []
+        for layer, p, s, k in zip(layers, params, state, keys):
+            x, s = layer.apply(p, s, x, train=train, key=k)
+            new_state.append(s)
+        return x, new_state
+
+    return Layer(init, apply)
+
+
+def mlp(num_classes=10, hidden=(256, 256), *, gradients="custom", activation="relu",
+        batch_norm=True, dropout=0.0):
+    """Flatten, then ``[dense, (batch norm), activation, (dropout)]`` per hidden
+    width, then a dense layer to the logits."""
+    ops = namespace(gradients)
+    init = "he" if activation in ("relu", "leaky_relu") else "glorot"
+    body = [Flatten()]
+    for width in hidden:
+        body.append(Dense(width, ops=ops, init=init))
+        if batch_norm:
+            body.append(BatchNorm(ops=ops))
+        body.append(Activation(activation, ops=ops))
+        if dropout:
+            body.append(Dropout(dropout))
+    return serial(*body, Dense(num_classes, ops=ops, init="glorot"))
+
+
+def cnn(num_classes=10, channels=(32, 64), *, gradients="custom", layout="NHWC",
+        algorithm="explicit", dense=128):
+    """``[conv 3×3 SAME, batch norm, relu, max pool 2×2]`` per channel count, then
+    flatten, dense + relu, dense to logits. Input NCHW."""
+    ops = namespace(gradients)
+    body = [Transpose((0, 2, 3, 1))] if layout == "NHWC" else []
+    axis = 3 if layout == "NHWC" else 1
+    for c in channels:
+        body += [Conv2D(c, 3, 1, "SAME", ops=ops, layout=layout, algorithm=algorithm, bias=False),
+                 BatchNorm(ops=ops, axis=axis), Activation("relu", ops=ops),
+                 MaxPool2D(2, ops=ops, layout=layout)]
+    body += [Flatten(), Dense(dense, ops=ops), Activation("relu", ops=ops),
+             Dense(num_classes, ops=ops, init="glorot")]
+    return serial(*body)
+
+
+MODELS = {"cnn": cnn, "mlp": mlp}

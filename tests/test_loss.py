@@ -1,0 +1,78 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxbp
+from helpers import Case, gradient_test, normal, sharded_test
+
+logits, soft = normal(0, (5, 4), (5, 4))
+CASES = {
+    "xent_one_hot": Case(jaxbp.softmax_cross_entropy, (logits, jax.nn.one_hot(jnp.arange(5) % 4, 4)), (0,)),
+    "xent_probabilities": Case(jaxbp.softmax_cross_entropy, (logits, jax.nn.softmax(soft)), (0, 1)),
+    # Unnormalized weights: only the general form softmax(o)·Σy − y is right here.
+    "xent_weights": Case(jaxbp.softmax_cross_entropy, (logits, jnp.abs(soft) * 3), (0, 1)),
+    "xent_int_labels": Case(jaxbp.softmax_cross_entropy, (logits, jnp.array([0, 3, 1, 2, 3])), (0,)),
+    "euclidean": Case(jaxbp.euclidean_loss, normal(1, (4, 3, 2), (4, 3, 2)), (0, 1)),
+    "euclidean_1d": Case(jaxbp.euclidean_loss, normal(2, (6,), (6,)), (0, 1)),
+    "mse": Case(jaxbp.mse, normal(3, (4, 5), (4, 5)), (0, 1)),
+}
+# euclidean_1d is |r| per example: its Hessian is exactly 0, so a relative
+# second-order comparison would compare rounding noise.
+test_gradients = gradient_test(CASES, composition=[n for n in CASES if n != "euclidean_1d"])
+test_sharded = sharded_test({
+    "xent": Case(jaxbp.softmax_cross_entropy, normal(4, (8, 3), (8, 3)), (0, 1)),
+    "euclidean": Case(jaxbp.euclidean_loss, normal(5, (8, 3), (8, 3)), (0, 1)),
+    "mse": Case(jaxbp.mse, normal(6, (8, 3), (8, 3)), (0, 1)),
+})
+
+
+def test_cross_entropy_equals_formula():
+    o, y = np.asarray(logits), np.asarray(jnp.abs(soft))
+    log_p = o - np.log(np.exp(o).sum(1, keepdims=True))
+    np.testing.assert_allclose(jaxbp.softmax_cross_entropy(logits, jnp.abs(soft)), -(y * log_p).sum(1), rtol=1e-13)
+    labels = jnp.array([0, 3, 1, 2, 3])
+    np.testing.assert_allclose(jaxbp.softmax_cross_entropy(logits, labels),
+                               -log_p[np.arange(5), np.asarray(labels)], rtol=1e-13)
+
+
+def test_cross_entropy_gradient_is_general_form():
+    y = jnp.abs(soft) * 3
+    g = jax.grad(lambda o: jaxbp.softmax_cross_entropy(o, y).sum())(logits)
+    np.testing.assert_allclose(g, jax.nn.softmax(logits) * y.sum(1, keepdims=True) - y, rtol=1e-13)
+
+
+@pytest.mark.parametrize("targets", ["soft", "integer"])
+def test_cross_entropy_finite_for_huge_float32_logits(targets):
+    o = jnp.array([[1e4, -1e4, 0.0], [-1e4, 1e4, 1e4]], jnp.float32)
+    y = jnp.array([1, 0]) if targets == "integer" else jnp.array([[0.2, 0.8, 0.0], [0.5, 0.0, 0.5]], jnp.float32)
+    loss, grad = jax.value_and_grad(lambda o: jaxbp.softmax_cross_entropy(o, y).sum())(o)
+    assert bool(jnp.isfinite(loss)) and bool(jnp.isfinite(grad).all())
+    twin = jax.grad(lambda o: jaxbp.autodiff.softmax_cross_entropy(o, y).sum())(o)
+    np.testing.assert_allclose(grad, twin, atol=1e-6)
+
+
+def test_euclidean_gradient_is_exactly_zero_at_zero_residual():
+    p = jnp.array([[1.0, 2.0], [3.0, 4.0]])
+    t = p.at[1].add(jnp.array([3.0, 4.0]))  # row 0: L = 0; row 1: L = 5
+    for op in (jaxbp.euclidean_loss, jaxbp.autodiff.euclidean_loss):
+        loss = op(p, t)
+        gp, gt = jax.grad(lambda p, t: op(p, t).sum(), (0, 1))(p, t)
+        assert loss.tolist() == [0.0, 5.0]
+        assert gp[0].tolist() == [0.0, 0.0] and gt[0].tolist() == [0.0, 0.0]
+        np.testing.assert_allclose(gp[1], [-0.6, -0.8], rtol=1e-15)
+
+
+def test_mse_is_mean_of_squares():
+    p, t = normal(8, (3, 4), (3, 4))
+    np.testing.assert_allclose(jaxbp.mse(p, t), ((np.asarray(p) - np.asarray(t)) ** 2).mean(1), rtol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
+@pytest.mark.parametrize("op", [jaxbp.softmax_cross_entropy, jaxbp.euclidean_loss, jaxbp.mse])
+def test_loss_in_float32_gradient_in_input_dtype(op, dtype):
+    p, t = normal(9, (4, 3), (4, 3), dtype=dtype)
+    t = jax.nn.softmax(t) if op is jaxbp.softmax_cross_entropy else t
+    assert op(p, t).dtype == jnp.float32
+    gp, gt = jax.grad(lambda p, t: op(p, t).sum(), (0, 1))(p, t)
+    assert gp.dtype == dtype and gt.dtype == dtype

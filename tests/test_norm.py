@@ -1,0 +1,71 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxbp
+from helpers import Case, gradient_test, normal, sharded_test
+
+
+def bn_case(seed, shape, axis=1, eps=1e-5, scale=1.0, offset=0.0):
+    c = shape[axis]
+    x, gamma, beta = normal(seed, shape, (c,), (c,))
+    return Case(jaxbp.batch_norm, (scale * x + offset, gamma, beta, eps), (0, 1, 2), {"axis": axis})
+
+
+CASES = {
+    "dense": bn_case(0, (6, 4)),
+    "nchw": bn_case(1, (3, 2, 4, 5)),
+    "nhwc": bn_case(2, (2, 3, 4, 3), axis=3),
+    "batch2": bn_case(3, (2, 3)),
+    "shifted": bn_case(4, (5, 3), scale=0.1, offset=3.0),
+}
+test_gradients = gradient_test(CASES)
+test_sharded = sharded_test({"nchw8": bn_case(5, (8, 2, 3, 3)), "dense8": bn_case(6, (8, 5))})
+
+
+def formula(x, gamma, beta, eps, axis):
+    x = np.asarray(x, np.float64)
+    red = tuple(a for a in range(x.ndim) if a != axis)
+    shape = [-1 if a == axis else 1 for a in range(x.ndim)]
+    mean, var = x.mean(axis=red), x.var(axis=red)
+    y = (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + eps)
+    return y * np.asarray(gamma, np.float64).reshape(shape) + np.asarray(beta, np.float64).reshape(shape), mean, var
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_forward_equals_formula(name):
+    case = CASES[name]
+    for got, want in zip(case.op(*case.args, **case.kwargs), formula(*case.args, case.kwargs["axis"])):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_large_mean_small_spread_in_float32():
+    rng = np.random.default_rng(0)
+    x = (1e4 + 1e-2 * rng.standard_normal((256, 3))).astype(np.float32)
+    gamma, beta = np.ones(3, np.float32), np.zeros(3, np.float32)
+    y, mean, var = jaxbp.batch_norm(jnp.asarray(x), jnp.asarray(gamma), jnp.asarray(beta))
+    y_ref, mean_ref, var_ref = formula(x, gamma, beta, 1e-5, 1)  # float64 on the same inputs
+    assert y.dtype == jnp.float32
+    np.testing.assert_allclose(y, y_ref, atol=2e-3)
+    np.testing.assert_allclose(var, var_ref, rtol=1e-3)
+    np.testing.assert_allclose(mean, mean_ref, rtol=1e-7)
+
+
+def test_constant_feature_is_finite():
+    x = jnp.concatenate([jnp.full((8, 1), 3.0, jnp.float32), jnp.arange(8.0, dtype=jnp.float32)[:, None]], 1)
+    f = lambda x, g, b: (jaxbp.batch_norm(x, g, b)[0] ** 2).sum()
+    y = jaxbp.batch_norm(x, jnp.ones(2, jnp.float32), jnp.zeros(2, jnp.float32))[0]
+    grads = jax.grad(f, (0, 1, 2))(x, jnp.ones(2, jnp.float32), jnp.zeros(2, jnp.float32))
+    assert bool(jnp.isfinite(y).all()) and all(bool(jnp.isfinite(g).all()) for g in grads)
+    assert y[:, 0].tolist() == [0.0] * 8
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
+def test_low_precision_keeps_dtypes_and_is_finite(dtype):
+    x, gamma, beta = normal(7, (16, 4, 5, 5), (4,), (4,), dtype=dtype)
+    y, mean, var = jaxbp.batch_norm(x, gamma, beta)
+    assert y.dtype == dtype and mean.dtype == jnp.float32 and var.dtype == jnp.float32
+    grads = jax.grad(lambda *a: jaxbp.batch_norm(*a)[0].astype(jnp.float32).sum(), (0, 1, 2))(x, gamma, beta)
+    for g, p in zip(grads, (x, gamma, beta)):
+        assert g.dtype == p.dtype and bool(jnp.isfinite(g.astype(jnp.float32)).all())
