@@ -17,67 +17,39 @@ import jax.numpy as jnp
 from jax import lax
 
 import jaxbp
+from jaxbp import _windows
 from jaxbp._bench import interleaved, machine, temp_bytes
+from jaxbp.gradcheck import op_problems, projected
 
 
-def problems(s, dtype):
-    """name -> (op, args, argnums, kwargs); ``s`` scales the batch."""
-    def n(seed, *shapes):
-        keys = jax.random.split(jax.random.key(seed), len(shapes))
-        return tuple(jax.random.normal(k, sh, dtype) for k, sh in zip(keys, shapes))
-    fmap = (64 * s, 32, 32, 32)
-    x, w, b = n(0, (64 * s, 16, 32, 32), (32, 16, 3, 3), (32,))
-    xh = x.transpose(0, 2, 3, 1)
-    return {
-        "dense 512→512": (jaxbp.dense, n(1, (256 * s, 512), (512, 512), (512,)), (0, 1, 2), {}),
-        "conv2d 3×3 NCHW explicit": (jaxbp.conv2d, (x, w, b, 1, 1), (0, 1, 2), {}),
-        "conv2d 3×3 NHWC explicit": (jaxbp.conv2d, (xh, w, b, 1, 1), (0, 1, 2), {"layout": "NHWC"}),
-        "conv2d 3×3 NCHW implicit": (jaxbp.conv2d, (x, w, b, 1, 1), (0, 1, 2), {"algorithm": "implicit"}),
-        "conv2d 3×3 NHWC implicit": (jaxbp.conv2d, (xh, w, b, 1, 1), (0, 1, 2),
-                                     {"algorithm": "implicit", "layout": "NHWC"}),
-        "max_pool2d 2×2": (jaxbp.max_pool2d, n(2, fmap) + (2,), (0,), {}),
-        "avg_pool2d 2×2": (jaxbp.avg_pool2d, n(3, fmap) + (2,), (0,), {}),
-        "batch_norm NCHW": (jaxbp.batch_norm, n(4, fmap, (32,), (32,)), (0, 1, 2), {}),
-        "relu": (jaxbp.relu, n(5, fmap), (0,), {}),
-        "leaky_relu": (jaxbp.leaky_relu, n(6, fmap), (0,), {}),
-        "sigmoid": (jaxbp.sigmoid, n(7, fmap), (0,), {}),
-        "tanh": (jaxbp.tanh, n(8, fmap), (0,), {}),
-        "softmax_cross_entropy": (jaxbp.softmax_cross_entropy,
-                                  (n(9, (2048 * s, 1000))[0], jnp.arange(2048 * s) % 1000), (0,), {}),
-        "euclidean_loss": (jaxbp.euclidean_loss, n(10, (4096 * s, 256), (4096 * s, 256)), (0, 1), {}),
-        "mse": (jaxbp.mse, n(11, (4096 * s, 256), (4096 * s, 256)), (0, 1), {}),
-    }
-
-
-def fwd_bwd(op, args, argnums, kwargs):
+def fwd_bwd(name, args, argnums, kwargs, ops):
     """jit(value and gradient) of a fixed random projection of the op's output."""
-    def loss(*diff):
-        full = list(args)
-        for i, d in zip(argnums, diff):
-            full[i] = d
-        out = jax.tree.leaves(op(*full, **kwargs))
-        return sum(jnp.sum(o.astype(jnp.float32) * jnp.cos(jnp.arange(o.size, dtype=jnp.float32)
-                                                              .reshape(o.shape))) for o in out)
-    return jax.jit(jax.value_and_grad(loss, argnums=tuple(range(len(argnums)))))
+    loss = projected(name, args, argnums, kwargs)
+    return jax.jit(jax.value_and_grad(lambda *diff: loss(ops, diff), argnums=tuple(range(len(argnums)))))
 
 
-def lax_conv(x, w, b, stride, padding, layout="NCHW", **_):
-    return lax.conv_general_dilated(x, w, (stride, stride), [(padding, padding)] * 2,
-                                    dimension_numbers=(layout, "OIHW", layout)) + (
-        b.reshape(1, -1, 1, 1) if layout == "NCHW" else b.reshape(1, 1, 1, -1))
+class _LaxConv:
+    """An ops namespace whose conv2d is lax.conv (autodiff): the baseline."""
+
+    @staticmethod
+    def conv2d(x, w, b, stride, padding, layout="NCHW", **_):
+        pads = _windows.resolve_padding(padding, x.shape[2:] if layout == "NCHW" else x.shape[1:3],
+                                        w.shape[2:], (stride, stride))
+        y = lax.conv_general_dilated(x, w, (stride, stride), pads, dimension_numbers=(layout, "OIHW", layout))
+        return y + (b.reshape(1, -1, 1, 1) if layout == "NCHW" else b.reshape(1, 1, 1, -1))
 
 
 def run(rounds, scale, dtype):
     rows = []
-    for name, (op, args, argnums, kwargs) in problems(scale, dtype).items():
+    for label, (name, args, argnums, kwargs) in op_problems(dtype, scale).items():
         diff = tuple(args[i] for i in argnums)
-        fns = {"custom": fwd_bwd(op, args, argnums, kwargs),
-               "twin": fwd_bwd(op.autodiff, args, argnums, kwargs)}
-        if name.startswith("conv2d"):
-            fns["lax.conv"] = fwd_bwd(lax_conv, args, argnums, kwargs)
+        fns = {"custom": fwd_bwd(name, args, argnums, kwargs, jaxbp.ops),
+               "twin": fwd_bwd(name, args, argnums, kwargs, jaxbp.autodiff)}
+        if name == "conv2d":
+            fns["lax.conv"] = fwd_bwd(name, args, argnums, kwargs, _LaxConv)
         t = interleaved({k: functools.partial(f, *diff) for k, f in fns.items()}, rounds)
         mem = {k: temp_bytes(f, *diff) for k, f in fns.items()}
-        rows.append((name, t, mem))
+        rows.append((label, t, mem))
     return rows
 
 

@@ -69,14 +69,19 @@ def _stateless(init_params, apply_fn):
     return Layer(init, apply)
 
 
-def Dense(features, *, ops=custom_ops, init="he"):
-    """``(N, in) -> (N, features)``; params ``w (features, in)``, ``b (features,)``."""
+def Dense(features, *, ops=custom_ops, init="he", bias=True):
+    """``(N, in) -> (N, features)``; params ``w (features, in)``, ``b (features,)``
+    (no ``b`` with ``bias=False``, e.g. before batch norm, which cancels it)."""
     def init_params(key, shape):
         fan_in = shape[-1]
         w = INITIALIZERS[init](key, (features, fan_in), fan_in, features)
-        return shape[:-1] + (features,), {"w": w, "b": jnp.zeros((features,), jnp.float32)}
+        params = {"w": w, "b": jnp.zeros((features,), jnp.float32)} if bias else {"w": w}
+        return shape[:-1] + (features,), params
 
-    return _stateless(init_params, lambda p, x: ops.dense(x, p["w"].astype(x.dtype), p["b"].astype(x.dtype)))
+    def apply(p, x):
+        return ops.dense(x, p["w"].astype(x.dtype), p["b"].astype(x.dtype) if bias else None)
+
+    return _stateless(init_params, apply)
 
 
 def Conv2D(features, kernel, stride=1, padding="SAME", *, ops=custom_ops, init="he",
@@ -210,7 +215,7 @@ def mlp(num_classes=10, hidden=(256, 256), *, gradients="custom", activation="re
     init = "he" if activation in ("relu", "leaky_relu") else "glorot"
     body = [Flatten()]
     for width in hidden:
-        body.append(Dense(width, ops=ops, init=init))
+        body.append(Dense(width, ops=ops, init=init, bias=not batch_norm))
         if batch_norm:
             body.append(BatchNorm(ops=ops))
         body.append(Activation(activation, ops=ops))
@@ -220,9 +225,9 @@ def mlp(num_classes=10, hidden=(256, 256), *, gradients="custom", activation="re
 
 
 def cnn(num_classes=10, channels=(32, 64), *, gradients="custom", layout="NHWC",
-        algorithm="explicit", dense=128):
+        algorithm="explicit", dense=128, dropout=0.0):
     """``[conv 3×3 SAME, batch norm, relu, max pool 2×2]`` per channel count, then
-    flatten, dense + relu, dense to logits. Input NCHW."""
+    flatten, dense + relu, (dropout), dense to logits. Input NCHW."""
     ops = namespace(gradients)
     body = [Transpose((0, 2, 3, 1))] if layout == "NHWC" else []
     axis = 3 if layout == "NHWC" else 1
@@ -230,8 +235,9 @@ def cnn(num_classes=10, channels=(32, 64), *, gradients="custom", layout="NHWC",
         body += [Conv2D(c, 3, 1, "SAME", ops=ops, layout=layout, algorithm=algorithm, bias=False),
                  BatchNorm(ops=ops, axis=axis), Activation("relu", ops=ops),
                  MaxPool2D(2, ops=ops, layout=layout)]
-    body += [Flatten(), Dense(dense, ops=ops), Activation("relu", ops=ops),
-             Dense(num_classes, ops=ops, init="glorot")]
+    body += [Flatten(), Dense(dense, ops=ops), Activation("relu", ops=ops)]
+    body += [Dropout(dropout)] if dropout else []
+    body += [Dense(num_classes, ops=ops, init="glorot")]
     return serial(*body)
 
 

@@ -1,0 +1,144 @@
+"""``jaxbp bench``: one jitted train step, three ways, timed side by side.
+
+The candidates are the same architecture and optimizer (Adam) on the same
+synthetic batch: jaxbp with the custom rules, jaxbp with the autodiff twins,
+and — if Flax is installed — Flax NNX, in its fastest form (``nnx.split`` /
+``nnx.merge`` inside ``jax.jit`` with donated state). They are timed
+interleaved after warm-up (median of rounds); compiled temporary memory comes
+from XLA's ``memory_analysis()``.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxbp import train
+from jaxbp._bench import interleaved, machine, temp_bytes
+
+INPUT_SHAPE = (1, 28, 28)  # MNIST-sized images, NCHW
+NUM_CLASSES = 10
+
+
+def _batch(batch_size, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(size=(batch_size,) + INPUT_SHAPE).astype(np.float32)
+    y = rng.integers(0, NUM_CLASSES, batch_size).astype(np.int32)
+    return jnp.asarray(x), jnp.asarray(y)
+
+
+def jaxbp_step(model, gradients, dtype, width, layout, algorithm, x):
+    """(step function, initial carry) of jaxbp's train step; step(carry) -> carry."""
+    cfg = train.Config(model=model, gradients=gradients, dtype=dtype, optimizer="adam", lr=1e-3,
+                       weight_decay=0.0, augment=0, dropout=0.0, layout=layout, algorithm=algorithm)
+    if model == "mlp":
+        from jaxbp import layers
+        net = layers.mlp(NUM_CLASSES, hidden=(width, width), gradients=gradients)
+    else:
+        net = train.build_model(cfg, NUM_CLASSES)
+    opt = optax.adam(1e-3)
+    params, state, key = train.init_state(net, cfg, x.shape[1:])
+    ts = train.TrainState(params, state, opt.init(params), jnp.zeros((), jnp.int32), key)
+    step, _ = train.make_steps(net, opt, cfg)
+    return step, ts
+
+
+def flax_step(model, dtype, width, x):
+    from flax import nnx
+
+    compute = jnp.dtype(dtype)
+
+    class CNN(nnx.Module):
+        def __init__(self, rngs):
+            kw = dict(dtype=compute, rngs=rngs)
+            self.c1 = nnx.Conv(1, 32, (3, 3), padding="SAME", use_bias=False, **kw)
+            self.b1 = nnx.BatchNorm(32, momentum=0.9, **kw)
+            self.c2 = nnx.Conv(32, 64, (3, 3), padding="SAME", use_bias=False, **kw)
+            self.b2 = nnx.BatchNorm(64, momentum=0.9, **kw)
+            self.d1 = nnx.Linear(64 * 7 * 7, 128, **kw)
+            self.d2 = nnx.Linear(128, NUM_CLASSES, **kw)
+
+        def __call__(self, x):
+            x = x.transpose(0, 2, 3, 1)  # NCHW at the edge, NHWC inside (Flax's layout)
+            for conv, bn in ((self.c1, self.b1), (self.c2, self.b2)):
+                x = nnx.max_pool(nnx.relu(bn(conv(x))), (2, 2), (2, 2))
+            return self.d2(nnx.relu(self.d1(x.reshape(x.shape[0], -1))))
+
+    class MLP(nnx.Module):
+        def __init__(self, rngs):
+            kw = dict(dtype=compute, rngs=rngs)
+            self.l1 = nnx.Linear(int(np.prod(INPUT_SHAPE)), width, **kw)
+            self.b1 = nnx.BatchNorm(width, momentum=0.9, **kw)
+            self.l2 = nnx.Linear(width, width, **kw)
+            self.b2 = nnx.BatchNorm(width, momentum=0.9, **kw)
+            self.l3 = nnx.Linear(width, NUM_CLASSES, **kw)
+
+        def __call__(self, x):
+            x = x.reshape(x.shape[0], -1)
+            x = nnx.relu(self.b1(self.l1(x)))
+            return self.l3(nnx.relu(self.b2(self.l2(x))))
+
+    net = (CNN if model == "cnn" else MLP)(nnx.Rngs(0))
+    optimizer = nnx.Optimizer(net, optax.adam(1e-3), wrt=nnx.Param)
+    graphdef, state = nnx.split((net, optimizer))
+
+    @functools.partial(jax.jit, donate_argnums=0)
+    def step(state, x, y):
+        net, optimizer = nnx.merge(graphdef, state)
+
+        def loss_fn(net):
+            logits = net(x.astype(compute)).astype(jnp.float32)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(net)
+        optimizer.update(net, grads)
+        return nnx.split((net, optimizer))[1], {"loss": loss}
+
+    return step, state
+
+
+def run(model="cnn", batch_size=128, dtype="float32", width=256, rounds=20, layout="NHWC",
+        algorithm="explicit", flax=True):
+    """Time the train step of each candidate; returns a list of result dicts."""
+    x, y = _batch(batch_size)
+    candidates = {f"jaxbp {g}": jaxbp_step(model, g, dtype, width, layout, algorithm, x)
+                  for g in ("custom", "autodiff")}
+    if flax:
+        try:
+            candidates["flax nnx"] = flax_step(model, dtype, width, x)
+        except ImportError:
+            pass
+    carries = {}
+    memory = {}
+    for name, (step, carry) in candidates.items():
+        memory[name] = temp_bytes(step, carry, x, y)
+        carries[name] = carry
+
+    def call(name):
+        step = candidates[name][0]
+
+        def f():
+            carries[name], m = step(carries[name], x, y)
+            return m["loss"]
+        return f
+
+    times = interleaved({name: call(name) for name in candidates}, rounds=rounds, warmup=3)
+    base = times["jaxbp custom"]
+    return [{"candidate": name, "step_ms": t * 1e3, "examples_per_s": batch_size / t,
+             "custom_over_this": base / t, "temp_mib": (memory[name] or 0) / 2**20,
+             "custom_mem_over_this": (memory["jaxbp custom"] or 0) / max(memory[name] or 1, 1)}
+            for name, t in times.items()]
+
+
+def table(results, model, batch_size, dtype, extra=""):
+    lines = [f"### Train step: {model}, batch {batch_size}, {dtype}{extra} — {machine()}", "",
+             "| candidate | step ms | examples/s | jaxbp custom time ÷ this | temp MiB "
+             "| jaxbp custom memory ÷ this |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in results:
+        lines.append(f"| {r['candidate']} | {r['step_ms']:.3f} | {r['examples_per_s']:,.0f} | "
+                     f"{r['custom_over_this']:.2f} | {r['temp_mib']:.1f} | {r['custom_mem_over_this']:.2f} |")
+    return "\n".join(lines)

@@ -1,0 +1,192 @@
+"""Compare the hand-derived gradients with JAX's: per leaf, and against finite differences.
+
+    report = jaxbp.compare_gradients(loss_fn, params, *args)
+    print(report.table())
+
+``loss_fn(ops, params, *args) -> scalar`` builds its computation from ``ops``;
+it is run once with :mod:`jaxbp.ops` (custom rules) and once with
+:mod:`jaxbp.autodiff` (twins), from the same parameters.
+"""
+from __future__ import annotations
+
+import typing
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxbp import autodiff, ops as custom_ops
+
+# Tolerances per dtype: (custom vs twin relative error, finite-difference relative error).
+TOLERANCES = {"float64": (1e-10, 1e-6), "float32": (1e-4, 5e-2)}
+
+
+class LeafError(typing.NamedTuple):
+    path: str
+    shape: tuple
+    rel_err: float       # ‖custom − twin‖ / ‖twin‖ (see `zero`)
+    max_abs_err: float   # max |custom − twin|
+    zero: bool           # the twin's gradient is 0 to working precision; rel_err is then
+                         # relative to the norm of the whole gradient instead
+
+
+class Report(typing.NamedTuple):
+    leaves: list             # LeafError per parameter leaf, in tree order
+    rel_err: typing.Any      # same pytree structure as params
+    max_abs_err: typing.Any  # same pytree structure as params
+    finite_differences: list  # (numerical, custom analytic, relative error) per direction
+
+    @property
+    def max_rel_err(self):
+        return max((l.rel_err for l in self.leaves), default=0.0)
+
+    @property
+    def max_fd_err(self):
+        return max((e for _, _, e in self.finite_differences), default=0.0)
+
+    def ok(self, dtype="float64"):
+        twin_tol, fd_tol = TOLERANCES[dtype]
+        return self.max_rel_err <= twin_tol and self.max_fd_err <= fd_tol
+
+    def table(self):
+        rows = [f"{'parameter':<32} {'shape':<18} {'rel err':>10} {'max abs err':>12}"]
+        rows += [f"{l.path:<32} {str(l.shape):<18} {l.rel_err:10.2e} {l.max_abs_err:12.2e}"
+                 + ("  (gradient ≈ 0: error relative to the whole gradient)" if l.zero else "")
+                 for l in self.leaves]
+        rows += [f"finite differences, direction {i}: numerical {n:.10g}, custom {a:.10g}, rel err {e:.2e}"
+                 for i, (n, a, e) in enumerate(self.finite_differences)]
+        return "\n".join(rows)
+
+
+def _leaf_error(path, a, b, scale):
+    """Relative error of one leaf. A leaf whose true gradient is zero (e.g. a bias
+    right before batch norm) holds only rounding noise, so its error is measured
+    against ``scale``, the norm of the whole gradient."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    num, den = np.linalg.norm(a - b), np.linalg.norm(b)
+    zero = den <= 1e3 * np.finfo(np.asarray(a).dtype if a.dtype.kind == "f" else np.float64).eps * scale
+    den = scale if zero else den
+    return LeafError(path, tuple(a.shape), float(num / den) if den > 0 else float(num),
+                     float(np.max(np.abs(a - b))) if a.size else 0.0, bool(zero))
+
+
+def compare_gradients(loss_fn, params, *args, directions=3, eps=None, seed=0,
+                      custom=custom_ops, reference=autodiff):
+    """Gradients of ``loss_fn`` w.r.t. ``params`` with ``custom`` vs ``reference`` ops.
+
+    Also checks the custom gradient against central finite differences along
+    ``directions`` random unit directions ``v``:
+    ``(L(p + εv) − L(p − εv)) / 2ε ≈ ⟨∇L, v⟩``.
+    """
+    grad = jax.jit(jax.grad(lambda p, *a: loss_fn(custom, p, *a)))
+    grad_ref = jax.jit(jax.grad(lambda p, *a: loss_fn(reference, p, *a)))
+    g, g_ref = grad(params, *args), grad_ref(params, *args)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(g)
+    flat_ref = jax.tree.leaves(g_ref)
+    scale = float(np.sqrt(sum(np.sum(np.asarray(b, np.float64) ** 2) for b in flat_ref)))
+    leaves = [_leaf_error(jax.tree_util.keystr(p), a, b, scale) for (p, a), b in zip(flat, flat_ref)]
+    tree = lambda field: treedef.unflatten([getattr(l, field) for l in leaves])
+
+    loss = jax.jit(lambda p, *a: loss_fn(custom, p, *a))
+    dtype = jax.tree.leaves(params)[0].dtype
+    eps = eps if eps is not None else (1e-6 if dtype == jnp.float64 else 1e-2)
+    fd = []
+    keys = jax.random.split(jax.random.key(seed), directions)
+    p_leaves, p_def = jax.tree.flatten(params)
+    for k in keys:
+        v = [jax.random.normal(kk, l.shape, l.dtype) for kk, l in zip(jax.random.split(k, len(p_leaves)), p_leaves)]
+        norm = jnp.sqrt(sum(jnp.sum(x * x) for x in v))
+        v = [x / norm for x in v]
+        shifted = lambda s: p_def.unflatten([p + s * eps * x for p, x in zip(p_leaves, v)])
+        numerical = float((loss(shifted(1.0), *args) - loss(shifted(-1.0), *args)) / (2 * eps))
+        analytic = float(sum(jnp.vdot(a, x) for a, x in zip(jax.tree.leaves(g), v)))
+        fd.append((numerical, analytic, abs(numerical - analytic) / max(abs(analytic), abs(numerical), 1e-30)))
+    return Report(leaves, tree("rel_err"), tree("max_abs_err"), fd)
+
+
+def op_problems(dtype, scale=None):
+    """Small problems for every op: name -> (op name, args, argnums, kwargs).
+
+    ``scale=None`` gives tiny float64-friendly sizes (gradcheck); an integer
+    gives benchmark sizes with that many times the base batch.
+    """
+    tiny = scale is None
+    s = 1 if tiny else scale
+
+    def n(seed, *shapes):
+        keys = jax.random.split(jax.random.key(seed), len(shapes))
+        return tuple(jax.random.normal(k, sh, dtype) for k, sh in zip(keys, shapes))
+
+    if tiny:
+        fmap, (x, w, b) = (3, 4, 6, 5), n(0, (2, 3, 7, 6), (4, 3, 3, 2), (4,))
+        dense, rows, logits = ((4, 6), (5, 6), (5,)), (6, 5), (6, 4)
+    else:
+        fmap, (x, w, b) = (64 * s, 32, 32, 32), n(0, (64 * s, 16, 32, 32), (32, 16, 3, 3), (32,))
+        dense, rows, logits = ((256 * s, 512), (512, 512), (512,)), (4096 * s, 256), (2048 * s, 1000)
+    xh = x.transpose(0, 2, 3, 1)
+    return {
+        "dense": ("dense", n(1, *dense), (0, 1, 2), {}),
+        "conv2d NCHW explicit": ("conv2d", (x, w, b, 1, 1), (0, 1, 2), {}),
+        "conv2d NHWC explicit": ("conv2d", (xh, w, b, 1, 1), (0, 1, 2), {"layout": "NHWC"}),
+        "conv2d NCHW implicit": ("conv2d", (x, w, b, 1, 1), (0, 1, 2), {"algorithm": "implicit"}),
+        "conv2d NHWC implicit": ("conv2d", (xh, w, b, 1, 1), (0, 1, 2),
+                                 {"algorithm": "implicit", "layout": "NHWC"}),
+        "conv2d stride 2 SAME": ("conv2d", (x, w, b, 2, "SAME"), (0, 1, 2), {}),
+        "max_pool2d": ("max_pool2d", n(2, fmap) + (2,), (0,), {}),
+        "avg_pool2d": ("avg_pool2d", n(3, fmap) + (2,), (0,), {}),
+        "batch_norm": ("batch_norm", n(4, fmap, fmap[1:2], fmap[1:2]), (0, 1, 2), {}),
+        "relu": ("relu", n(5, fmap), (0,), {}),
+        "leaky_relu": ("leaky_relu", n(6, fmap), (0,), {}),
+        "sigmoid": ("sigmoid", n(7, fmap), (0,), {}),
+        "tanh": ("tanh", n(8, fmap), (0,), {}),
+        "softmax_cross_entropy": ("softmax_cross_entropy",
+                                  (n(9, logits)[0], jnp.arange(logits[0]) % logits[1]), (0,), {}),
+        "euclidean_loss": ("euclidean_loss", n(10, rows, rows), (0, 1), {}),
+        "mse": ("mse", n(11, rows, rows), (0, 1), {}),
+    }
+
+
+def projected(name, args, argnums, kwargs):
+    """``loss(ops, diff_args)``: a fixed random projection of the op's outputs."""
+    def loss(ops, diff):
+        full = list(args)
+        for i, d in zip(argnums, diff):
+            full[i] = d
+        outs = jax.tree.leaves(getattr(ops, name)(*full, **kwargs))
+        return sum(jnp.sum(o * jnp.cos(jnp.arange(o.size, dtype=o.dtype).reshape(o.shape))) for o in outs)
+    return loss
+
+
+def main(model="cnn", dtype="float64"):
+    """Print the op table and the model's parameter table; return True when all pass."""
+    from jaxbp import data, layers
+
+    dt = jnp.dtype(dtype)
+    twin_tol, fd_tol = TOLERANCES[dtype]
+    ok = True
+    print(f"custom vs autodiff gradients, {dtype} (tolerance: relative {twin_tol:g} vs twin, "
+          f"{fd_tol:g} vs finite differences)\n")
+    print(f"{'op':<24} {'rel err vs twin':>16} {'max abs err':>12} {'rel err vs FD':>14}  ")
+    for label, (name, args, argnums, kwargs) in op_problems(dt).items():
+        r = compare_gradients(projected(name, args, argnums, kwargs), tuple(args[i] for i in argnums))
+        passed = r.ok(dtype)
+        ok &= passed
+        print(f"{label:<24} {r.max_rel_err:16.2e} {max(l.max_abs_err for l in r.leaves):12.2e} "
+              f"{r.max_fd_err:14.2e}  {'ok' if passed else 'FAIL'}")
+
+    ds = data.load_digits()
+    x, y = jnp.asarray(ds.x_train[:32], dt), jnp.asarray(ds.y_train[:32])
+    build = lambda g: layers.MODELS[model](10, gradients=g)
+    _, params, state = build("custom").init(jax.random.PRNGKey(0), x.shape)
+    params = jax.tree.map(lambda p: p.astype(dt), params)
+
+    def loss_fn(ops, params):
+        logits, _ = build("custom" if ops is custom_ops else "autodiff").apply(params, state, x, train=True)
+        return ops.softmax_cross_entropy(logits, y).mean()
+
+    r = compare_gradients(loss_fn, params)
+    print(f"\nmodel {model}, every parameter:\n{r.table()}")
+    passed = r.ok(dtype)
+    print(f"\n{'PASS' if ok and passed else 'FAIL'}: largest relative error vs twin "
+          f"{max(r.max_rel_err, 0):.2e}, vs finite differences {r.max_fd_err:.2e}")
+    return ok and passed

@@ -1,0 +1,56 @@
+import jax
+import jax.numpy as jnp
+import pytest
+
+import jaxbp
+from jaxbp import gradcheck
+from helpers import normal
+
+
+def two_layer(ops, params, x, y):
+    h = ops.relu(ops.dense(x, params["w1"], params["b1"]))
+    return ops.softmax_cross_entropy(ops.dense(h, params["w2"], params["b2"]), y).mean()
+
+
+def setup():
+    x, w1, b1, w2, b2 = normal(0, (8, 5), (6, 5), (6,), (3, 6), (3,))
+    return {"w1": w1, "b1": b1, "w2": w2, "b2": b2}, x, jnp.arange(8) % 3
+
+
+def test_report_is_pytree_shaped_and_passes():
+    params, x, y = setup()
+    r = jaxbp.compare_gradients(two_layer, params, x, y)
+    assert set(r.rel_err) == set(params) and all(e <= 1e-12 for e in r.rel_err.values())
+    assert len(r.finite_differences) == 3 and r.max_fd_err < 1e-6
+    assert r.ok("float64") and "['w1']" in r.table()
+
+
+def test_a_leaf_with_zero_gradient_is_measured_against_the_whole_gradient():
+    def loss(ops, params, x):  # the bias before batch norm has gradient exactly 0
+        z = ops.dense(x, params["w"], params["b"])
+        return (ops.batch_norm(z, jnp.ones(3), jnp.zeros(3))[0] ** 3).sum()
+    x, w, b = normal(1, (6, 4), (3, 4), (3,))
+    r = jaxbp.compare_gradients(loss, {"w": w, "b": b}, x)
+    leaf = {l.path: l for l in r.leaves}["['b']"]
+    assert leaf.zero and leaf.rel_err < 1e-12 and r.ok("float64")
+
+
+def test_a_wrong_backward_rule_is_detected(monkeypatch):
+    @jax.custom_vjp
+    def bad_relu(z):
+        return jnp.where(z > 0, z, 0.0)
+
+    bad_relu.defvjp(lambda z: (bad_relu(z), z), lambda z, g: (g,))  # forgot the mask: δz = δa
+    monkeypatch.setattr(jaxbp.ops, "relu", bad_relu)
+    params, x, y = setup()
+    r = jaxbp.compare_gradients(two_layer, params, x, y)
+    assert not r.ok("float64")
+    assert r.rel_err["w1"] > 1e-3 and r.rel_err["b2"] < 1e-12  # the layer above the bug is fine
+    assert r.max_fd_err > 1e-3
+
+
+@pytest.mark.parametrize("name", list(gradcheck.op_problems(jnp.float64)))
+def test_every_op_problem_passes(name):
+    op, args, argnums, kwargs = gradcheck.op_problems(jnp.float64)[name]
+    r = jaxbp.compare_gradients(gradcheck.projected(op, args, argnums, kwargs), tuple(args[i] for i in argnums))
+    assert r.ok("float64"), r.table()

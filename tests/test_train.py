@@ -1,0 +1,130 @@
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxbp import data, layers, train
+from jaxbp.train import Config, TrainState
+
+
+def small_digits(n_train=320, n_test=100):
+    d = data.load_digits()
+    return data.Dataset(d.x_train[:n_train], d.y_train[:n_train], d.x_test[:n_test], d.y_test[:n_test], 10)
+
+
+def trajectory(cfg, ds, steps):
+    """Losses of the first ``steps`` train steps, and the final params."""
+    model = train.build_model(cfg, ds.num_classes)
+    opt = train.build_optimizer(cfg, len(ds.x_train) // cfg.batch_size)
+    params, state, key = train.init_state(model, cfg, ds.x_train.shape[1:])
+    ts = TrainState(params, state, opt.init(params), jnp.zeros((), jnp.int32), key)
+    step, _ = train.make_steps(model, opt, cfg)
+    losses, batches = [], train.epoch_batches(len(ds.x_train), cfg.batch_size, cfg.seed, 0)
+    for idx in batches[:steps]:
+        x = ds.x_train[idx].astype(np.float64 if cfg.dtype == "float64" else np.float32)
+        ts, m = step(ts, x, ds.y_train[idx])
+        losses.append(float(m["loss"]))
+    return np.array(losses), ts.params
+
+
+@pytest.mark.parametrize("model", ["cnn", "mlp"])
+def test_custom_and_autodiff_training_follow_the_same_trajectory(model):
+    ds = small_digits()
+    cfg = dict(model=model, dtype="float64", batch_size=16, epochs=1, optimizer="adam", lr=1e-2)
+    losses_c, params_c = trajectory(Config(gradients="custom", **cfg), ds, 20)
+    losses_a, params_a = trajectory(Config(gradients="autodiff", **cfg), ds, 20)
+    assert losses_c[-1] < losses_c[0]  # it is learning
+    assert np.max(np.abs(losses_c - losses_a) / np.abs(losses_a)) <= 1e-9
+    for c, a in zip(jax.tree.leaves(params_c), jax.tree.leaves(params_a)):
+        np.testing.assert_allclose(c, a, rtol=1e-7, atol=1e-10)
+
+
+def test_resume_equals_straight_run_bitwise(tmp_path):
+    ds = small_digits(n_train=192)
+    cfg = dict(epochs=4, batch_size=32)
+    straight = train.fit(Config(run_dir=str(tmp_path / "a"), **cfg), dataset=ds, quiet=True)
+    train.fit(Config(run_dir=str(tmp_path / "b"), **cfg), dataset=ds, quiet=True, max_epochs=2)
+    resumed = train.fit(Config(run_dir=str(tmp_path / "b"), resume=True, **cfg), dataset=ds, quiet=True)
+    for a, b in zip(jax.tree.leaves(straight["state"]), jax.tree.leaves(resumed["state"]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l)["epoch"] for l in lines] == [1, 2, 3, 4]
+    assert [json.loads(l)["train_loss"] for l in lines] == [r["train_loss"] for r in straight["history"]]
+
+
+def test_run_directory_contents(tmp_path):
+    ds = small_digits(n_train=128)
+    train.fit(Config(model="mlp", epochs=2, run_dir=str(tmp_path)), dataset=ds, quiet=True)
+    records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 2
+    assert {"epoch", "train_loss", "test_loss", "test_accuracy", "seconds"} <= set(records[0])
+    assert json.loads((tmp_path / "config.json").read_text())["model"] == "mlp"
+    png = (tmp_path / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+    assert matplotlib.image.imread(str(tmp_path / "curves.png")).shape[:2] == (400, 1000)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["ckpt-000000004", "ckpt-000000008"]
+
+
+@pytest.mark.parametrize("model", ["cnn", "mlp"])
+def test_evaluation_of_an_example_does_not_depend_on_its_batch(model):
+    ds = small_digits()
+    m = train.build_model(Config(model=model), 10)
+    _, params, state = m.init(jax.random.PRNGKey(0), (1, 1, 8, 8))
+    # Non-trivial running statistics, as after training.
+    _, state = m.apply(params, state, ds.x_train[:64], train=True, key=jax.random.PRNGKey(1))
+    predict = jax.jit(lambda x: m.apply(params, state, x, train=False)[0])
+    alone = predict(ds.x_test[:1])
+    for others in (ds.x_test[1:16], 100 * ds.x_test[16:48]):
+        together = predict(np.concatenate([ds.x_test[:1], others]))
+        np.testing.assert_allclose(together[:1], alone, rtol=1e-5, atol=1e-6)
+
+
+def test_batch_norm_uses_running_statistics_with_documented_momentum():
+    bn = layers.BatchNorm(momentum=0.9)
+    _, params, state = bn.init(None, (4, 3))
+    x = jnp.arange(12.0).reshape(4, 3)
+    _, new = bn.apply(params, state, x, train=True)
+    np.testing.assert_allclose(new["mean"], 0.1 * x.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(new["var"], 0.9 + 0.1 * x.var(0), rtol=1e-6)
+
+
+def test_regularizer_reaches_weights_not_logits():
+    params = [{"w": jnp.ones((2, 3)), "b": jnp.ones(2)}, {"gamma": jnp.ones(2), "beta": jnp.zeros(2)}]
+    g = jax.grad(train.regularizer)(params, 0.5)
+    assert g[0]["w"].tolist() == (0.5 * jnp.ones((2, 3))).tolist()
+    assert g[0]["b"].tolist() == [0.0, 0.0] and g[1]["gamma"].tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("field,value", [("epochs", 0), ("batch_size", -1), ("lr", 0.0), ("lr", float("nan")),
+                                         ("model", "resnet"), ("optimizer", "lbfgs"), ("gradients", "numeric"),
+                                         ("dropout", 1.0)])
+def test_config_rejects_bad_values(field, value):
+    with pytest.raises(ValueError, match=f"{field} must be"):
+        Config(**{field: value}).validate()
+
+
+def test_batch_larger_than_data_is_an_error():
+    with pytest.raises(ValueError, match="batch_size 500 is larger than the training set \\(128 examples\\)"):
+        train.fit(Config(batch_size=500), dataset=small_digits(n_train=128), quiet=True)
+
+
+def test_same_seed_gives_bitwise_identical_params():
+    ds = small_digits(n_train=96)
+    a = train.fit(Config(epochs=1), dataset=ds, quiet=True)["state"]
+    b = train.fit(Config(epochs=1), dataset=ds, quiet=True)["state"]
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "adamw"])
+def test_every_optimizer_lowers_the_loss(optimizer):
+    ds = small_digits(n_train=128)
+    lr = {"sgd": 0.1, "momentum": 0.05}.get(optimizer, 3e-3)
+    r = train.fit(Config(model="mlp", epochs=3, optimizer=optimizer, lr=lr, warmup_epochs=0), dataset=ds,
+                  quiet=True)
+    assert r["history"][-1]["train_loss"] < r["history"][0]["train_loss"]
