@@ -28,9 +28,18 @@ from jax import lax
 from jaxbp import _checks, _windows
 from jaxbp._op import like, with_twin
 
-# einsum subscripts of the patch tensor and of the output, per layout;
-# the kernel is always "ock" = (O, I, FH·FW).
-_SUBSCRIPTS = {"NCHW": ("nckhw", "nohw"), "NHWC": ("nhwkc", "nhwo")}
+# einsum subscripts of the patch tensor, the output and the kernel F̃, per layout.
+# The kernel's (i, k) order follows the patch's, so that no contraction output
+# needs a transpose of patch size: NCHW (O, I, FH·FW), NHWC (O, FH·FW, I).
+_SUBSCRIPTS = {"NCHW": ("nckhw", "nohw", "ock"), "NHWC": ("nhwkc", "nhwo", "okc")}
+
+
+def _kernel(w, layout):
+    o, c, fh, fw = w.shape
+    return w.reshape(o, c, fh * fw) if layout == "NCHW" else w.transpose(0, 2, 3, 1).reshape(o, fh * fw, c)
+
+
+
 # lax dimension numbers: forward, then the two backward convolutions.
 _DIMS = {
     "NCHW": dict(fwd=("NCHW", "OIHW", "NCHW"), dx=("NCHW", "IOHW", "NCHW"),
@@ -45,12 +54,18 @@ def _bias_shape(layout, o):
 
 
 def _explicit(x, w, b, stride, pads, layout):
-    o, c, fh, fw = w.shape
+    o, _, fh, fw = w.shape
     (ah, aw), _ = _windows.LAYOUTS[layout]
     out = _windows.out_hw((x.shape[ah], x.shape[aw]), (fh, fw), stride, pads)
     cols = _windows.im2col(_windows.pad(x, pads, layout), (fh, fw), stride, out, layout)
-    xs, ys = _SUBSCRIPTS[layout]
-    y = jnp.einsum(f"{xs},ock->{ys}", cols, w.reshape(o, c, fh * fw))  # Ỹ = X̃ F̃
+    if layout == "NHWC":
+        # Ỹ = X̃ F̃ as one 2-D matmul, rows (n, h', w'), columns (fh, fw, i): the
+        # patch matrix is used as laid out (an einsum let XLA transpose it instead of F̃).
+        n, ho, wo, kk, c = cols.shape
+        y = (cols.reshape(n * ho * wo, kk * c) @ _kernel(w, layout).reshape(o, kk * c).T).reshape(n, ho, wo, o)
+    else:
+        xs, ys, ks = _SUBSCRIPTS[layout]
+        y = jnp.einsum(f"{xs},{ks}->{ys}", cols, _kernel(w, layout))  # Ỹ = X̃ F̃
     return y if b is None else y + b.reshape(_bias_shape(layout, o))
 
 
@@ -60,18 +75,26 @@ def _explicit_fwd(x, w, b, stride, pads, layout):
 
 def _explicit_bwd(stride, pads, layout, res, g):
     x, w, b = res
-    o, c, fh, fw = w.shape
+    _, _, fh, fw = w.shape
     (ah, aw), ch = _windows.LAYOUTS[layout]
     in_hw = (x.shape[ah], x.shape[aw])
     padded = tuple(n + lo + hi for n, (lo, hi) in zip(in_hw, pads))
     out = (g.shape[ah], g.shape[aw])
-    xs, ys = _SUBSCRIPTS[layout]
-    # Recompute X̃ rather than keep it alive between the passes.
-    cols = _windows.im2col(_windows.pad(x, pads, layout), (fh, fw), stride, out, layout)
-    dw = jnp.einsum(f"{xs},{ys}->ock", cols, g).reshape(w.shape)          # δF̃ = X̃ᵀ δỸ
-    dcols = jnp.einsum(f"{ys},ock->{xs}", g, w.reshape(o, c, fh * fw))    # δX̃ = δỸ F̃ᵀ
-    dx = _windows.unpad(_windows.col2im(dcols, (fh, fw), stride, padded, layout),
-                        pads, in_hw, layout)                               # δX = col2im(δX̃)
+    xs, ys, _ = _SUBSCRIPTS[layout]
+    xk_s = xs.replace("k", "")  # one window entry: a block of C columns of X̃
+    xp = _windows.pad(x, pads, layout)
+    # The rules, evaluated one block of C columns of X̃ (one window entry k) at a
+    # time, so that neither X̃ nor δX̃ is ever materialized whole:
+    #   δF̃_k = X̃_kᵀ δỸ          (X̃_k is a strided slice of x)
+    #   δX   = col2im(δỸ F̃ᵀ) = Σ_k place_k(δỸ F̃_kᵀ)
+    dw, dxp = [], 0
+    for _, (i, j) in _windows.entries((fh, fw)):
+        x_k = _windows.window_entry(xp, i, j, stride, out, layout)
+        dw.append(jnp.einsum(f"{xk_s},{ys}->oc", x_k, g))
+        dx_k = jnp.einsum(f"{ys},oc->{xk_s}", g, w[:, :, i, j].astype(g.dtype))
+        dxp = dxp + _windows.place_entry(dx_k, i, j, stride, padded, layout)
+    dw = jnp.stack(dw, axis=-1).reshape(w.shape)
+    dx = _windows.unpad(dxp, pads, in_hw, layout)
     db = None if b is None else g.sum(axis=tuple(a for a in range(4) if a != ch))
     return like((dx, dw, db), (x, w, b))
 

@@ -18,30 +18,60 @@ def _wide(*xs):
     return [x.astype(dtype) for x in xs]
 
 
-def _log_softmax(o):
-    # Stable: shift by the (constant) row maximum before exponentiating.
+def _shift_and_log_sum(o):
+    """``(o − m, log Σ_k e^{o_k − m})`` with ``m`` the (constant) row maximum, so
+    ``log softmax(o) = (o − m) − log Σ``: stable, and exact for large logits (a
+    single ``o − lse`` loses the small part of ``lse`` in float32)."""
     s = o - lax.stop_gradient(o.max(axis=-1, keepdims=True))
-    return s - jnp.log(jnp.exp(s).sum(axis=-1, keepdims=True))
+    return s, jnp.log(jnp.exp(s).sum(axis=-1, keepdims=True))
 
 
 def _softmax_cross_entropy(logits, targets):
     o, y = _wide(logits, targets)
-    return -(y * _log_softmax(o)).sum(axis=-1)
+    s, log_sum = _shift_and_log_sum(o)
+    return -(y * (s - log_sum)).sum(axis=-1)
 
 
 def _softmax_cross_entropy_fwd(logits, targets):
     o, y = _wide(logits, targets)
-    log_p = _log_softmax(o)
-    # Residual: log softmax (softmax = exp of it; −log softmax is δtargets).
-    return -(y * log_p).sum(axis=-1), (log_p, y, carrier(logits), carrier(targets))
+    s, log_sum = _shift_and_log_sum(o)
+    # Residuals: the shifted logits and log Σ (N, 1); softmax(o) = exp(s − log Σ).
+    return -(y * (s - log_sum)).sum(axis=-1), (s, log_sum, y, carrier(logits), carrier(targets))
 
 
 def _softmax_cross_entropy_bwd(res, g):
-    log_p, y, logits, targets = res
-    g = g[:, None].astype(log_p.dtype)
+    s, log_sum, y, logits, targets = res
+    g = g[:, None].astype(s.dtype)
+    log_p = s - log_sum
     dlogits = g * (jnp.exp(log_p) * y.sum(axis=-1, keepdims=True) - y)  # softmax(o)·Σy − y
     dtargets = -g * log_p
     return like((dlogits, dtargets), (logits, targets))
+
+
+def _one_hot(labels, o):
+    return (labels[:, None] == jnp.arange(o.shape[-1])[None, :]).astype(o.dtype)
+
+
+def _sparse_cross_entropy(logits, labels):
+    (o,) = _wide(logits)
+    s, log_sum = _shift_and_log_sum(o)
+    return -(_one_hot(labels, o) * (s - log_sum)).sum(axis=-1)
+
+
+def _sparse_cross_entropy_fwd(logits, labels):
+    (o,) = _wide(logits)
+    s, log_sum = _shift_and_log_sum(o)
+    loss = -(_one_hot(labels, o) * (s - log_sum)).sum(axis=-1)
+    # Integer labels are kept as they are (N ints); the one-hot is rebuilt.
+    return loss, (s, log_sum, labels, carrier(logits))
+
+
+def _sparse_cross_entropy_bwd(res, g):
+    s, log_sum, labels, logits = res
+    y = _one_hot(labels, s)
+    # softmax(o)·Σy − y, with Σy = 1 for a label in [0, K) and 0 (a zero row) outside.
+    dlogits = g[:, None].astype(s.dtype) * (jnp.exp(s - log_sum) * y.sum(axis=-1, keepdims=True) - y)
+    return like((dlogits,), (logits,)) + (None,)
 
 
 def _euclidean(pred, target):
@@ -84,26 +114,37 @@ def _mse_bwd(res, g):
 
 _softmax_cross_entropy_vjp = jax.custom_vjp(_softmax_cross_entropy)
 _softmax_cross_entropy_vjp.defvjp(_softmax_cross_entropy_fwd, _softmax_cross_entropy_bwd)
+_sparse_cross_entropy_vjp = jax.custom_vjp(_sparse_cross_entropy)
+_sparse_cross_entropy_vjp.defvjp(_sparse_cross_entropy_fwd, _sparse_cross_entropy_bwd)
+
+
+def _targets_kind(custom):
+    soft, sparse = ((_softmax_cross_entropy_vjp, _sparse_cross_entropy_vjp) if custom
+                    else (_softmax_cross_entropy, _sparse_cross_entropy))
+    return lambda logits, targets: (sparse if jnp.issubdtype(targets.dtype, jnp.integer) else soft)(
+        logits, targets)
 _euclidean_vjp = jax.custom_vjp(_euclidean)
 _euclidean_vjp.defvjp(_euclidean_fwd, _euclidean_bwd)
 _mse_vjp = jax.custom_vjp(_mse)
 _mse_vjp.defvjp(_mse_fwd, _mse_bwd)
 
 
-@with_twin(_softmax_cross_entropy_vjp, _softmax_cross_entropy)
+@with_twin(_targets_kind(True), _targets_kind(False))
 def softmax_cross_entropy(impl, logits, targets):
     """Cross-entropy of softmax, ``L = −Σ_k y_k log softmax(o)_k`` per example.
 
     Backward (derivation "Cross Entropy-Softmax", general form, NOTES.md care 4):
     ``δo = softmax(o)·Σ_k y_k − y`` — equal to ``softmax(o) − y`` only when the
     targets sum to 1, so smoothed or unnormalized targets stay correct;
-    ``δy = −log softmax(o)``. Saves ``log softmax(o)``.
+    ``δy = −log softmax(o)``. Saves the shifted logits ``o − max`` and
+    ``log Σ e^{o − max}`` (``(N, 1)``); integer labels are saved as they are.
 
     Args:
       logits: ``(N, K)``.
       targets: ``(N, K)`` non-negative floats (one-hot, probabilities or any
-        weights), or ``(N,)`` integer class ids in ``[0, K)`` (turned into
-        one-hot rows; an id outside the range gives a zero row and loss 0).
+        weights), or ``(N,)`` integer class ids in ``[0, K)`` (as one-hot rows,
+        with ``Σy = 1``; an id outside the range gives a zero row: loss 0 and
+        gradient 0).
 
     Returns:
       ``(N,)`` losses, in at least float32.
@@ -113,7 +154,6 @@ def softmax_cross_entropy(impl, logits, targets):
     if hasattr(targets, "dtype") and jnp.issubdtype(targets.dtype, jnp.integer):
         _checks.shape("targets", targets, logits.shape[:1],
                       f"integer class ids, one per row of logits {tuple(logits.shape)}")
-        targets = jax.nn.one_hot(targets, logits.shape[1], dtype=logits.dtype)
     else:
         _checks.floating("targets", targets)
         _checks.shape("targets", targets, logits.shape,

@@ -73,19 +73,39 @@ def unpad(xp, pads, in_hw, layout):
     return lax.slice(xp, start, limit)
 
 
+def window_entry(xp, i, j, stride, out, layout):
+    """Entry ``(i, j)`` of every window: ``xp[..., i + s·h', j + s·w', ...]``, shape like the
+    output with the input's channels — one block of ``C`` columns of ``X̃``."""
+    (ah, aw), _ = LAYOUTS[layout]
+    start, limit, strides = [0] * xp.ndim, list(xp.shape), [1] * xp.ndim
+    for a, o, s, k in ((ah, out[0], stride[0], i), (aw, out[1], stride[1], j)):
+        start[a], limit[a], strides[a] = k, k + s * (o - 1) + 1, s
+    return lax.slice(xp, start, limit, strides)
+
+
+def place_entry(part, i, j, stride, padded_hw, layout):
+    """Adjoint of :func:`window_entry`: spread ``part`` to stride ``s`` (interior
+    padding) and shift it by ``(i, j)`` (edge padding) into the padded input's shape."""
+    (ah, aw), _ = LAYOUTS[layout]
+    config = [(0, 0, 0)] * part.ndim
+    for a, s, off, p in ((ah, stride[0], i, padded_hw[0]), (aw, stride[1], j, padded_hw[1])):
+        span = s * (part.shape[a] - 1) + 1
+        config[a] = (off, p - off - span, s - 1)
+    return lax.pad(part, jnp.zeros((), part.dtype), config)
+
+
+def entries(window):
+    """Window entries ``(k, (i, j))`` in row-major order, ``k = i·FW + j``."""
+    return enumerate(itertools.product(range(window[0]), range(window[1])))
+
+
 def im2col(xp, window, stride, out, layout):
     """Padded input -> every window, stacked on a new axis.
 
     NCHW: ``N,C,Hp,Wp -> N,C,K,H',W'``; NHWC: ``N,Hp,Wp,C -> N,H',W',K,C``;
     entry ``k = fh·FW + fw`` holds ``xp[..., fh + s·h', fw + s·w', ...]``.
     """
-    (ah, aw), _ = LAYOUTS[layout]
-    cols = []
-    for i, j in itertools.product(range(window[0]), range(window[1])):
-        start, limit, strides = [0] * xp.ndim, list(xp.shape), [1] * xp.ndim
-        for a, o, s, k in ((ah, out[0], stride[0], i), (aw, out[1], stride[1], j)):
-            start[a], limit[a], strides[a] = k, k + s * (o - 1) + 1, s
-        cols.append(lax.slice(xp, start, limit, strides))
+    cols = [window_entry(xp, i, j, stride, out, layout) for _, (i, j) in entries(window)]
     return jnp.stack(cols, axis=WINDOW_AXIS[layout])
 
 
@@ -93,18 +113,7 @@ def col2im(cols, window, stride, padded_hw, layout):
     """Adjoint of :func:`im2col`: put each window entry back, *adding* overlaps.
 
     NCHW: ``N,C,K,H',W' -> N,C,Hp,Wp``; NHWC: ``N,H',W',K,C -> N,Hp,Wp,C``.
-    Entry ``k = (fh, fw)`` is spread to stride ``s`` by interior padding and
-    shifted by ``(fh, fw)`` by edge padding; the ``K`` shifted copies are summed.
     """
-    (ah, aw), _ = LAYOUTS[layout]
     k_axis = WINDOW_AXIS[layout]
-    total = None
-    for k, (i, j) in enumerate(itertools.product(range(window[0]), range(window[1]))):
-        part = lax.index_in_dim(cols, k, k_axis, keepdims=False)
-        config = [(0, 0, 0)] * part.ndim
-        for a, s, off, p in ((ah, stride[0], i, padded_hw[0]), (aw, stride[1], j, padded_hw[1])):
-            span = s * (part.shape[a] - 1) + 1
-            config[a] = (off, p - off - span, s - 1)
-        part = lax.pad(part, jnp.zeros((), part.dtype), config)
-        total = part if total is None else total + part
-    return total
+    return sum(place_entry(lax.index_in_dim(cols, k, k_axis, keepdims=False), i, j, stride, padded_hw, layout)
+               for k, (i, j) in entries(window))

@@ -13,6 +13,7 @@ CASES = {
     # Unnormalized weights: only the general form softmax(o)·Σy − y is right here.
     "xent_weights": Case(jaxbp.softmax_cross_entropy, (logits, jnp.abs(soft) * 3), (0, 1)),
     "xent_int_labels": Case(jaxbp.softmax_cross_entropy, (logits, jnp.array([0, 3, 1, 2, 3])), (0,)),
+    "xent_int_labels_out_of_range": Case(jaxbp.softmax_cross_entropy, (logits, jnp.array([0, 4, -1, 2, 3])), (0,)),
     "euclidean": Case(jaxbp.euclidean_loss, normal(1, (4, 3, 2), (4, 3, 2)), (0, 1)),
     "euclidean_1d": Case(jaxbp.euclidean_loss, normal(2, (6,), (6,)), (0, 1)),
     "mse": Case(jaxbp.mse, normal(3, (4, 5), (4, 5)), (0, 1)),

@@ -1,0 +1,141 @@
+"""Everything issue-level that needs an accelerator, in one process, one table file.
+
+    python benchmarks/gpu.py OUT.md [--quick]
+
+1. Ceilings: float32 matmul at the default precision (TF32 on NVIDIA GPUs) and
+   device-to-device copy bandwidth (bytes read + written).
+2. Train steps (`jaxbp bench`): CNN batch 1024 float32 (explicit NHWC, explicit
+   NCHW, implicit NHWC) and bfloat16; MLP 4096 wide, batch 4096, vs the matmul ceiling.
+3. Batch norm fwd+bwd bandwidth vs the copy ceiling.
+4. Convolution fwd+bwd: explicit im2col (NCHW, NHWC), implicit, vs lax.conv
+   autodiff, float32 and bfloat16, with the patch-matrix traffic bound.
+5. Every op vs its twin (benchmarks/ops.py at scale 4).
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ops as ops_bench  # noqa: E402
+
+import jaxbp  # noqa: E402
+from jaxbp import bench  # noqa: E402
+from jaxbp._bench import interleaved, machine  # noqa: E402
+
+
+def log(out, text):
+    print(text, flush=True)
+    with open(out, "a") as f:
+        f.write(text + "\n")
+
+
+def ceilings(rounds, quick):
+    n = 1024 if quick else 8192
+    a, b = (jax.random.normal(k, (n, n), jnp.float32) for k in jax.random.split(jax.random.key(0)))
+    mm = jax.jit(lambda a, b: a @ b)
+    x = jax.random.normal(jax.random.key(1), (1 << (22 if quick else 28),), jnp.float32)  # 1 GiB
+    copy = jax.jit(lambda x: x * 2.0)
+    t = interleaved({"mm": lambda: mm(a, b), "copy": lambda: copy(x)}, rounds)
+    return 2 * n ** 3 / t["mm"], 2 * x.nbytes / t["copy"]
+
+
+def batch_norm_bandwidth(rounds, copy_bw, quick):
+    x = jax.random.normal(jax.random.key(2), (16 if quick else 256, 64, 56, 56), jnp.float32)
+    g, b = jnp.ones(64), jnp.zeros(64)
+    ct = jax.random.normal(jax.random.key(3), x.shape, jnp.float32)
+    f = jax.jit(lambda x, g, b: jax.vjp(lambda *a: jaxbp.batch_norm(*a)[0], x, g, b)[1](ct))
+    tw = jax.jit(lambda x, g, b: jax.vjp(lambda *a: jaxbp.autodiff.batch_norm(*a)[0], x, g, b)[1](ct))
+    t = interleaved({"custom": lambda: f(x, g, b), "twin": lambda: tw(x, g, b)}, rounds)
+    # Fewest bytes: read x, write y (forward); read δy and x (or x̂), write δx (backward).
+    moved = 5 * x.nbytes
+    return {k: (moved / v, moved / v / copy_bw, v) for k, v in t.items()}
+
+
+def conv_variants(rounds, dtype, quick):
+    rows = []
+    shapes = ((256, 64, 56, 64), (256, 128, 28, 128), (256, 256, 14, 256))
+    for (n, c, h, o) in (((8, 16, 14, 16),) if quick else shapes):
+        x = jax.random.normal(jax.random.key(4), (n, c, h, h), dtype)
+        w = jax.random.normal(jax.random.key(5), (o, c, 3, 3), dtype) * 0.05
+        xh = x.transpose(0, 2, 3, 1)
+
+        def make(fn, xx, layout):
+            ct = jnp.ones((n, o, h, h) if layout == "NCHW" else (n, h, h, o), dtype)
+            return jax.jit(lambda xx, w: jax.vjp(fn, xx, w)[1](ct))
+
+        def lax_conv(layout):
+            return lambda xx, w: lax.conv_general_dilated(xx, w, (1, 1), "SAME",
+                                                          dimension_numbers=(layout, "OIHW", layout))
+
+        cands = {
+            "explicit NCHW": (make(lambda a, b: jaxbp.conv2d(a, b, None, 1, 1), x, "NCHW"), x),
+            "explicit NHWC": (make(lambda a, b: jaxbp.conv2d(a, b, None, 1, 1, layout="NHWC"), xh, "NHWC"), xh),
+            "implicit NHWC": (make(lambda a, b: jaxbp.conv2d(a, b, None, 1, 1, layout="NHWC",
+                                                              algorithm="implicit"), xh, "NHWC"), xh),
+            "lax.conv NCHW": (make(lax_conv("NCHW"), x, "NCHW"), x),
+            "lax.conv NHWC": (make(lax_conv("NHWC"), xh, "NHWC"), xh),
+        }
+        t = interleaved({k: (lambda f=f, a=a: f(a, w)) for k, (f, a) in cands.items()}, rounds)
+        best = min(t["lax.conv NCHW"], t["lax.conv NHWC"])
+        # im2col traffic, fwd+bwd: write X̃ and read it (forward), again in the backward
+        # for δF̃, plus write and read δX̃: 6 passes over a 9×-input-sized matrix.
+        patch_bytes = 9 * x.nbytes
+        rows.append(((n, c, h, o), {k: (v, v / best) for k, v in t.items()}, 6 * patch_bytes))
+    return rows
+
+
+def main():
+    out = sys.argv[1]
+    quick = "--quick" in sys.argv
+    rounds = 5 if quick else 20
+    log(out, f"## GPU results — {machine()}, {datetime.date.today()}\n")
+    t0 = time.time()
+    with jax.default_matmul_precision("default"):
+        mm_rate, copy_bw = ceilings(rounds, quick)
+    log(out, f"Ceilings: float32 matmul (default precision = TF32) {mm_rate / 1e12:.1f} TFLOP/s; "
+             f"device-to-device copy {copy_bw / 1e12:.2f} TB/s (read + write).\n")
+
+    big, wide = (64, 256) if quick else (1024, 4096)
+    for model, bs, dtype, layout, alg, width in (
+            ("cnn", big, "float32", "NHWC", "explicit", 0), ("cnn", big, "float32", "NCHW", "explicit", 0),
+            ("cnn", big, "float32", "NHWC", "implicit", 0), ("cnn", big, "bfloat16", "NHWC", "explicit", 0),
+            ("cnn", big, "bfloat16", "NHWC", "implicit", 0), ("mlp", wide, "float32", "NHWC", "explicit", wide)):
+        r = bench.run(model, bs, dtype, width or 256, rounds, layout, alg)
+        extra = f", {layout}, {alg}" + (f", width {width}" if width else "")
+        log(out, bench.table(r, model, bs, dtype, extra))
+        if model == "mlp":
+            flops = 3 * 2 * bs * (784 * width + width * width + width * 10)
+            ms = r[0]["step_ms"] / 1e3
+            log(out, f"\nMLP step: {flops / ms / 1e12:.1f} TFLOP/s = {flops / ms / mm_rate:.0%} of the "
+                     "measured TF32 matmul rate (custom)")
+        log(out, "")
+
+    bn = batch_norm_bandwidth(rounds, copy_bw, quick)
+    log(out, "Batch norm fwd+bwd (256×64×56×56 float32, 5 passes counted): " + "; ".join(
+        f"{k} {v[0] / 1e12:.2f} TB/s = {v[1]:.0%} of copy ({v[2] * 1e3:.2f} ms)" for k, v in bn.items()) + "\n")
+
+    for dtype in (jnp.float32, jnp.bfloat16):
+        log(out, f"### conv2d 3×3 SAME fwd+bwd, {jnp.dtype(dtype).name}: ms (÷ best lax.conv)\n")
+        names = ["explicit NCHW", "explicit NHWC", "implicit NHWC", "lax.conv NCHW", "lax.conv NHWC"]
+        log(out, "| N, C, H, O | " + " | ".join(names) + " | im2col traffic bound ms |")
+        log(out, "|---|" + "---:|" * (len(names) + 1))
+        for shape, t, traffic in conv_variants(rounds, dtype, quick):
+            log(out, f"| {shape} | " + " | ".join(f"{t[k][0] * 1e3:.2f} ({t[k][1]:.2f}×)" for k in names)
+                + f" | {traffic / copy_bw * 1e3:.2f} |")
+        log(out, "")
+
+    scale = 1 if quick else 4
+    rows = ops_bench.run(rounds, scale, jnp.float32)
+    log(out, f"### Ops, fwd+bwd, float32, scale {scale}\n\n{ops_bench.table(rows)}\n")
+    log(out, f"(total {time.time() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

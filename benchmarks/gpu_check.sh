@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# One call on a GPU machine: benchmarks first (the numbers BENCHMARKS.md needs),
+# then the test suite on the GPU backend, time-boxed. Everything goes to $OUT.
+#   bash benchmarks/gpu_check.sh            (from the repository root)
+set -u
+OUT=${OUT:-/tmp/gpu_out}
+mkdir -p "$OUT"
+export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
+log="$OUT/gpu_check.log"
+{
+  date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import jax, jaxlib; print('jax', jax.__version__, jaxlib.__version__, jax.devices())"
+} > "$log" 2>&1
+timeout ${BENCH_TIMEOUT:-330} python3 benchmarks/gpu.py "$OUT/gpu_results.md" >> "$log" 2>&1
+echo "benchmarks exit $?" >> "$log"
+# Tests on the GPU (tests/conftest.py sets matmul precision 'highest').
+timeout ${TEST_TIMEOUT:-200} python3 -m pytest -q -x -n 8 -p no:cacheprovider \
+  tests/test_dense.py tests/test_conv.py tests/test_pool.py tests/test_norm.py tests/test_loss.py \
+  tests/test_activation.py tests/test_gradcheck.py tests/test_train.py >> "$log" 2>&1
+echo "tests exit $?" >> "$log"
+tail -5 "$log"
