@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 import warnings
 
 import jax
@@ -28,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 PREFIX = "ckpt-"
+_WRITE_DELAY = float(os.environ.get("JAXBP_CHECKPOINT_WRITE_DELAY", "0"))
 
 
 class CheckpointError(ValueError):
@@ -77,6 +79,8 @@ def save(directory, step, tree, metadata=None, keep=2):
         f.flush()
         os.fsync(f.fileno())
     _fsync_dir(tmp)
+    if _WRITE_DELAY:  # fault-injection tests widen the window in which a kill lands mid-write
+        time.sleep(_WRITE_DELAY)
     if os.path.exists(final):  # the same step again: move the old one aside first
         os.replace(final, tmp + ".old")
     os.replace(tmp, final)

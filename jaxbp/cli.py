@@ -15,7 +15,7 @@ EXIT_USAGE, EXIT_FAILURE = 2, 1
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
-        self.exit(EXIT_USAGE, f"jaxbp: error: {message} (see 'jaxbp {self.prog.split()[-1]} --help')\n")
+        self.exit(EXIT_USAGE, f"jaxbp: error: {message} (see '{self.prog} --help')\n")
 
 
 def _positive_int(s):

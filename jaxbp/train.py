@@ -46,7 +46,7 @@ class Config:
     seed: int = 0
     gradients: str = "custom"
     dtype: str = "float32"            # compute dtype; parameters stay float32 (float64 if asked)
-    algorithm: str = "explicit"       # conv2d algorithm
+    algorithm: str = "implicit"       # conv2d algorithm: implicit measured faster on CPU and GPU (BENCHMARKS.md)
     layout: str = "NHWC"              # inside the CNN; the input is NCHW either way
     run_dir: str | None = None
     resume: bool = False

@@ -64,3 +64,80 @@ def test_bench_cli_json():
     names = [x["candidate"] for x in out["results"]]
     assert names[:2] == ["jaxbp custom", "jaxbp autodiff"]
     assert all(x["step_ms"] > 0 and x["temp_mib"] >= 0 for x in out["results"])
+
+
+def cli_error_cases(workdir):
+    """name -> (argument factory, exit code, message regex); the factory writes any files it needs."""
+    import numpy as np
+    from jaxbp import checkpoint, data
+
+    def corrupt_idx():
+        d = os.path.join(workdir, "idx")
+        os.makedirs(d, exist_ok=True)
+        write_mnist_dir(__import__("pathlib").Path(d))
+        path = os.path.join(d, "train-images-idx3-ubyte")
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) - 7)
+        return ["train", "--data", "mnist", "--data-dir", d]
+
+    def corrupt_checkpoint():
+        run = os.path.join(workdir, "corrupt_run")
+        saved = checkpoint.save(os.path.join(run, "checkpoints"), 3, {"w": np.ones(3)})
+        with open(os.path.join(saved, "arrays.npz"), "ab") as f:
+            f.write(b"x")
+        return ["train", "--run-dir", run, "--resume"]
+
+    def run_dir_file():
+        path = os.path.join(workdir, "a_file")
+        open(path, "w").close()
+        return ["train", "--run-dir", path, "--epochs", "1"]
+
+    return {
+        "cli_epochs_zero": (lambda: ["train", "--epochs", "0"], 2, "--epochs: expected a positive integer, got '0'"),
+        "cli_batch_size_negative": (lambda: ["train", "--batch-size", "-3"], 2,
+                                    "--batch-size: expected a positive integer, got '-3'"),
+        "cli_lr_zero": (lambda: ["train", "--lr", "0"], 2, "--lr: expected a positive finite number, got '0'"),
+        "cli_lr_not_a_number": (lambda: ["train", "--lr", "fast"], 2, "--lr: expected a positive number, got 'fast'"),
+        "cli_unknown_model": (lambda: ["train", "--model", "resnet"], 2, "--model: invalid choice: 'resnet'"),
+        "cli_unknown_optimizer": (lambda: ["train", "--optimizer", "lbfgs"], 2, "--optimizer: invalid choice"),
+        "cli_unknown_option": (lambda: ["train", "--epochz", "3"], 2, "unrecognized arguments: --epochz"),
+        "cli_mnist_without_data_dir": (lambda: ["train", "--data", "mnist"], 2,
+                                       "--data mnist needs --data-dir DIR with the four IDX files"),
+        "cli_missing_data_dir": (lambda: ["train", "--data", "mnist", "--data-dir", os.path.join(workdir, "nope")],
+                                 1, "data directory .*nope' does not exist"),
+        "cli_truncated_idx_file": (corrupt_idx, 1, "train-images-idx3-ubyte is truncated"),
+        "cli_resume_without_checkpoint": (lambda: ["train", "--run-dir", os.path.join(workdir, "empty"), "--resume"],
+                                          1, "no checkpoint in"),
+        "cli_resume_corrupt_checkpoint": (corrupt_checkpoint, 1, "no usable checkpoint: .* is corrupt"),
+        "cli_batch_larger_than_data": (lambda: ["train", "--batch-size", "5000", "--run-dir",
+                                                os.path.join(workdir, "big")], 1,
+                                       "batch_size 5000 is larger than the training set"),
+        "cli_run_dir_is_a_file": (run_dir_file, 1, "run directory .*a_file exists and is not a directory"),
+        "cli_gradcheck_dtype": (lambda: ["gradcheck", "--dtype", "float16"], 2, "--dtype: invalid choice"),
+        "cli_bench_batch_size": (lambda: ["bench", "--batch-size", "0"], 2, "--batch-size: expected a positive"),
+    }
+
+
+@pytest.mark.parametrize("name", list(cli_error_cases("/unused")))
+def test_cli_error(name, tmp_path, capsys):
+    import re
+    import warnings
+    from jaxbp import cli
+    make_args, code, message = cli_error_cases(str(tmp_path))[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            rc = cli.main(make_args())
+        except SystemExit as e:  # argparse usage errors
+            rc = e.code
+    err = capsys.readouterr().err
+    assert rc == code, err
+    lines = [l for l in err.splitlines() if l.startswith("jaxbp: error")]
+    assert len(lines) == 1 and re.search(message, lines[0]), err
+    assert "Traceback" not in err
+
+
+def test_error_table_in_docs_is_current():
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "error_table.py"), "--check"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, "docs/errors.md is stale: run python tools/error_table.py"

@@ -1,0 +1,77 @@
+"""Crashes and divergence: nothing saved is lost, and a resumed run finishes
+exactly as an uninterrupted one (CPU, bitwise)."""
+import glob
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from jaxbp import checkpoint, train
+
+ARGS = ["train", "--model", "mlp", "--data", "synthetic", "--batch-size", "128", "--epochs", "12",
+        "--quiet", "--augment", "0"]
+
+
+def env(delay="0"):
+    e = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_ENABLE_X64")}
+    e["JAXBP_CHECKPOINT_WRITE_DELAY"] = delay  # widen the write window so kills land inside it
+    return e
+
+
+def jaxbp(run_dir, *extra, delay="0"):
+    return subprocess.run([sys.executable, "-m", "jaxbp.cli", *ARGS, "--run-dir", run_dir, *extra],
+                          capture_output=True, text=True, env=env(delay), timeout=300)
+
+
+def final_arrays(run_dir):
+    newest = checkpoint.list_checkpoints(os.path.join(run_dir, "checkpoints"))[-1]
+    with np.load(os.path.join(newest, "arrays.npz")) as z:
+        return os.path.basename(newest), {k: z[k] for k in z.files}
+
+
+def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path):
+    reference = str(tmp_path / "reference")
+    assert jaxbp(reference).returncode == 0
+    ref_name, ref = final_arrays(reference)
+    rng = random.Random(0)
+    mid_write = 0
+    for trial in range(10):
+        run = str(tmp_path / f"trial{trial}")
+        proc = subprocess.Popen([sys.executable, "-m", "jaxbp.cli", *ARGS, "--run-dir", run],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env("0.15"))
+        # Wait for the first complete checkpoint, then kill at a random later moment.
+        deadline = time.time() + 120
+        while not checkpoint.list_checkpoints(os.path.join(run, "checkpoints")) and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        mid_write += bool(glob.glob(os.path.join(run, "checkpoints", ".tmp-*")))
+        r = jaxbp(run, "--resume")
+        assert r.returncode == 0, r.stderr
+        name, arrays = final_arrays(run)
+        assert name == ref_name and arrays.keys() == ref.keys()
+        for k in ref:
+            np.testing.assert_array_equal(arrays[k], ref[k])
+    assert mid_write >= 1, "no kill landed during a checkpoint write"
+
+
+def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
+    run = str(tmp_path / "run")
+    ok = jaxbp(run, "--optimizer", "sgd", "--lr", "0.01", "--epochs", "1")
+    assert ok.returncode == 0, ok.stderr
+    before = final_arrays(run)
+    bad = jaxbp(run, "--optimizer", "sgd", "--lr", "1e30", "--epochs", "3", "--resume")
+    assert bad.returncode == 1
+    assert "jaxbp: error: non-finite loss at step" in bad.stderr and "Traceback" not in bad.stderr
+    assert "the last checkpoint is the last good state" in bad.stderr
+    after = final_arrays(run)
+    assert after[0] == before[0]
+    for k in before[1]:
+        np.testing.assert_array_equal(after[1][k], before[1][k])
+        assert np.all(np.isfinite(after[1][k].astype(np.float64))) or after[1][k].dtype.kind in "iu"

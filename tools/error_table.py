@@ -1,0 +1,66 @@
+"""Write docs/errors.md: every bad input the tests try, with the message it gives.
+
+    python tools/error_table.py            # rewrite docs/errors.md
+    python tools/error_table.py --check    # exit 1 if docs/errors.md is stale
+
+Rows come from tests/test_errors.py (ops) and tests/test_cli.py (command line),
+so the table and the tests cannot drift apart.
+"""
+import contextlib
+import io
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def op_rows():
+    import test_errors
+    for name, (call, error, _) in test_errors.CASES.items():
+        try:
+            call()
+        except error as e:
+            yield name, "op", type(e).__name__, str(e)
+
+
+def cli_rows(workdir):
+    import test_cli
+    from jaxbp import cli
+    for name, (make_args, code, _) in test_cli.cli_error_cases(workdir).items():
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                rc = cli.main(make_args())
+            except SystemExit as e:
+                rc = e.code
+        lines = [l for l in err.getvalue().splitlines() if l.startswith("jaxbp: error")]
+        yield name, f"CLI (exit {rc})", "", lines[-1] if lines else err.getvalue().strip()
+
+
+def table():
+    import tempfile
+    rows = list(op_rows())
+    with tempfile.TemporaryDirectory() as d:
+        rows += [(n, w, t, m.replace(d, "DIR")) for n, w, t, m in cli_rows(d)]
+    out = ["# Bad input and the message it gives", "",
+           f"Every row is a test (`tests/test_errors.py`, `tests/test_cli.py`); {len(rows)} rows.",
+           "Op errors are raised before XLA runs; command-line errors are one line on stderr",
+           "(exit 2 for usage errors, 1 for other failures; `--debug` shows the traceback).", "",
+           "| case | where | exception | message |", "|---|---|---|---|"]
+    escape = lambda m: m.replace("|", "\\|").replace("\n", " ")
+    out += [f"| {n} | {w} | {t} | {escape(m)} |" for n, w, t, m in rows]
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    path = os.path.join(ROOT, "docs", "errors.md")
+    text = table()
+    if "--check" in sys.argv:
+        sys.exit(0 if open(path).read() == text else 1)
+    with open(path, "w") as f:
+        f.write(text)
+    print(f"wrote {path}")
