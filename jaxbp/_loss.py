@@ -18,31 +18,32 @@ def _wide(*xs):
     return [x.astype(dtype) for x in xs]
 
 
-def _shift_and_log_sum(o):
-    """``(o − m, log Σ_k e^{o_k − m})`` with ``m`` the (constant) row maximum, so
-    ``log softmax(o) = (o − m) − log Σ``: stable, and exact for large logits (a
-    single ``o − lse`` loses the small part of ``lse`` in float32)."""
-    s = o - lax.stop_gradient(o.max(axis=-1, keepdims=True))
-    return s, jnp.log(jnp.exp(s).sum(axis=-1, keepdims=True))
+def _max_and_log_sum(o):
+    """Row maximum ``m`` (a constant) and ``log Σ_k e^{o_k − m}``, both ``(N, 1)``:
+    ``log softmax(o) = (o − m) − log Σ``, stable, and exact for large logits
+    (one ``o − logsumexp`` would lose the small part of the sum in float32)."""
+    m = lax.stop_gradient(o.max(axis=-1, keepdims=True))
+    return m, jnp.log(jnp.exp(o - m).sum(axis=-1, keepdims=True))
 
 
 def _softmax_cross_entropy(logits, targets):
     o, y = _wide(logits, targets)
-    s, log_sum = _shift_and_log_sum(o)
-    return -(y * (s - log_sum)).sum(axis=-1)
+    m, log_sum = _max_and_log_sum(o)
+    return -(y * ((o - m) - log_sum)).sum(axis=-1)
 
 
 def _softmax_cross_entropy_fwd(logits, targets):
     o, y = _wide(logits, targets)
-    s, log_sum = _shift_and_log_sum(o)
-    # Residuals: the shifted logits and log Σ (N, 1); softmax(o) = exp(s − log Σ).
-    return -(y * (s - log_sum)).sum(axis=-1), (s, log_sum, y, carrier(logits), carrier(targets))
+    m, log_sum = _max_and_log_sum(o)
+    # Residuals: m and log Σ, (N, 1) each; the logits and targets are the inputs,
+    # alive anyway, and log softmax(o) = (o − m) − log Σ is rebuilt from them.
+    return -(y * ((o - m) - log_sum)).sum(axis=-1), (o, m, log_sum, y, carrier(logits), carrier(targets))
 
 
 def _softmax_cross_entropy_bwd(res, g):
-    s, log_sum, y, logits, targets = res
-    g = g[:, None].astype(s.dtype)
-    log_p = s - log_sum
+    o, m, log_sum, y, logits, targets = res
+    g = g[:, None].astype(o.dtype)
+    log_p = (o - m) - log_sum
     dlogits = g * (jnp.exp(log_p) * y.sum(axis=-1, keepdims=True) - y)  # softmax(o)·Σy − y
     dtargets = -g * log_p
     return like((dlogits, dtargets), (logits, targets))
@@ -54,23 +55,23 @@ def _one_hot(labels, o):
 
 def _sparse_cross_entropy(logits, labels):
     (o,) = _wide(logits)
-    s, log_sum = _shift_and_log_sum(o)
-    return -(_one_hot(labels, o) * (s - log_sum)).sum(axis=-1)
+    m, log_sum = _max_and_log_sum(o)
+    return -(_one_hot(labels, o) * ((o - m) - log_sum)).sum(axis=-1)
 
 
 def _sparse_cross_entropy_fwd(logits, labels):
     (o,) = _wide(logits)
-    s, log_sum = _shift_and_log_sum(o)
-    loss = -(_one_hot(labels, o) * (s - log_sum)).sum(axis=-1)
+    m, log_sum = _max_and_log_sum(o)
+    loss = -(_one_hot(labels, o) * ((o - m) - log_sum)).sum(axis=-1)
     # Integer labels are kept as they are (N ints); the one-hot is rebuilt.
-    return loss, (s, log_sum, labels, carrier(logits))
+    return loss, (o, m, log_sum, labels, carrier(logits))
 
 
 def _sparse_cross_entropy_bwd(res, g):
-    s, log_sum, labels, logits = res
-    y = _one_hot(labels, s)
+    o, m, log_sum, labels, logits = res
     # softmax(o)·Σy − y, with Σy = 1 for a label in [0, K) and 0 (a zero row) outside.
-    dlogits = g[:, None].astype(s.dtype) * (jnp.exp(s - log_sum) * y.sum(axis=-1, keepdims=True) - y)
+    y_sum = ((labels >= 0) & (labels < o.shape[-1]))[:, None].astype(o.dtype)
+    dlogits = g[:, None].astype(o.dtype) * (jnp.exp((o - m) - log_sum) * y_sum - _one_hot(labels, o))
     return like((dlogits,), (logits,)) + (None,)
 
 
@@ -136,8 +137,8 @@ def softmax_cross_entropy(impl, logits, targets):
     Backward (derivation "Cross Entropy-Softmax", general form, NOTES.md care 4):
     ``δo = softmax(o)·Σ_k y_k − y`` — equal to ``softmax(o) − y`` only when the
     targets sum to 1, so smoothed or unnormalized targets stay correct;
-    ``δy = −log softmax(o)``. Saves the shifted logits ``o − max`` and
-    ``log Σ e^{o − max}`` (``(N, 1)``); integer labels are saved as they are.
+    ``δy = −log softmax(o)``. Saves the row maximum and ``log Σ e^{o − max}``
+    (``(N, 1)`` each) besides the inputs; integer labels are saved as they are.
 
     Args:
       logits: ``(N, K)``.

@@ -43,6 +43,12 @@ def test_custom_and_autodiff_training_follow_the_same_trajectory(model):
         np.testing.assert_allclose(c, a, rtol=1e-7, atol=1e-10)
 
 
+# Bitwise equality is a CPU property: on GPUs XLA's autotuned kernels and atomic
+# reductions differ between compilations (seen on an H200: ~1e-7 differences).
+cpu_only = pytest.mark.skipif(jax.default_backend() != "cpu", reason="bitwise reproducibility is promised on CPU")
+
+
+@cpu_only
 def test_resume_equals_straight_run_bitwise(tmp_path):
     ds = small_digits(n_train=192)
     cfg = dict(epochs=4, batch_size=32)
@@ -113,6 +119,7 @@ def test_batch_larger_than_data_is_an_error():
         train.fit(Config(batch_size=500), dataset=small_digits(n_train=128), quiet=True)
 
 
+@cpu_only
 def test_same_seed_gives_bitwise_identical_params():
     ds = small_digits(n_train=96)
     a = train.fit(Config(epochs=1), dataset=ds, quiet=True)["state"]
