@@ -73,13 +73,16 @@ def _explicit_fwd(x, w, b, stride, pads, layout):
     return _explicit(x, w, b, stride, pads, layout), (x, w, b)
 
 
+def _geometry(x, w, g, layout):
+    """Kernel size, channel axis, input and output spatial sizes."""
+    (ah, aw), ch = _windows.LAYOUTS[layout]
+    return w.shape[2:], ch, (x.shape[ah], x.shape[aw]), (g.shape[ah], g.shape[aw])
+
+
 def _explicit_bwd(stride, pads, layout, res, g):
     x, w, b = res
-    _, _, fh, fw = w.shape
-    (ah, aw), ch = _windows.LAYOUTS[layout]
-    in_hw = (x.shape[ah], x.shape[aw])
+    (fh, fw), ch, in_hw, out = _geometry(x, w, g, layout)
     padded = tuple(n + lo + hi for n, (lo, hi) in zip(in_hw, pads))
-    out = (g.shape[ah], g.shape[aw])
     xs, ys, _ = _SUBSCRIPTS[layout]
     xk_s = xs.replace("k", "")  # one window entry: a block of C columns of X̃
     xp = _windows.pad(x, pads, layout)
@@ -110,10 +113,7 @@ def _implicit_fwd(x, w, b, stride, pads, layout):
 
 def _implicit_bwd(stride, pads, layout, res, g):
     x, w, b = res
-    _, _, fh, fw = w.shape
-    (ah, aw), ch = _windows.LAYOUTS[layout]
-    in_hw = (x.shape[ah], x.shape[aw])
-    out = (g.shape[ah], g.shape[aw])
+    (fh, fw), ch, in_hw, out = _geometry(x, w, g, layout)
     # Rows/columns of the padded input that no window reaches (stride leftovers).
     rest = [n + lo + hi - k - s * (m - 1)
             for n, (lo, hi), k, s, m in zip(in_hw, pads, (fh, fw), stride, out)]
