@@ -1,6 +1,8 @@
 """Loss and accuracy curves as a PNG (matplotlib, no display needed)."""
 from __future__ import annotations
 
+import os
+
 
 def plot_curves(history, path, title=""):
     import matplotlib
@@ -21,5 +23,4 @@ def plot_curves(history, path, title=""):
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    import os
     os.replace(tmp, path)

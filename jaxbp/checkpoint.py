@@ -18,6 +18,7 @@ and the start-up time of ``jaxbp train`` short.)
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -128,7 +129,6 @@ def restore(path, template):
         if len(want) != len(got):
             diffs.insert(0, f"{len(want)} leaves in the model vs {len(got)} in the checkpoint")
         raise CheckpointError(f"checkpoint {path} does not fit this model/optimizer: " + "; ".join(diffs))
-    import io
     with np.load(io.BytesIO(raw)) as npz:
         arrays = [npz[str(i)] for i in range(len(saved))]
     arrays = [a.view(jnp.bfloat16) if s["dtype"] == "bfloat16" else a for a, s in zip(arrays, saved)]

@@ -13,6 +13,10 @@ import sys
 EXIT_USAGE, EXIT_FAILURE = 2, 1
 
 
+class _UsageError(Exception):
+    """A combination of options that cannot work (exit code 2)."""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(EXIT_USAGE, f"jaxbp: error: {message} (see '{self.prog} --help')\n")
@@ -90,10 +94,6 @@ def _train(a):
     if not a.quiet:
         print(f"run directory: {a.run_dir}")
     return 0
-
-
-class _UsageError(Exception):
-    pass
 
 
 def build_parser():

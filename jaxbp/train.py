@@ -261,15 +261,14 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
         batches = epoch_batches(n, cfg.batch_size, cfg.seed, epoch)
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=quiet,
                    file=sys.stderr, dynamic_ncols=True)
-        losses = []
+        losses, finite = [], []
         for i, idx in enumerate(bar):
             ts, m = train_step(ts, ds.x_train[idx], ds.y_train[idx])
             losses.append(m["loss"])
-            if i % 10 == 9 or i == len(batches) - 1:
-                if not bool(m["loss_finite"] & m["grads_finite"]):
-                    _check_finite(losses, ts, cfg, epoch, steps_per_epoch)
+            finite.append((m["loss_finite"], m["grads_finite"]))
+            if i % 10 == 9 or i == len(batches) - 1:  # one host sync per 10 steps
+                _check_finite(finite, epoch * steps_per_epoch)
                 bar.set_postfix(loss=f"{float(jnp.mean(jnp.stack(losses[-10:]))):.4f}")
-        _check_finite(losses, ts, cfg, epoch, steps_per_epoch)
         train_loss = float(jnp.mean(jnp.stack(losses)))
         test_loss, test_acc = evaluate(eval_step, ts.params, ts.state, ds.x_test, ds.y_test,
                                        cfg.eval_batch_size)
@@ -293,19 +292,16 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
             "model": model}
 
 
-def _check_finite(losses, ts, cfg, epoch, steps_per_epoch):
-    """Find the first non-finite step among this epoch's so far and raise."""
-    flags = np.asarray(jnp.isfinite(jnp.stack(losses)))
-    if flags.all():
-        if not all(bool(jnp.isfinite(l).all()) for l in jax.tree.leaves(ts.params)):
-            raise NonFiniteError(f"non-finite gradients or parameters at step {int(ts.step)} "
-                                 f"(epoch {epoch + 1}); try a smaller --lr, or --debug-nans to locate it")
-        return
-    bad = int(np.argmin(flags))
-    step = epoch * steps_per_epoch + bad + 1
-    raise NonFiniteError(f"non-finite loss at step {step} (epoch {epoch + 1}); "
-                         "the last checkpoint is the last good state; try a smaller --lr, "
-                         "or --debug-nans to locate it")
+def _check_finite(finite, first_step):
+    """Raise at the first step (1-based, counted over the run) whose loss or
+    gradients are not finite, naming which."""
+    flags = np.asarray(jnp.array(finite))  # (steps, 2): loss finite, gradients finite
+    bad = np.flatnonzero(~flags.all(axis=1))
+    if bad.size:
+        step = first_step + int(bad[0]) + 1
+        what = "loss" if not flags[bad[0], 0] else "gradients"
+        raise NonFiniteError(f"non-finite {what} at step {step}; the last checkpoint is the last good "
+                             "state; try a smaller --lr, or --debug-nans to locate it")
 
 
 def _write_json(path, obj):

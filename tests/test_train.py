@@ -135,3 +135,12 @@ def test_every_optimizer_lowers_the_loss(optimizer):
     r = train.fit(Config(model="mlp", epochs=3, optimizer=optimizer, lr=lr, warmup_epochs=0), dataset=ds,
                   quiet=True)
     assert r["history"][-1]["train_loss"] < r["history"][0]["train_loss"]
+
+
+def test_first_non_finite_step_and_quantity_are_named():
+    t, f = jnp.bool_(True), jnp.bool_(False)
+    train._check_finite([(t, t), (t, t)], 40)  # all finite: no error
+    with pytest.raises(train.NonFiniteError, match="non-finite gradients at step 42"):
+        train._check_finite([(t, t), (t, f), (f, f)], 40)
+    with pytest.raises(train.NonFiniteError, match="non-finite loss at step 41"):
+        train._check_finite([(f, t), (f, f)], 40)
