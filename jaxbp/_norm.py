@@ -27,19 +27,34 @@ def _stat_dtype(dtype):
     return jnp.promote_types(dtype, jnp.float32)
 
 
-def _normalize(x, eps, axis):
+def _sum(v, axis, axis_name):
+    """Sum over every axis but ``axis``, and over the devices of ``axis_name``."""
+    s = v.sum(axis=tuple(a for a in range(v.ndim) if a != axis), keepdims=True)
+    return s if axis_name is None else lax.psum(s, axis_name)
+
+
+def _count(x, axis, axis_name):
+    """``m``: positions per feature, over all devices of ``axis_name``."""
+    m = x.size // x.shape[axis]
+    return m if axis_name is None else m * lax.psum(1, axis_name)
+
+
+def _normalize(x, eps, axis, axis_name):
     """Return ``x̂``, ``1/s``, ``μ``, ``σ²`` (keepdims), in the statistics dtype."""
-    red = tuple(a for a in range(x.ndim) if a != axis)
     xs = x.astype(_stat_dtype(x.dtype))
+    m = _count(x, axis, axis_name)
     # Two-pass variance about a shift (the first sample of each feature), so a
     # large mean does not swamp a small spread: x − shift is exact in floating
-    # point when both are close. The result does not depend on the shift.
+    # point when both are close. The result does not depend on the shift, which
+    # only has to be the same on every device.
     shift = lax.stop_gradient(xs[tuple(slice(None) if a == axis else slice(0, 1)
                                        for a in range(x.ndim))])
+    if axis_name is not None:
+        shift = lax.pmean(shift, axis_name)
     d = xs - shift
-    d_mean = d.mean(axis=red, keepdims=True)
+    d_mean = _sum(d, axis, axis_name) / m
     c = d - d_mean
-    var = (c * c).mean(axis=red, keepdims=True)
+    var = _sum(c * c, axis, axis_name) / m
     inv_std = lax.rsqrt(var + eps)
     return c * inv_std, inv_std, shift + d_mean, var
 
@@ -48,43 +63,48 @@ def _feature(v, x, axis):
     return v.reshape([-1 if a == axis else 1 for a in range(x.ndim)])
 
 
-def _batch_norm(x, gamma, beta, eps, axis):
-    x_hat, _, mean, var = _normalize(x, eps, axis)
+def _batch_norm(x, gamma, beta, eps, axis, axis_name):
+    x_hat, _, mean, var = _normalize(x, eps, axis, axis_name)
     y = x_hat * _feature(gamma, x, axis) + _feature(beta, x, axis)
     return y.astype(x.dtype), mean.reshape(-1), var.reshape(-1)
 
 
-def _batch_norm_fwd(x, gamma, beta, eps, axis):
-    x_hat, inv_std, mean, var = _normalize(x, eps, axis)
+def _batch_norm_fwd(x, gamma, beta, eps, axis, axis_name):
+    x_hat, inv_std, mean, var = _normalize(x, eps, axis, axis_name)
     y = x_hat * _feature(gamma, x, axis) + _feature(beta, x, axis)
     # Residuals: x̂ and 1/s (not x), and γ.
     res = (x_hat, inv_std, gamma, carrier(beta), carrier(x))
     return (y.astype(x.dtype), mean.reshape(-1), var.reshape(-1)), res
 
 
-def _batch_norm_bwd(eps, axis, res, cotangents):
+def _batch_norm_bwd(eps, axis, axis_name, res, cotangents):
     x_hat, inv_std, gamma, beta, x_proto = res
     g, g_mean, g_var = cotangents
+    if axis_name is not None:  # μ and σ² are global: every device's loss reaches them
+        g_mean, g_var = lax.psum(g_mean, axis_name), lax.psum(g_var, axis_name)
     red = tuple(a for a in range(x_hat.ndim) if a != axis)
-    m = x_hat.size // x_hat.shape[axis]
+    m = _count(x_hat, axis, axis_name)
     g = g.astype(x_hat.dtype)
+    # δβ, δγ: this device's share (summed over devices with the other parameter
+    # gradients, as for any replicated parameter).
     dbeta = g.sum(axis=red)
     dgamma = (g * x_hat).sum(axis=red)
     dx_hat = g * _feature(gamma, x_hat, axis).astype(x_hat.dtype)
-    dx = (inv_std / m) * (m * dx_hat - dx_hat.sum(axis=red, keepdims=True)
-                          - x_hat * (dx_hat * x_hat).sum(axis=red, keepdims=True))
+    # The sums over the batch inside δx are over the *global* batch.
+    dx = (inv_std / m) * (m * dx_hat - _sum(dx_hat, axis, axis_name)
+                          - x_hat * _sum(dx_hat * x_hat, axis, axis_name))
     # The statistics' own cotangents: ∂μ/∂x_i = 1/m, ∂σ²/∂x_i = 2 (x_i − μ)/m.
     dx = dx + (_feature(g_mean, x_hat, axis)
                + _feature(g_var, x_hat, axis) * 2 * x_hat / inv_std) / m
     return like((dx, dgamma, dbeta), (x_proto, gamma, beta))
 
 
-_batch_norm_vjp = jax.custom_vjp(_batch_norm, nondiff_argnums=(3, 4))
+_batch_norm_vjp = jax.custom_vjp(_batch_norm, nondiff_argnums=(3, 4, 5))
 _batch_norm_vjp.defvjp(_batch_norm_fwd, _batch_norm_bwd)
 
 
 @with_twin(_batch_norm_vjp, _batch_norm)
-def batch_norm(impl, x, gamma, beta, eps=1e-5, *, axis=1):
+def batch_norm(impl, x, gamma, beta, eps=1e-5, *, axis=1, axis_name=None):
     """Training-mode batch normalization: ``y = γ ⊙ (x − μ)/√(σ² + ε) + β``.
 
     Backward (derivation "Batch Normalization", compact form of ∂C/∂x_i):
@@ -97,6 +117,14 @@ def batch_norm(impl, x, gamma, beta, eps=1e-5, *, axis=1):
         axis, the others are reduced (use ``axis=3`` for NHWC).
       gamma, beta: ``(D,)`` / ``(C,)`` scale and shift.
       eps: a Python number added to the variance.
+      axis_name: inside ``shard_map``, the mesh axis the batch is split over:
+        the statistics and the batch sums of the backward pass are ``psum``-ed
+        over it, so they are those of the global batch, and the gradients are
+        those of the total loss (the sum of the devices' losses, differentiated
+        outside ``shard_map``). The ``gamma``/``beta`` cotangents are this
+        device's share; ``shard_map`` sums them for replicated inputs. Under
+        plain ``jit`` with a sharded batch leave it ``None``: XLA already
+        reduces globally.
 
     Returns:
       ``(y, mean, var)``: ``y`` like ``x``; ``mean`` and biased ``var`` of
@@ -114,4 +142,4 @@ def batch_norm(impl, x, gamma, beta, eps=1e-5, *, axis=1):
     eps = _checks.number("eps", eps)
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
-    return impl(x, gamma, beta, eps, axis)
+    return impl(x, gamma, beta, eps, axis, axis_name)

@@ -61,6 +61,12 @@ def _add_train(sub):
     p.add_argument("--dropout", type=_nonnegative_float, default=d.dropout,
                    help="dropout rate before the last dense layer")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--devices", type=_positive_int, default=None,
+                   help="data-parallel over this many devices (default: all, of all processes)")
+    p.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="multi-process run: address of process 0 (jax.distributed)")
+    p.add_argument("--num-processes", type=_positive_int, default=1)
+    p.add_argument("--process-id", type=int, default=0)
     p.add_argument("--gradients", choices=["custom", "autodiff"], default=d.gradients)
     p.add_argument("--dtype", choices=DTYPES, default=d.dtype,
                    help="compute dtype (parameters stay float32)")
@@ -78,6 +84,12 @@ def _add_train(sub):
 
 def _train(a):
     import jax
+    if a.num_processes > 1:
+        if not a.coordinator:
+            raise _UsageError("--num-processes > 1 needs --coordinator HOST:PORT")
+        if not 0 <= a.process_id < a.num_processes:
+            raise _UsageError(f"--process-id must be in [0, {a.num_processes}), got {a.process_id}")
+        jax.distributed.initialize(a.coordinator, a.num_processes, a.process_id)
     if a.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     if a.debug_nans:
@@ -87,11 +99,11 @@ def _train(a):
                  batch_size=a.batch_size, lr=a.lr, optimizer=a.optimizer, weight_decay=a.weight_decay,
                  warmup_epochs=a.warmup_epochs, seed=a.seed, gradients=a.gradients, dtype=a.dtype,
                  algorithm=a.algorithm, layout=a.layout, run_dir=a.run_dir, resume=a.resume,
-                 augment=a.augment, dropout=a.dropout)
+                 augment=a.augment, dropout=a.dropout, devices=a.devices)
     if a.data in ("mnist", "fashion-mnist") and not a.data_dir:
         raise _UsageError(f"--data {a.data} needs --data-dir DIR with the four IDX files")
-    fit(cfg, quiet=a.quiet)
-    if not a.quiet:
+    fit(cfg, quiet=a.quiet or jax.process_index() > 0)
+    if not a.quiet and jax.process_index() == 0:
         print(f"run directory: {a.run_dir}")
     return 0
 

@@ -52,6 +52,7 @@ class Config:
     resume: bool = False
     eval_batch_size: int = 512
     augment: int = 1                  # random shifts of up to this many pixels (0: none)
+    devices: int | None = None        # data-parallel over this many devices (None: all)
     dropout: float = 0.25             # before the last dense layer
 
     def validate(self):
@@ -78,9 +79,20 @@ class Config:
                                ("layout", ("NCHW", "NHWC"))):
             if getattr(self, field) not in choices:
                 bad(field, getattr(self, field), "one of " + ", ".join(choices))
+        if self.devices is not None:
+            if isinstance(self.devices, bool) or not isinstance(self.devices, int) or self.devices <= 0:
+                bad("devices", self.devices, "a positive integer")
+            if self.devices > jax.device_count():
+                bad("devices", self.devices, f"at most the {jax.device_count()} available device(s)")
+        if self.batch_size % self.num_devices():
+            bad("batch_size", self.batch_size, f"a multiple of the {self.num_devices()} devices")
         if self.dtype == "float64" and not jax.config.jax_enable_x64:
             raise ValueError("dtype float64 needs jax_enable_x64 (set JAX_ENABLE_X64=1)")
         return self
+
+
+    def num_devices(self):
+        return jax.device_count() if self.devices is None else self.devices
 
 
 class TrainState(typing.NamedTuple):
@@ -132,8 +144,44 @@ def init_state(model, cfg, input_shape):
     return params, state, train_key
 
 
-def make_steps(model, optimizer, cfg):
-    """``train_step(ts, x, y) -> (ts, metrics)`` and ``eval_step(params, state, x, y, mask)``."""
+def make_mesh(cfg):
+    """A 1-D mesh ``("batch",)`` over the first ``cfg.devices`` devices (all processes')."""
+    return jax.sharding.Mesh(np.array(jax.devices()[:cfg.num_devices()]), ("batch",))
+
+
+def replicate(tree, mesh):
+    """Place a pytree of host or device arrays, identical on every process, replicated."""
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.tree.map(lambda a: jax.make_array_from_callback(np.shape(a), sharding,
+                                                               lambda i, a=np.asarray(fetch(a)): a[i]), tree)
+
+
+def shard_batch(mesh, *arrays):
+    """Global arrays split along axis 0 over the mesh. Every process passes the same
+    global batch and contributes only its own rows (its shard of the data)."""
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
+    p, count = jax.process_index(), jax.process_count()
+    out = []
+    for a in arrays:
+        rows = len(a) // count
+        out.append(jax.make_array_from_process_local_data(sharding, a[p * rows:(p + 1) * rows], a.shape))
+    return out
+
+
+def fetch(x):
+    """A device value as numpy, also when it is spread over several processes
+    (replicated values are read from this process's copy)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(x.addressable_data(0))
+    return np.asarray(x)
+
+
+def make_steps(model, optimizer, cfg, mesh=None):
+    """``train_step(ts, x, y) -> (ts, metrics)`` and ``eval_step(params, state, x, y, mask)``.
+
+    With ``mesh``, the batch arrives sharded along ``"batch"`` and the state stays
+    replicated; XLA inserts the all-reduces, so batch norm sees the global batch.
+    """
     ops = layers.namespace(cfg.gradients)
     compute = jnp.dtype(cfg.dtype)
     l2 = cfg.weight_decay if cfg.optimizer != "adamw" else 0.0
@@ -154,6 +202,9 @@ def make_steps(model, optimizer, cfg):
         (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(ts.params, ts.state, x, y, key)
         updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
         params = optax.apply_updates(ts.params, updates)
+        if mesh is not None:
+            rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+            params, state, opt_state = jax.lax.with_sharding_constraint((params, state, opt_state), rep)
         metrics = {"loss": loss, "loss_finite": jnp.isfinite(loss),
                    "grads_finite": jnp.all(jnp.array([jnp.isfinite(g).all() for g in jax.tree.leaves(grads)]))}
         return TrainState(params, state, opt_state, ts.step + 1, ts.key), metrics
@@ -177,10 +228,11 @@ def random_shift(key, x, max_shift):
     return jax.vmap(lambda img, o: jax.lax.dynamic_slice(img, (0, o[0], o[1]), (c, h, w)))(xp, offsets)
 
 
-def evaluate(eval_step, params, state, x, y, batch_size):
+def evaluate(eval_step, params, state, x, y, batch_size, mesh=None):
     """Mean loss and accuracy over (x, y), in fixed-size batches (the last one masked)."""
     n = len(x)
-    batch_size = min(batch_size, n)
+    per = 1 if mesh is None else mesh.size
+    batch_size = -(-min(batch_size, n) // per) * per
     total_loss, total_correct = 0.0, 0.0
     for start in range(0, n, batch_size):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
@@ -190,9 +242,11 @@ def evaluate(eval_step, params, state, x, y, batch_size):
             mask[-pad:] = 0
             xb = np.concatenate([xb, np.zeros((pad,) + xb.shape[1:], xb.dtype)])
             yb = np.concatenate([yb, np.zeros(pad, yb.dtype)])
+        if mesh is not None:
+            xb, yb, mask = shard_batch(mesh, xb, yb, mask)
         loss, correct = eval_step(params, state, xb, yb, mask)
-        total_loss += float(loss)
-        total_correct += float(correct)
+        total_loss += float(fetch(loss))
+        total_correct += float(fetch(correct))
     return total_loss / n, total_correct / n
 
 
@@ -234,7 +288,9 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
     optimizer = build_optimizer(cfg, steps_per_epoch)
     params, state, key = init_state(model, cfg, ds.x_train.shape[1:])
     ts = TrainState(params, state, optimizer.init(params), jnp.zeros((), jnp.int32), key)
-    train_step, eval_step = make_steps(model, optimizer, cfg)
+    mesh = make_mesh(cfg)
+    train_step, eval_step = make_steps(model, optimizer, cfg, mesh)
+    chief = jax.process_index() == 0  # the one process that writes files
 
     ckpt_dir = os.path.join(cfg.run_dir, "checkpoints") if cfg.run_dir else None
     history, start_epoch = [], 0
@@ -245,17 +301,19 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
     if cfg.resume:
         if not ckpt_dir:
             raise ValueError("resume needs a run directory (--run-dir)")
-        ts, meta, path = checkpoint.restore_latest(ckpt_dir, ts)
+        ts, meta, path = checkpoint.restore_latest(ckpt_dir, jax.tree.map(fetch, ts))
         start_epoch = meta["epoch"] + 1
         history = _read_metrics(cfg.run_dir)[:start_epoch]
-        _log(quiet, f"resumed from {path} (epoch {start_epoch}, step {int(ts.step)})")
-    if cfg.run_dir:
+        _log(quiet, f"resumed from {path} (epoch {start_epoch}, step {int(fetch(ts.step))})")
+    ts = replicate(ts, mesh)
+    if cfg.run_dir and chief:
         _write_json(os.path.join(cfg.run_dir, "config.json"), dataclasses.asdict(cfg))
         _write_metrics(cfg.run_dir, history)
 
     from tqdm.auto import tqdm
     t_start = time.perf_counter()
     end_epoch = cfg.epochs if max_epochs is None else min(cfg.epochs, start_epoch + max_epochs)
+    step_losses = []
     for epoch in range(start_epoch, end_epoch):
         t0 = time.perf_counter()
         batches = epoch_batches(n, cfg.batch_size, cfg.seed, epoch)
@@ -263,25 +321,26 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
                    file=sys.stderr, dynamic_ncols=True)
         losses, finite = [], []
         for i, idx in enumerate(bar):
-            ts, m = train_step(ts, ds.x_train[idx], ds.y_train[idx])
+            ts, m = train_step(ts, *shard_batch(mesh, ds.x_train[idx], ds.y_train[idx]))
             losses.append(m["loss"])
             finite.append((m["loss_finite"], m["grads_finite"]))
             if i % 10 == 9 or i == len(batches) - 1:  # one host sync per 10 steps
                 _check_finite(finite, epoch * steps_per_epoch)
-                bar.set_postfix(loss=f"{float(jnp.mean(jnp.stack(losses[-10:]))):.4f}")
-        train_loss = float(jnp.mean(jnp.stack(losses)))
+                bar.set_postfix(loss=f"{np.mean([fetch(l) for l in losses[-10:]]):.4f}")
+        step_losses += [float(fetch(l)) for l in losses]
+        train_loss = float(np.mean(step_losses[-len(losses):]))
         test_loss, test_acc = evaluate(eval_step, ts.params, ts.state, ds.x_test, ds.y_test,
-                                       cfg.eval_batch_size)
-        record = {"epoch": epoch + 1, "step": int(ts.step), "train_loss": train_loss,
+                                       cfg.eval_batch_size, mesh)
+        record = {"epoch": epoch + 1, "step": int(fetch(ts.step)), "train_loss": train_loss,
                   "test_loss": test_loss, "test_accuracy": test_acc,
                   "seconds": time.perf_counter() - t0}
         history.append(record)
         _log(quiet, f"epoch {epoch + 1:3d}/{cfg.epochs}  train_loss {train_loss:.4f}  "
                     f"test_loss {test_loss:.4f}  test_acc {100 * test_acc:6.2f}%  {record['seconds']:.1f}s")
-        if cfg.run_dir:
-            checkpoint.save(ckpt_dir, int(ts.step), ts, {"epoch": epoch})
+        if cfg.run_dir and chief:
+            checkpoint.save(ckpt_dir, int(fetch(ts.step)), jax.tree.map(fetch, ts), {"epoch": epoch})
             _write_metrics(cfg.run_dir, history)
-    if cfg.run_dir and history[start_epoch:]:
+    if cfg.run_dir and chief and history[start_epoch:]:
         from jaxbp._plot import plot_curves
         plot_curves(history, os.path.join(cfg.run_dir, "curves.png"),
                     title=f"{cfg.model} on {cfg.data}, {cfg.gradients} gradients")
@@ -289,13 +348,13 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
     _log(quiet, f"final test accuracy {100 * final.get('test_accuracy', float('nan')):.2f}% "
                 f"({time.perf_counter() - t_start:.1f}s)")
     return {"history": history, "state": ts, "test_accuracy": final.get("test_accuracy"),
-            "model": model}
+            "model": model, "step_losses": step_losses}
 
 
 def _check_finite(finite, first_step):
     """Raise at the first step (1-based, counted over the run) whose loss or
     gradients are not finite, naming which."""
-    flags = np.asarray(jnp.array(finite))  # (steps, 2): loss finite, gradients finite
+    flags = np.array([[fetch(a), fetch(b)] for a, b in finite], bool)  # (steps, 2): loss, gradients finite
     bad = np.flatnonzero(~flags.all(axis=1))
     if bad.size:
         step = first_step + int(bad[0]) + 1
