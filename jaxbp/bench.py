@@ -101,7 +101,7 @@ def flax_step(model, dtype, width, x):
 
 
 def run(model="cnn", batch_size=128, dtype="float32", width=256, rounds=20, layout="NHWC",
-        algorithm="explicit", flax=True):
+        algorithm="implicit", flax=True):
     """Time the train step of each candidate; returns a list of result dicts."""
     x, y = _batch(batch_size)
     candidates = {f"jaxbp {g}": jaxbp_step(model, g, dtype, width, layout, algorithm, x)

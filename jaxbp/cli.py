@@ -147,7 +147,8 @@ def _add_bench(sub):
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--width", type=_positive_int, default=256, help="hidden width of the mlp")
     p.add_argument("--layout", choices=["NCHW", "NHWC"], default="NHWC")
-    p.add_argument("--algorithm", choices=["explicit", "implicit"], default="explicit")
+    p.add_argument("--algorithm", choices=["explicit", "implicit"], default="implicit",
+                   help="conv2d algorithm (default: implicit, as jaxbp train)")
     p.add_argument("--rounds", type=_positive_int, default=20)
     p.add_argument("--no-flax", action="store_true", help="skip the Flax NNX baseline")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
