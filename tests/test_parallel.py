@@ -93,3 +93,15 @@ def test_dropping_the_psum_is_caught():
     global_grads, global_stats, grads, stats = batch_norm_both_ways(None)  # per-device statistics
     assert not np.allclose(stats[0], global_stats[0], rtol=1e-3)
     assert not np.allclose(grads[0], global_grads[0], rtol=1e-3)
+
+
+def test_cli_trains_on_eight_devices(tmp_path):
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    r = subprocess.run([sys.executable, "-m", "jaxbp.cli", "train", "--devices", "8", "--epochs", "1",
+                        "--run-dir", str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "epoch   1/1" in r.stdout and "final test accuracy" in r.stdout
