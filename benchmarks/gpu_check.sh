@@ -3,7 +3,7 @@
 # then the test suite on the GPU backend, time-boxed. Everything goes to $OUT.
 #   bash benchmarks/gpu_check.sh            (from the repository root)
 set -u
-OUT=${OUT:-/tmp/gpu_out}
+OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 log="$OUT/gpu_check.log"
