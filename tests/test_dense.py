@@ -1,5 +1,7 @@
+import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import jaxbp
 from helpers import Case, gradient_test, normal, sharded_test
@@ -19,7 +21,11 @@ def test_forward_is_x_wT_plus_b():
                                rtol=1e-14)
 
 
-def test_finite_in_bfloat16():
-    x, w, b = normal(5, (16, 32), (8, 32), (8,), dtype=jnp.bfloat16)
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
+def test_gradients_keep_dtype_and_are_finite(dtype):
+    x, w, b = normal(5, (16, 32), (8, 32), (8,), dtype=dtype)
     y = jaxbp.dense(x, w, b)
-    assert y.dtype == jnp.bfloat16 and bool(jnp.isfinite(y).all())
+    assert y.dtype == dtype and bool(jnp.isfinite(y.astype(jnp.float32)).all())
+    grads = jax.grad(lambda *a: jaxbp.dense(*a).astype(jnp.float32).sum(), (0, 1, 2))(x, w, b)
+    for g in grads:
+        assert g.dtype == dtype and bool(jnp.isfinite(g.astype(jnp.float32)).all())
