@@ -12,7 +12,6 @@ Derivation section "DNN". One sample is a column vector, ``z = W a + b`` with
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from jaxbp import _checks
 from jaxbp._op import like, with_twin

@@ -26,18 +26,22 @@ def _max_and_log_sum(o):
     return m, jnp.log(jnp.exp(o - m).sum(axis=-1, keepdims=True))
 
 
-def _softmax_cross_entropy(logits, targets):
+def _softmax_cross_entropy_parts(logits, targets):
+    """The loss, and ``(o, y, m, log Σ)`` for the backward pass."""
     o, y = _wide(logits, targets)
     m, log_sum = _max_and_log_sum(o)
-    return -(y * ((o - m) - log_sum)).sum(axis=-1)
+    return -(y * ((o - m) - log_sum)).sum(axis=-1), (o, y, m, log_sum)
+
+
+def _softmax_cross_entropy(logits, targets):
+    return _softmax_cross_entropy_parts(logits, targets)[0]
 
 
 def _softmax_cross_entropy_fwd(logits, targets):
-    o, y = _wide(logits, targets)
-    m, log_sum = _max_and_log_sum(o)
+    loss, (o, y, m, log_sum) = _softmax_cross_entropy_parts(logits, targets)
     # Residuals: m and log Σ, (N, 1) each; the logits and targets are the inputs,
     # alive anyway, and log softmax(o) = (o − m) − log Σ is rebuilt from them.
-    return -(y * ((o - m) - log_sum)).sum(axis=-1), (o, m, log_sum, y, carrier(logits), carrier(targets))
+    return loss, (o, m, log_sum, y, carrier(logits), carrier(targets))
 
 
 def _softmax_cross_entropy_bwd(res, g):
@@ -53,16 +57,19 @@ def _one_hot(labels, o):
     return (labels[:, None] == jnp.arange(o.shape[-1])[None, :]).astype(o.dtype)
 
 
-def _sparse_cross_entropy(logits, labels):
+def _sparse_cross_entropy_parts(logits, labels):
+    """The loss for integer labels, and ``(o, m, log Σ)`` for the backward pass."""
     (o,) = _wide(logits)
     m, log_sum = _max_and_log_sum(o)
-    return -(_one_hot(labels, o) * ((o - m) - log_sum)).sum(axis=-1)
+    return -(_one_hot(labels, o) * ((o - m) - log_sum)).sum(axis=-1), (o, m, log_sum)
+
+
+def _sparse_cross_entropy(logits, labels):
+    return _sparse_cross_entropy_parts(logits, labels)[0]
 
 
 def _sparse_cross_entropy_fwd(logits, labels):
-    (o,) = _wide(logits)
-    m, log_sum = _max_and_log_sum(o)
-    loss = -(_one_hot(labels, o) * ((o - m) - log_sum)).sum(axis=-1)
+    loss, (o, m, log_sum) = _sparse_cross_entropy_parts(logits, labels)
     # Integer labels are kept as they are (N ints); the one-hot is rebuilt.
     return loss, (o, m, log_sum, labels, carrier(logits))
 
@@ -75,17 +82,22 @@ def _sparse_cross_entropy_bwd(res, g):
     return like((dlogits,), (logits,)) + (None,)
 
 
-def _euclidean(pred, target):
+def _euclidean_parts(pred, target):
+    """The loss, and the residual ``r = o − y`` for the backward pass."""
     r = jnp.subtract(*_wide(pred, target))
     ss = (r * r).reshape(r.shape[0], -1).sum(axis=1)
     # Double `where`: the value and JAX's derivative are both 0 at a zero residual.
     pos = ss > 0
-    return jnp.where(pos, jnp.sqrt(jnp.where(pos, ss, 1)), 0)
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, ss, 1)), 0), r
+
+
+def _euclidean(pred, target):
+    return _euclidean_parts(pred, target)[0]
 
 
 def _euclidean_fwd(pred, target):
-    loss = _euclidean(pred, target)
-    return loss, (jnp.subtract(*_wide(pred, target)), loss, carrier(pred), carrier(target))
+    loss, r = _euclidean_parts(pred, target)
+    return loss, (r, loss, carrier(pred), carrier(target))
 
 
 def _euclidean_bwd(res, g):
@@ -96,14 +108,19 @@ def _euclidean_bwd(res, g):
     return like((dpred, -dpred), (pred, target))
 
 
-def _mse(pred, target):
+def _mse_parts(pred, target):
+    """The loss, and the residual ``r = o − y`` for the backward pass."""
     r = jnp.subtract(*_wide(pred, target))
-    return (r * r).reshape(r.shape[0], -1).mean(axis=1)
+    return (r * r).reshape(r.shape[0], -1).mean(axis=1), r
+
+
+def _mse(pred, target):
+    return _mse_parts(pred, target)[0]
 
 
 def _mse_fwd(pred, target):
-    r = jnp.subtract(*_wide(pred, target))
-    return (r * r).reshape(r.shape[0], -1).mean(axis=1), (r, carrier(pred), carrier(target))
+    loss, r = _mse_parts(pred, target)
+    return loss, (r, carrier(pred), carrier(target))
 
 
 def _mse_bwd(res, g):

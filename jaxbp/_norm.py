@@ -63,18 +63,21 @@ def _feature(v, x, axis):
     return v.reshape([-1 if a == axis else 1 for a in range(x.ndim)])
 
 
-def _batch_norm(x, gamma, beta, eps, axis, axis_name):
-    x_hat, _, mean, var = _normalize(x, eps, axis, axis_name)
+def _batch_norm_with_stats(x, gamma, beta, eps, axis, axis_name):
+    """The forward ``(y, μ, σ²)``, and ``x̂``, ``1/s`` for the backward pass."""
+    x_hat, inv_std, mean, var = _normalize(x, eps, axis, axis_name)
     y = x_hat * _feature(gamma, x, axis) + _feature(beta, x, axis)
-    return y.astype(x.dtype), mean.reshape(-1), var.reshape(-1)
+    return (y.astype(x.dtype), mean.reshape(-1), var.reshape(-1)), (x_hat, inv_std)
+
+
+def _batch_norm(x, gamma, beta, eps, axis, axis_name):
+    return _batch_norm_with_stats(x, gamma, beta, eps, axis, axis_name)[0]
 
 
 def _batch_norm_fwd(x, gamma, beta, eps, axis, axis_name):
-    x_hat, inv_std, mean, var = _normalize(x, eps, axis, axis_name)
-    y = x_hat * _feature(gamma, x, axis) + _feature(beta, x, axis)
+    out, (x_hat, inv_std) = _batch_norm_with_stats(x, gamma, beta, eps, axis, axis_name)
     # Residuals: x̂ and 1/s (not x), and γ.
-    res = (x_hat, inv_std, gamma, carrier(beta), carrier(x))
-    return (y.astype(x.dtype), mean.reshape(-1), var.reshape(-1)), res
+    return out, (x_hat, inv_std, gamma, carrier(beta), carrier(x))
 
 
 def _batch_norm_bwd(eps, axis, axis_name, res, cotangents):

@@ -35,19 +35,22 @@ def _window_index(kk, k_axis, ndim):
     return jnp.arange(kk).reshape([-1 if a == k_axis else 1 for a in range(ndim)])
 
 
-def _max_pool(x, window, stride, pads, layout):
+def _max_pool_with_index(x, window, stride, pads, layout):
+    """The forward, and the arg-max index the backward pass needs."""
     cols = _windows_of(x, window, stride, pads, layout, -jnp.inf)
-    hot, _ = _first_max(cols, layout)
+    hot, idx = _first_max(cols, layout)
     # Select, then sum one entry: autodiff of this routes δY to the first max too.
-    return jnp.where(hot, cols, 0).sum(axis=_windows.WINDOW_AXIS[layout])
+    return jnp.where(hot, cols, 0).sum(axis=_windows.WINDOW_AXIS[layout]), idx
+
+
+def _max_pool(x, window, stride, pads, layout):
+    return _max_pool_with_index(x, window, stride, pads, layout)[0]
 
 
 def _max_pool_fwd(x, window, stride, pads, layout):
-    cols = _windows_of(x, window, stride, pads, layout, -jnp.inf)
-    hot, idx = _first_max(cols, layout)
-    y = jnp.where(hot, cols, 0).sum(axis=_windows.WINDOW_AXIS[layout])
+    y, idx = _max_pool_with_index(x, window, stride, pads, layout)
     # Residual: the arg-max index in one byte per output (K ≤ 127), not x.
-    small = jnp.int8 if cols.shape[_windows.WINDOW_AXIS[layout]] <= 127 else jnp.int32
+    small = jnp.int8 if window[0] * window[1] <= 127 else jnp.int32
     return y, (idx.astype(small), carrier(x, shape=True))
 
 

@@ -7,7 +7,6 @@ code 1. ``--debug`` shows the full traceback instead.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 EXIT_USAGE, EXIT_FAILURE = 2, 1

@@ -7,7 +7,7 @@ arguments differentiated. The custom op is ``case.op``, its twin
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp

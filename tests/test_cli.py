@@ -69,7 +69,7 @@ def test_bench_cli_json():
 def cli_error_cases(workdir):
     """name -> (argument factory, exit code, message regex); the factory writes any files it needs."""
     import numpy as np
-    from jaxbp import checkpoint, data
+    from jaxbp import checkpoint
 
     def corrupt_idx():
         d = os.path.join(workdir, "idx")

@@ -10,9 +10,8 @@ import sys
 import time
 
 import numpy as np
-import pytest
 
-from jaxbp import checkpoint, train
+from jaxbp import checkpoint
 
 ARGS = ["train", "--model", "mlp", "--data", "synthetic", "--batch-size", "128", "--epochs", "12",
         "--quiet", "--augment", "0"]

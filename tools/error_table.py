@@ -28,7 +28,7 @@ def op_rows():
 def cli_rows(workdir):
     import test_cli
     from jaxbp import cli
-    for name, (make_args, code, _) in test_cli.cli_error_cases(workdir).items():
+    for name, (make_args, _, _) in test_cli.cli_error_cases(workdir).items():
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             try:
