@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxbp import _checks
-from jaxbp._op import with_twin
+from jaxbp._op import saved, with_twin
 
 
 def _relu(z):
@@ -19,7 +19,7 @@ def _relu(z):
 
 
 def _relu_fwd(z):
-    return _relu(z), z > 0
+    return _relu(z), saved(z > 0)[0]
 
 
 def _relu_bwd(mask, g):

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxbp import _checks
-from jaxbp._op import carrier, like, with_twin
+from jaxbp._op import carrier, like, saved, with_twin
 
 
 def _stat_dtype(dtype):
@@ -77,7 +77,7 @@ def _batch_norm(x, gamma, beta, eps, axis, axis_name):
 def _batch_norm_fwd(x, gamma, beta, eps, axis, axis_name):
     out, (x_hat, inv_std) = _batch_norm_with_stats(x, gamma, beta, eps, axis, axis_name)
     # Residuals: x̂ and 1/s (not x), and γ.
-    return out, (x_hat, inv_std, gamma, carrier(beta), carrier(x))
+    return out, saved(x_hat, inv_std, gamma) + (carrier(beta), carrier(x))
 
 
 def _batch_norm_bwd(eps, axis, axis_name, res, cotangents):

@@ -17,6 +17,7 @@ import functools
 import inspect
 
 import jax.numpy as jnp
+from jax import lax
 
 
 def with_twin(custom, forward):
@@ -54,3 +55,8 @@ def carrier(x, shape=False):
     after a leading 0): what a backward pass needs of an input it does not keep.
     Residuals must be arrays; Python dtypes and shapes are not valid ones."""
     return jnp.zeros((0,) + (tuple(x.shape) if shape else ()), x.dtype)
+
+
+def saved(*residuals):
+    """The residuals, materialized exactly as declared (``optimization_barrier``)."""
+    return lax.optimization_barrier(residuals)

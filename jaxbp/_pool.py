@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxbp import _checks, _windows
-from jaxbp._op import carrier, like, with_twin
+from jaxbp._op import carrier, like, saved, with_twin
 
 
 def _windows_of(x, window, stride, pads, layout, fill):
@@ -51,7 +51,7 @@ def _max_pool_fwd(x, window, stride, pads, layout):
     y, idx = _max_pool_with_index(x, window, stride, pads, layout)
     # Residual: the arg-max index in one byte per output (K ≤ 127), not x.
     small = jnp.int8 if window[0] * window[1] <= 127 else jnp.int32
-    return y, (idx.astype(small), carrier(x, shape=True))
+    return y, (saved(idx.astype(small))[0], carrier(x, shape=True))
 
 
 def _max_pool_bwd(window, stride, pads, layout, res, g):
