@@ -8,10 +8,13 @@ columns ``(i, fh, fw)`` — and ``F̃ = reshape(F, O, I·FH·FW)ᵀ``:
               δF̃ = X̃ᵀ δỸ                     (NOTES.md, care 1: not δX̃ᵀ δỸ)
               δX = col2im(δỸ F̃ᵀ)             (col2im *adds* overlapping patches)
 
-The products are written as ``einsum`` over named axes instead of reshaping
-``X̃`` into a matrix: the contraction is the same, and XLA picks the memory
-order. The explicit path materializes ``X̃`` (``FH·FW`` times the input) in the
-forward pass and again in the backward pass; it saves ``x``, not ``X̃``.
+The products are written as ``einsum`` over named axes (NHWC: 2-D matmuls on
+the patch matrix as laid out). The explicit path materializes ``X̃`` (``FH·FW``
+times the input) in the forward pass and saves ``x``, not ``X̃``. Its backward
+pass evaluates the two products either whole (``X̃`` rebuilt, ``δX̃``
+materialized: on CPUs, where XLA shares the rebuilt ``X̃`` with the forward's)
+or one window entry at a time (``X̃_k``, a block of ``C`` columns: elsewhere),
+chosen when XLA compiles for the platform; BENCHMARKS.md has the measurements.
 
 ``algorithm="implicit"`` executes the *same* three rules as XLA convolutions,
 never building ``X̃``: ``δX̃ F̃``-then-col2im is a correlation of the
@@ -20,6 +23,8 @@ stride-dilated ``δY`` with the spatially flipped, in/out-swapped kernel, and
 which the batch axis is the one contracted.
 """
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -53,11 +58,16 @@ def _bias_shape(layout, o):
     return (1, o, 1, 1) if layout == "NCHW" else (1, 1, 1, o)
 
 
-def _explicit(x, w, b, stride, pads, layout):
-    o, _, fh, fw = w.shape
+def _patches(x, window, stride, pads, layout):
+    """``X̃`` (NCHW: ``N,C,K,H',W'``; NHWC: ``N,H',W',K,C``)."""
     (ah, aw), _ = _windows.LAYOUTS[layout]
-    out = _windows.out_hw((x.shape[ah], x.shape[aw]), (fh, fw), stride, pads)
-    cols = _windows.im2col(_windows.pad(x, pads, layout), (fh, fw), stride, out, layout)
+    out = _windows.out_hw((x.shape[ah], x.shape[aw]), window, stride, pads)
+    return _windows.im2col(_windows.pad(x, pads, layout), window, stride, out, layout)
+
+
+def _explicit(x, w, b, stride, pads, layout):
+    o = w.shape[0]
+    cols = _patches(x, w.shape[2:], stride, pads, layout)
     if layout == "NHWC":
         # Ỹ = X̃ F̃ as one 2-D matmul, rows (n, h', w'), columns (fh, fw, i): the
         # patch matrix is used as laid out (an einsum let XLA transpose it instead of F̃).
@@ -79,17 +89,37 @@ def _geometry(x, w, g, layout):
     return w.shape[2:], ch, (x.shape[ah], x.shape[aw]), (g.shape[ah], g.shape[aw])
 
 
-def _explicit_bwd(stride, pads, layout, res, g):
-    x, w, b = res
-    (fh, fw), ch, in_hw, out = _geometry(x, w, g, layout)
+def _whole(stride, pads, layout, x, w, g):
+    """``δF̃ = X̃ᵀ δỸ`` and ``δX = col2im(δỸ F̃ᵀ)``, one matmul each, ``X̃`` and
+    ``δX̃`` materialized whole (``X̃`` rebuilt from ``x``)."""
+    (fh, fw), _, in_hw, _ = _geometry(x, w, g, layout)
+    padded = tuple(n + lo + hi for n, (lo, hi) in zip(in_hw, pads))
+    cols = _patches(x, (fh, fw), stride, pads, layout)
+    kernel = _kernel(w, layout).astype(g.dtype)
+    if layout == "NHWC":
+        n, ho, wo, kk, c = cols.shape
+        o = w.shape[0]
+        g2 = g.reshape(n * ho * wo, o)
+        dw = (g2.T @ cols.reshape(n * ho * wo, kk * c)).reshape(o, fh, fw, c).transpose(0, 3, 1, 2)
+        dcols = (g2 @ kernel.reshape(o, kk * c)).reshape(cols.shape)
+    else:
+        xs, ys, ks = _SUBSCRIPTS[layout]
+        dw = jnp.einsum(f"{xs},{ys}->{ks}", cols, g).reshape(w.shape)
+        dcols = jnp.einsum(f"{ys},{ks}->{xs}", g, kernel)
+    dx = _windows.unpad(_windows.col2im(dcols, (fh, fw), stride, padded, layout), pads, in_hw, layout)
+    return dx, dw
+
+
+def _blockwise(stride, pads, layout, x, w, g):
+    """The same two products, one block of ``C`` columns of ``X̃`` (one window
+    entry ``k``) at a time, so neither ``X̃`` nor ``δX̃`` exists whole:
+    ``δF̃_k = X̃_kᵀ δỸ`` (``X̃_k`` is a strided slice of ``x``) and
+    ``δX = Σ_k place_k(δỸ F̃_kᵀ)``."""
+    (fh, fw), _, in_hw, out = _geometry(x, w, g, layout)
     padded = tuple(n + lo + hi for n, (lo, hi) in zip(in_hw, pads))
     xs, ys, _ = _SUBSCRIPTS[layout]
     xk_s = xs.replace("k", "")  # one window entry: a block of C columns of X̃
     xp = _windows.pad(x, pads, layout)
-    # The rules, evaluated one block of C columns of X̃ (one window entry k) at a
-    # time, so that neither X̃ nor δX̃ is ever materialized whole:
-    #   δF̃_k = X̃_kᵀ δỸ          (X̃_k is a strided slice of x)
-    #   δX   = col2im(δỸ F̃ᵀ) = Σ_k place_k(δỸ F̃_kᵀ)
     dw, dxp = [], 0
     for _, (i, j) in _windows.entries((fh, fw)):
         x_k = _windows.window_entry(xp, i, j, stride, out, layout)
@@ -97,7 +127,18 @@ def _explicit_bwd(stride, pads, layout, res, g):
         dx_k = jnp.einsum(f"{ys},oc->{xk_s}", g, w[:, :, i, j].astype(g.dtype))
         dxp = dxp + _windows.place_entry(dx_k, i, j, stride, padded, layout)
     dw = jnp.stack(dw, axis=-1).reshape(w.shape)
-    dx = _windows.unpad(dxp, pads, in_hw, layout)
+    return _windows.unpad(dxp, pads, in_hw, layout), dw
+
+
+def _explicit_bwd(stride, pads, layout, res, g):
+    x, w, b = res
+    # Which evaluation is faster depends on the backend (BENCHMARKS.md): on CPUs
+    # the whole matmuls (XLA shares the rebuilt X̃ with the forward pass's); on
+    # GPUs the blocks (less memory traffic, no patch-sized buffers). Both are
+    # tested against the twin on every backend (tests/test_conv.py).
+    dx, dw = lax.platform_dependent(x, w, g, cpu=functools.partial(_whole, stride, pads, layout),
+                                    default=functools.partial(_blockwise, stride, pads, layout))
+    ch = _windows.LAYOUTS[layout][1]
     db = None if b is None else g.sum(axis=tuple(a for a in range(4) if a != ch))
     return like((dx, dw, db), (x, w, b))
 

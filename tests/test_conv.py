@@ -1,3 +1,4 @@
+import functools
 import itertools
 
 import jax
@@ -8,8 +9,9 @@ from hypothesis import given, settings, strategies as st
 from jax import lax
 
 import jaxbp
-from jaxbp import _windows
-from helpers import Case, assert_close_trees, assert_twin, gradient_test, normal, sharded_test, vjp
+from jaxbp import _checks, _conv, _windows
+from helpers import (TWIN_TOL, Case, assert_close_trees, assert_twin, gradient_test, normal,
+                     sharded_test, vjp)
 
 
 def conv_case(seed, x_shape, w_shape, stride=1, padding=0, bias=True, **kw):
@@ -58,6 +60,25 @@ def test_forward_equals_lax_conv(name):
     y = case.op(*case.args, **case.kwargs)
     np.testing.assert_allclose(y, lax_conv(*case.args, **{"layout": case.kwargs.get("layout", "NCHW")}),
                                rtol=1e-12, atol=1e-12)
+
+
+EXPLICIT = [n for n in CASES if CASES[n].kwargs.get("algorithm", "explicit") == "explicit"]
+
+
+@pytest.mark.parametrize("evaluation", [_conv._whole, _conv._blockwise], ids=["whole", "blockwise"])
+@pytest.mark.parametrize("name", EXPLICIT)
+def test_both_evaluations_of_the_explicit_backward_equal_the_twin(name, evaluation):
+    """The backward pass picks one evaluation per platform; check both on every one."""
+    case = CASES[name]
+    x, w, b, stride, padding = case.args
+    layout = case.kwargs.get("layout", "NCHW")
+    (ah, aw), _ = _windows.LAYOUTS[layout]
+    stride = _checks.pair("stride", stride, 1)
+    pads = _windows.resolve_padding(padding, (x.shape[ah], x.shape[aw]), w.shape[2:], stride)
+    y, pullback = jax.vjp(lambda x, w: jaxbp.conv2d.autodiff(x, w, b, stride, pads, layout=layout), x, w)
+    g, = normal(7, y.shape)
+    got = jax.jit(functools.partial(evaluation, stride, pads, layout))(x, w, g)
+    assert_close_trees(got, pullback(g), TWIN_TOL)
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
