@@ -30,13 +30,13 @@ def _batch(batch_size, seed=0):
     return jnp.asarray(x), jnp.asarray(y)
 
 
-def jaxbp_step(model, gradients, dtype, width, layout, algorithm, x):
+def jaxbp_step(model, gradients, dtype, width, layout, algorithm, x, batch_norm=True):
     """(step function, initial carry) of jaxbp's train step; step(carry) -> carry."""
     cfg = train.Config(model=model, gradients=gradients, dtype=dtype, optimizer="adam", lr=1e-3,
                        weight_decay=0.0, augment=0, dropout=0.0, layout=layout, algorithm=algorithm)
     if model == "mlp":
         from jaxbp import layers
-        net = layers.mlp(NUM_CLASSES, hidden=(width, width), gradients=gradients)
+        net = layers.mlp(NUM_CLASSES, hidden=(width, width), gradients=gradients, batch_norm=batch_norm)
     else:
         net = train.build_model(cfg, NUM_CLASSES)
     opt = optax.adam(1e-3)
@@ -46,7 +46,7 @@ def jaxbp_step(model, gradients, dtype, width, layout, algorithm, x):
     return step, ts
 
 
-def flax_step(model, dtype, width, x):
+def flax_step(model, dtype, width, x, batch_norm=True):
     from flax import nnx
 
     compute = jnp.dtype(dtype)
@@ -70,16 +70,20 @@ def flax_step(model, dtype, width, x):
     class MLP(nnx.Module):
         def __init__(self, rngs):
             kw = dict(dtype=compute, rngs=rngs)
-            self.l1 = nnx.Linear(int(np.prod(INPUT_SHAPE)), width, **kw)
-            self.b1 = nnx.BatchNorm(width, momentum=0.9, **kw)
-            self.l2 = nnx.Linear(width, width, **kw)
-            self.b2 = nnx.BatchNorm(width, momentum=0.9, **kw)
+            # As layers.mlp: no dense bias in front of batch norm, which cancels it.
+            self.l1 = nnx.Linear(int(np.prod(INPUT_SHAPE)), width, use_bias=not batch_norm, **kw)
+            self.l2 = nnx.Linear(width, width, use_bias=not batch_norm, **kw)
             self.l3 = nnx.Linear(width, NUM_CLASSES, **kw)
+            if batch_norm:
+                self.b1 = nnx.BatchNorm(width, momentum=0.9, **kw)
+                self.b2 = nnx.BatchNorm(width, momentum=0.9, **kw)
 
         def __call__(self, x):
             x = x.reshape(x.shape[0], -1)
-            x = nnx.relu(self.b1(self.l1(x)))
-            return self.l3(nnx.relu(self.b2(self.l2(x))))
+            for dense, bn in ((self.l1, "b1"), (self.l2, "b2")):
+                x = dense(x)
+                x = nnx.relu(getattr(self, bn)(x) if batch_norm else x)
+            return self.l3(x)
 
     net = (CNN if model == "cnn" else MLP)(nnx.Rngs(0))
     optimizer = nnx.Optimizer(net, optax.adam(1e-3), wrt=nnx.Param)
@@ -100,15 +104,23 @@ def flax_step(model, dtype, width, x):
     return step, state
 
 
+def mlp_flops(batch_size, width, in_features=784, num_classes=NUM_CLASSES):
+    """Matmul FLOPs of one MLP train step (two hidden layers): every layer's
+    forward and weight gradient, and the input gradient of all but the first."""
+    per_pass = (in_features * width, width * width, width * num_classes)
+    return 2 * batch_size * (2 * per_pass[0] + 3 * per_pass[1] + 3 * per_pass[2])
+
+
 def run(model="cnn", batch_size=128, dtype="float32", width=256, rounds=20, layout="NHWC",
-        algorithm="implicit", flax=True):
-    """Time the train step of each candidate; returns a list of result dicts."""
+        algorithm="implicit", flax=True, batch_norm=True):
+    """Time the train step of each candidate; returns a list of result dicts.
+    ``batch_norm=False`` drops the MLP's batch norm (dense + relu only)."""
     x, y = _batch(batch_size)
-    candidates = {f"jaxbp {g}": jaxbp_step(model, g, dtype, width, layout, algorithm, x)
+    candidates = {f"jaxbp {g}": jaxbp_step(model, g, dtype, width, layout, algorithm, x, batch_norm)
                   for g in ("custom", "autodiff")}
     if flax:
         try:
-            candidates["flax nnx"] = flax_step(model, dtype, width, x)
+            candidates["flax nnx"] = flax_step(model, dtype, width, x, batch_norm)
         except ImportError:
             pass
     carries = {}

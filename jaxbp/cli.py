@@ -145,6 +145,8 @@ def _add_bench(sub):
     p.add_argument("--batch-size", type=_positive_int, default=128)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--width", type=_positive_int, default=256, help="hidden width of the mlp")
+    p.add_argument("--no-batch-norm", dest="batch_norm", action="store_false",
+                   help="mlp without batch norm: dense + relu only (the matmul-bound case)")
     p.add_argument("--layout", choices=["NCHW", "NHWC"], default="NHWC")
     p.add_argument("--algorithm", choices=["explicit", "implicit"], default="implicit",
                    help="conv2d algorithm (default: implicit, as jaxbp train)")
@@ -158,12 +160,15 @@ def _bench(a):
     import json
     from jaxbp import bench
     results = bench.run(a.model, a.batch_size, a.dtype, a.width, a.rounds, a.layout, a.algorithm,
-                        flax=not a.no_flax)
+                        flax=not a.no_flax, batch_norm=a.batch_norm)
     if a.json:
         print(json.dumps({"model": a.model, "batch_size": a.batch_size, "dtype": a.dtype,
-                          "layout": a.layout, "algorithm": a.algorithm, "results": results}, indent=2))
+                          "layout": a.layout, "algorithm": a.algorithm, "batch_norm": a.batch_norm,
+                          "results": results}, indent=2))
     else:
-        print(bench.table(results, a.model, a.batch_size, a.dtype, f", {a.layout}, {a.algorithm}"))
+        extra = f", {a.layout}, {a.algorithm}" if a.model == "cnn" else \
+            f", width {a.width}" + ("" if a.batch_norm else ", no batch norm")
+        print(bench.table(results, a.model, a.batch_size, a.dtype, extra))
     return 0
 
 

@@ -57,10 +57,13 @@ def test_gradcheck_cli(tmp_path):
     assert "conv2d NHWC implicit" in r.stdout and "PASS" in r.stdout and "[1]['w']" in r.stdout
 
 
-def test_bench_cli_json():
-    r = jaxbp("bench", "--model", "mlp", "--batch-size", "32", "--width", "32", "--rounds", "2", "--json")
+@pytest.mark.parametrize("flags", [[], ["--no-batch-norm"]])
+def test_bench_cli_json(flags):
+    r = jaxbp("bench", "--model", "mlp", "--batch-size", "32", "--width", "32", "--rounds", "2", "--json",
+              *flags)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
+    assert out["batch_norm"] == (not flags)
     names = [x["candidate"] for x in out["results"]]
     assert names[:2] == ["jaxbp custom", "jaxbp autodiff"]
     assert all(x["step_ms"] > 0 and x["temp_mib"] >= 0 for x in out["results"])
