@@ -62,7 +62,10 @@ def test_forward_equals_lax_conv(name):
                                rtol=1e-12, atol=1e-12)
 
 
-EXPLICIT = [n for n in CASES if CASES[n].kwargs.get("algorithm", "explicit") == "explicit"]
+# Strides 1–3, every padding form, both layouts, 1×1 and kernel-fills-input.
+EXPLICIT = ["s1-p0", "s2-pSAME", "s3-p2", "s2-pVALID", "no_bias", "stride_pair", "asym_padding",
+            "kernel_fills_padded_input", "one_by_one", "explicit-NHWC-s2-p1",
+            "explicit-NHWC-s(2, 1)-p((1, 2), (0, 1))", "explicit-NHWC-s3-pSAME"]
 
 
 @pytest.mark.parametrize("evaluation", [_conv._whole, _conv._blockwise], ids=["whole", "blockwise"])
