@@ -4,13 +4,15 @@ and explicit-im2col conv vs lax.conv.
     python benchmarks/ops.py [--rounds 20] [--scale 1] [--dtype float32] [--out FILE]
 
 Candidates are timed interleaved in one run (median of rounds); ratios are
-custom/twin. Prints a Markdown table (and appends it to FILE with --out).
+custom/twin, the median of the per-round ratios with its quartiles. Prints a
+Markdown table (and appends it to FILE with --out).
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import functools
+import statistics
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +20,7 @@ from jax import lax
 
 import jaxbp
 from jaxbp import _windows
-from jaxbp._bench import interleaved, machine, temp_bytes
+from jaxbp._bench import machine, paired_ratio, temp_bytes, timings
 from jaxbp.gradcheck import op_problems, projected
 
 
@@ -47,23 +49,24 @@ def run(rounds, scale, dtype):
                "twin": fwd_bwd(name, args, argnums, kwargs, jaxbp.autodiff)}
         if name == "conv2d":
             fns["lax.conv"] = fwd_bwd(name, args, argnums, kwargs, _LaxConv)
-        t = interleaved({k: functools.partial(f, *diff) for k, f in fns.items()}, rounds)
+        t = timings({k: functools.partial(f, *diff) for k, f in fns.items()}, rounds)
         mem = {k: temp_bytes(f, *diff) for k, f in fns.items()}
         rows.append((label, t, mem))
     return rows
 
 
 def table(rows):
-    lines = ["| op (fwd+bwd) | custom ms | twin ms | custom/twin | vs lax.conv autodiff "
+    lines = ["| op (fwd+bwd) | custom ms | twin ms | custom/twin (quartiles) | vs lax.conv autodiff "
              "| temp MiB custom | temp MiB twin | mem custom/twin |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, t, mem in rows:
-        conv = f"{t['custom'] / t['lax.conv']:.2f}×" if "lax.conv" in t else ""
+        ratio, q1, q3 = paired_ratio(t["custom"], t["twin"])
+        conv = f"{paired_ratio(t['custom'], t['lax.conv'])[0]:.2f}×" if "lax.conv" in t else ""
         mc, mt = mem["custom"], mem["twin"]
-        ratio = f"{mc / mt:.2f}" if mc is not None and mt else "–"
-        lines.append(f"| {name} | {t['custom'] * 1e3:.2f} | {t['twin'] * 1e3:.2f} | "
-                     f"{t['custom'] / t['twin']:.2f}× | {conv} | "
-                     f"{(mc or 0) / 2**20:.1f} | {(mt or 0) / 2**20:.1f} | {ratio} |")
+        mem_ratio = f"{mc / mt:.2f}" if mc is not None and mt else "–"
+        lines.append(f"| {name} | {statistics.median(t['custom']) * 1e3:.2f} | "
+                     f"{statistics.median(t['twin']) * 1e3:.2f} | {ratio:.2f}× ({q1:.2f}–{q3:.2f}) | {conv} | "
+                     f"{(mc or 0) / 2**20:.1f} | {(mt or 0) / 2**20:.1f} | {mem_ratio} |")
     return "\n".join(lines)
 
 

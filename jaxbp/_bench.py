@@ -13,8 +13,8 @@ import time
 import jax
 
 
-def interleaved(fns, rounds=20, warmup=2):
-    """Median seconds per call of each zero-argument function, timed in rounds."""
+def timings(fns, rounds=20, warmup=2):
+    """Seconds per call of each zero-argument function, one list entry per round."""
     for _ in range(warmup):
         for f in fns.values():
             jax.block_until_ready(f())
@@ -24,7 +24,21 @@ def interleaved(fns, rounds=20, warmup=2):
             t0 = time.perf_counter()
             jax.block_until_ready(f())
             times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def interleaved(fns, rounds=20, warmup=2):
+    """Median seconds per call of each zero-argument function, timed in rounds."""
+    return {name: statistics.median(t) for name, t in timings(fns, rounds, warmup).items()}
+
+
+def paired_ratio(a, b):
+    """``(median, q1, q3)`` of the per-round ratios ``a[i] / b[i]``: calls made
+    back to back share the machine's state, so their ratio drifts less than
+    either time; the quartiles show how far it still moves."""
+    ratios = [x / y for x, y in zip(a, b, strict=True)]
+    q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+    return statistics.median(ratios), q1, q3
 
 
 def temp_bytes(jitted, *args):

@@ -10,6 +10,7 @@ from XLA's ``memory_analysis()``.
 from __future__ import annotations
 
 import functools
+import statistics
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +18,7 @@ import numpy as np
 import optax
 
 from jaxbp import train
-from jaxbp._bench import interleaved, machine, temp_bytes
+from jaxbp._bench import machine, paired_ratio, temp_bytes, timings
 
 INPUT_SHAPE = (1, 28, 28)  # MNIST-sized images, NCHW
 NUM_CLASSES = 10
@@ -137,20 +138,27 @@ def run(model="cnn", batch_size=128, dtype="float32", width=256, rounds=20, layo
             return m["loss"]
         return f
 
-    times = interleaved({name: call(name) for name in candidates}, rounds=rounds, warmup=3)
-    base = times["jaxbp custom"]
-    return [{"candidate": name, "step_ms": t * 1e3, "examples_per_s": batch_size / t,
-             "custom_over_this": base / t, "temp_mib": (memory[name] or 0) / 2**20,
-             "custom_mem_over_this": (memory["jaxbp custom"] or 0) / max(memory[name] or 1, 1)}
-            for name, t in times.items()]
+    samples = timings({name: call(name) for name in candidates}, rounds=rounds, warmup=3)
+    base = samples["jaxbp custom"]
+    results = []
+    for name, t in samples.items():
+        step = statistics.median(t)
+        ratio, q1, q3 = paired_ratio(base, t)
+        results.append({"candidate": name, "step_ms": step * 1e3, "examples_per_s": batch_size / step,
+                        "custom_over_this": ratio, "custom_over_this_quartiles": [q1, q3],
+                        "temp_mib": (memory[name] or 0) / 2**20,
+                        "custom_mem_over_this": (memory["jaxbp custom"] or 0) / max(memory[name] or 1, 1)})
+    return results
 
 
 def table(results, model, batch_size, dtype, extra=""):
     lines = [f"### Train step: {model}, batch {batch_size}, {dtype}{extra} — {machine()}", "",
-             "| candidate | step ms | examples/s | jaxbp custom time ÷ this | temp MiB "
+             "| candidate | step ms | examples/s | jaxbp custom time ÷ this (quartiles) | temp MiB "
              "| jaxbp custom memory ÷ this |",
              "|---|---:|---:|---:|---:|---:|"]
     for r in results:
+        q1, q3 = r["custom_over_this_quartiles"]
         lines.append(f"| {r['candidate']} | {r['step_ms']:.3f} | {r['examples_per_s']:,.0f} | "
-                     f"{r['custom_over_this']:.2f} | {r['temp_mib']:.1f} | {r['custom_mem_over_this']:.2f} |")
+                     f"{r['custom_over_this']:.2f} ({q1:.2f}–{q3:.2f}) | {r['temp_mib']:.1f} | "
+                     f"{r['custom_mem_over_this']:.2f} |")
     return "\n".join(lines)

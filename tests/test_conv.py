@@ -119,10 +119,9 @@ def conv_configs(draw):
     stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     padding = draw(st.one_of(st.sampled_from(["SAME", "VALID"]),
                              st.tuples(st.integers(0, 2), st.integers(0, 2))))
-    pads = (padding if isinstance(padding, str) else padding)
     h, w = draw(st.integers(fh, 9)), draw(st.integers(fw, 9))
     return dict(n=draw(st.integers(1, 3)), c=draw(st.integers(1, 3)), o=draw(st.integers(1, 3)),
-                h=h, w=w, fh=fh, fw=fw, stride=stride, padding=pads,
+                h=h, w=w, fh=fh, fw=fw, stride=stride, padding=padding,
                 layout=draw(st.sampled_from(["NCHW", "NHWC"])),
                 algorithm=draw(st.sampled_from(["explicit", "implicit"])))
 

@@ -1,0 +1,19 @@
+import pytest
+
+from jaxbp._bench import paired_ratio, timings
+
+
+def test_timings_interleave_the_candidates_after_warmup():
+    calls = []
+    times = timings({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3, warmup=1)
+    assert calls == ["a", "b"] * 4  # one warm-up round, then three timed ones
+    assert [len(t) for t in times.values()] == [3, 3] and all(x >= 0 for t in times.values() for x in t)
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios():
+    # Both slow down together in round 3: the paired ratio does not move.
+    assert paired_ratio([1.0, 1.0, 5.0, 1.0], [2.0, 2.0, 10.0, 2.0]) == (0.5, 0.5, 0.5)
+    ratio, q1, q3 = paired_ratio([1.0, 2.0, 3.0, 4.0, 9.0], [1.0] * 5)
+    assert ratio == 3.0 and q1 < ratio < q3
+    with pytest.raises(ValueError):
+        paired_ratio([1.0, 2.0], [1.0])
