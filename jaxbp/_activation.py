@@ -58,7 +58,7 @@ def _leaky_relu(negative_slope, z):
 
 
 def _leaky_relu_fwd(negative_slope, z):
-    return _leaky_relu(negative_slope, z), z >= 0
+    return _leaky_relu(negative_slope, z), saved(z >= 0)[0]
 
 
 def _leaky_relu_bwd(negative_slope, mask, g):

@@ -14,15 +14,18 @@ import jax
 
 
 def timings(fns, rounds=20, warmup=2):
-    """Seconds per call of each zero-argument function, one list entry per round."""
+    """Seconds per call of each zero-argument function, one list entry per round.
+    Each round starts with the next candidate in turn, so none always runs
+    right after the same neighbour."""
     for _ in range(warmup):
         for f in fns.values():
             jax.block_until_ready(f())
-    times = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, f in fns.items():
+    names = list(fns)
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
             t0 = time.perf_counter()
-            jax.block_until_ready(f())
+            jax.block_until_ready(fns[name]())
             times[name].append(time.perf_counter() - t0)
     return times
 

@@ -3,11 +3,13 @@ import pytest
 from jaxbp._bench import paired_ratio, timings
 
 
-def test_timings_interleave_the_candidates_after_warmup():
+def test_timings_interleave_the_candidates_in_turn_after_warmup():
     calls = []
-    times = timings({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3, warmup=1)
-    assert calls == ["a", "b"] * 4  # one warm-up round, then three timed ones
-    assert [len(t) for t in times.values()] == [3, 3] and all(x >= 0 for t in times.values() for x in t)
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    times = timings(fns, rounds=3, warmup=1)
+    # One warm-up round, then three timed rounds, each starting with the next candidate.
+    assert "".join(calls) == "abc" + "abc" + "bca" + "cab"
+    assert [len(t) for t in times.values()] == [3, 3, 3] and all(x >= 0 for t in times.values() for x in t)
 
 
 def test_paired_ratio_is_the_median_of_per_round_ratios():
