@@ -8,6 +8,7 @@ of each feature (``m = N`` for ``(N, D)``, ``m = N·H·W`` for ``(N, C, H, W)``)
 
     δβ = Σ δy_i            δγ = Σ δy_i ⊙ x̂_i              δx̂ = δy ⊙ γ
     δx = (1/(m·s)) (m·δx̂ − Σ δx̂ − x̂ ⊙ Σ (δx̂ ⊙ x̂))      (NOTES.md, care 5)
+       = (γ/(m·s)) (m·δy − δβ − x̂ ⊙ δγ)           (δx̂ = γ δy: two sums, not four)
 
 The returned ``mean`` and ``var`` (for running averages) are differentiated
 exactly too: ``δx += δμ / m + δσ² · 2 (x − μ) / m``.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from jaxbp import _checks
 from jaxbp._op import carrier, like, saved, with_twin
@@ -75,6 +77,8 @@ def _batch_norm(x, gamma, beta, eps, axis, axis_name):
 
 
 def _batch_norm_fwd(x, gamma, beta, eps, axis, axis_name):
+    # symbolic_zeros: the inputs arrive as (value, perturbed) records.
+    x, gamma, beta = x.value, gamma.value, beta.value
     out, (x_hat, inv_std) = _batch_norm_with_stats(x, gamma, beta, eps, axis, axis_name)
     # Residuals: x̂ and 1/s (not x), and γ.
     return out, saved(x_hat, inv_std, gamma) + (carrier(beta), carrier(x))
@@ -82,28 +86,38 @@ def _batch_norm_fwd(x, gamma, beta, eps, axis, axis_name):
 
 def _batch_norm_bwd(eps, axis, axis_name, res, cotangents):
     x_hat, inv_std, gamma, beta, x_proto = res
-    g, g_mean, g_var = cotangents
-    if axis_name is not None:  # μ and σ² are global: every device's loss reaches them
-        g_mean, g_var = lax.psum(g_mean, axis_name), lax.psum(g_var, axis_name)
+    g, g_mean, g_var = (None if isinstance(c, SymbolicZero) else c for c in cotangents)
     red = tuple(a for a in range(x_hat.ndim) if a != axis)
     m = _count(x_hat, axis, axis_name)
-    g = g.astype(x_hat.dtype)
-    # δβ, δγ: this device's share (summed over devices with the other parameter
-    # gradients, as for any replicated parameter).
-    dbeta = g.sum(axis=red)
-    dgamma = (g * x_hat).sum(axis=red)
-    dx_hat = g * _feature(gamma, x_hat, axis).astype(x_hat.dtype)
-    # The sums over the batch inside δx are over the *global* batch.
-    dx = (inv_std / m) * (m * dx_hat - _sum(dx_hat, axis, axis_name)
-                          - x_hat * _sum(dx_hat * x_hat, axis, axis_name))
-    # The statistics' own cotangents: ∂μ/∂x_i = 1/m, ∂σ²/∂x_i = 2 (x_i − μ)/m.
-    dx = dx + (_feature(g_mean, x_hat, axis)
-               + _feature(g_var, x_hat, axis) * 2 * x_hat / inv_std) / m
+    dx = jnp.zeros_like(x_hat)
+    dgamma = dbeta = jnp.zeros_like(gamma)  # (beta is a zero-size carrier)
+    if g is not None:
+        g = g.astype(x_hat.dtype)
+        # δβ = Σ δy, δγ = Σ δy ⊙ x̂: this device's share (summed over devices
+        # with the other parameter gradients, as for any replicated parameter).
+        sum_g = g.sum(axis=red, keepdims=True)
+        sum_gx = (g * x_hat).sum(axis=red, keepdims=True)
+        dbeta, dgamma = sum_g.reshape(-1), sum_gx.reshape(-1)
+        # δx̂ = γ δy, so Σ δx̂ = γ Σ δy and Σ δx̂ ⊙ x̂ = γ Σ δy ⊙ x̂: the same two
+        # sums, over the *global* batch.
+        if axis_name is not None:
+            sum_g, sum_gx = lax.psum(sum_g, axis_name), lax.psum(sum_gx, axis_name)
+        scale = _feature(gamma, x_hat, axis).astype(x_hat.dtype) * inv_std / m
+        dx = scale * (m * g - sum_g - x_hat * sum_gx)
+    # The statistics' own cotangents (zero, and skipped, when only y is used):
+    # ∂μ/∂x_i = 1/m, ∂σ²/∂x_i = 2 (x_i − μ)/m. μ and σ² are global, so every
+    # device's loss reaches them.
+    if g_mean is not None:
+        g_mean = g_mean if axis_name is None else lax.psum(g_mean, axis_name)
+        dx = dx + _feature(g_mean, x_hat, axis).astype(x_hat.dtype) / m
+    if g_var is not None:
+        g_var = g_var if axis_name is None else lax.psum(g_var, axis_name)
+        dx = dx + _feature(g_var, x_hat, axis).astype(x_hat.dtype) * 2 * x_hat / (inv_std * m)
     return like((dx, dgamma, dbeta), (x_proto, gamma, beta))
 
 
 _batch_norm_vjp = jax.custom_vjp(_batch_norm, nondiff_argnums=(3, 4, 5))
-_batch_norm_vjp.defvjp(_batch_norm_fwd, _batch_norm_bwd)
+_batch_norm_vjp.defvjp(_batch_norm_fwd, _batch_norm_bwd, symbolic_zeros=True)
 
 
 @with_twin(_batch_norm_vjp, _batch_norm)

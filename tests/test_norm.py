@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import jaxbp
-from helpers import Case, gradient_test, normal, sharded_test
+from helpers import TWIN_TOL, TWIN_TOL_2ND, Case, assert_close_trees, gradient_test, normal, sharded_test
 
 
 def bn_case(seed, shape, axis=1, eps=1e-5, scale=1.0, offset=0.0):
@@ -22,6 +22,30 @@ CASES = {
 }
 test_gradients = gradient_test(CASES)
 test_sharded = sharded_test({"nchw8": bn_case(5, (8, 2, 3, 3)), "dense8": bn_case(6, (8, 5))})
+
+
+@pytest.mark.parametrize("outputs", [(0,), (1,), (2,), (0, 2)], ids=["y", "mean", "var", "y+var"])
+@pytest.mark.parametrize("name", ["dense", "nchw", "nhwc"])
+def test_gradients_of_some_outputs_only(name, outputs):
+    """Unused outputs reach the backward pass as symbolic zeros and their terms are
+    skipped (training uses y alone); first and second order still match the twin."""
+    case = CASES[name]
+    shapes = [o.shape for o in jax.eval_shape(case.fn(case.op), *case.diff)]
+    weights = normal(8, *shapes)
+
+    def loss(op):
+        return lambda *d: sum(jnp.vdot(case.fn(op)(*d)[i], weights[i]) for i in outputs)
+
+    def grad_dot_v(op):
+        v = normal(9, *[d.shape for d in case.diff])
+        grad = jax.grad(loss(op), argnums=(0, 1, 2))
+        return jax.grad(lambda *d: sum(jnp.vdot(a, b) for a, b in zip(grad(*d), v)), argnums=(0, 1, 2))
+
+    argnums = (0, 1, 2)
+    assert_close_trees(jax.jit(jax.grad(loss(case.op), argnums))(*case.diff),
+                       jax.jit(jax.grad(loss(case.op.autodiff), argnums))(*case.diff), TWIN_TOL)
+    assert_close_trees(jax.jit(grad_dot_v(case.op))(*case.diff),
+                       jax.jit(grad_dot_v(case.op.autodiff))(*case.diff), TWIN_TOL_2ND)
 
 
 def formula(x, gamma, beta, eps, axis):
