@@ -113,7 +113,26 @@ def col2im(cols, window, stride, padded_hw, layout):
     """Adjoint of :func:`im2col`: put each window entry back, *adding* overlaps.
 
     NCHW: ``N,C,K,H',W' -> N,C,Hp,Wp``; NHWC: ``N,H',W',K,C -> N,Hp,Wp,C``.
+    Separably: the ``FW`` entries of each kernel row are placed along W and
+    added, then the ``FH`` row sums along H, so no sum has more than
+    ``max(FH, FW)`` terms (XLA keeps each term of a long sum of pads as its own
+    padded buffer).
     """
+    (ah, aw), _ = LAYOUTS[layout]
     k_axis = WINDOW_AXIS[layout]
-    return sum(place_entry(lax.index_in_dim(cols, k, k_axis, keepdims=False), i, j, stride, padded_hw, layout)
-               for k, (i, j) in entries(window))
+    fh, fw = window
+
+    def entry(k):
+        return lax.index_in_dim(cols, k, k_axis, keepdims=False)
+
+    rows = (sum(_place(entry(i * fw + j), aw, j, stride[1], padded_hw[1]) for j in range(fw))
+            for i in range(fh))
+    return sum(_place(row, ah, i, stride[0], padded_hw[0]) for i, row in enumerate(rows))
+
+
+def _place(part, axis, offset, stride, size):
+    """Spread ``part`` to ``stride`` along ``axis`` and shift it by ``offset`` into ``size``."""
+    config = [(0, 0, 0)] * part.ndim
+    span = stride * (part.shape[axis] - 1) + 1
+    config[axis] = (offset, size - offset - span, stride - 1)
+    return lax.pad(part, jnp.zeros((), part.dtype), config)
