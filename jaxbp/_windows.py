@@ -87,10 +87,16 @@ def place_entry(part, i, j, stride, padded_hw, layout):
     """Adjoint of :func:`window_entry`: spread ``part`` to stride ``s`` (interior
     padding) and shift it by ``(i, j)`` (edge padding) into the padded input's shape."""
     (ah, aw), _ = LAYOUTS[layout]
+    return _place(part, ((ah, i, stride[0], padded_hw[0]), (aw, j, stride[1], padded_hw[1])))
+
+
+def _place(part, placements):
+    """For each ``(axis, offset, stride, size)``: spread ``part`` to ``stride``
+    along ``axis`` and shift it by ``offset`` into ``size`` (one ``lax.pad``)."""
     config = [(0, 0, 0)] * part.ndim
-    for a, s, off, p in ((ah, stride[0], i, padded_hw[0]), (aw, stride[1], j, padded_hw[1])):
-        span = s * (part.shape[a] - 1) + 1
-        config[a] = (off, p - off - span, s - 1)
+    for axis, offset, s, size in placements:
+        span = s * (part.shape[axis] - 1) + 1
+        config[axis] = (offset, size - offset - span, s - 1)
     return lax.pad(part, jnp.zeros((), part.dtype), config)
 
 
@@ -125,14 +131,7 @@ def col2im(cols, window, stride, padded_hw, layout):
     def entry(k):
         return lax.index_in_dim(cols, k, k_axis, keepdims=False)
 
-    rows = (sum(_place(entry(i * fw + j), aw, j, stride[1], padded_hw[1]) for j in range(fw))
+    rows = (sum(_place(entry(i * fw + j), ((aw, j, stride[1], padded_hw[1]),)) for j in range(fw))
             for i in range(fh))
-    return sum(_place(row, ah, i, stride[0], padded_hw[0]) for i, row in enumerate(rows))
+    return sum(_place(row, ((ah, i, stride[0], padded_hw[0]),)) for i, row in enumerate(rows))
 
-
-def _place(part, axis, offset, stride, size):
-    """Spread ``part`` to ``stride`` along ``axis`` and shift it by ``offset`` into ``size``."""
-    config = [(0, 0, 0)] * part.ndim
-    span = stride * (part.shape[axis] - 1) + 1
-    config[axis] = (offset, size - offset - span, stride - 1)
-    return lax.pad(part, jnp.zeros((), part.dtype), config)
