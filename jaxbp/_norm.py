@@ -21,7 +21,7 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from jaxbp import _checks
-from jaxbp._op import carrier, like, saved, with_twin
+from jaxbp._op import carrier, like, saved, varying, with_twin
 
 
 def _stat_dtype(dtype):
@@ -59,6 +59,11 @@ def _normalize(x, eps, axis, axis_name):
     var = _sum(c * c, axis, axis_name) / m
     inv_std = lax.rsqrt(var + eps)
     return c * inv_std, inv_std, shift + d_mean, var
+
+
+def _total(c, axis_name):
+    """A statistic's cotangent summed over the devices of ``axis_name`` where it varies."""
+    return lax.psum(c, axis_name) if axis_name is not None and axis_name in varying(c) else c
 
 
 def _feature(v, x, axis):
@@ -105,14 +110,14 @@ def _batch_norm_bwd(eps, axis, axis_name, res, cotangents):
         scale = _feature(gamma, x_hat, axis).astype(x_hat.dtype) * inv_std / m
         dx = scale * (m * g - sum_g - x_hat * sum_gx)
     # The statistics' own cotangents (zero, and skipped, when only y is used):
-    # ∂μ/∂x_i = 1/m, ∂σ²/∂x_i = 2 (x_i − μ)/m. μ and σ² are global, so every
-    # device's loss reaches them.
+    # ∂μ/∂x_i = 1/m, ∂σ²/∂x_i = 2 (x_i − μ)/m. μ and σ² are the same on every
+    # device, so their cotangent is the total over devices: shard_map already
+    # summed it when it arrives invariant over ``axis_name``; a varying one is
+    # this device's share, summed here.
     if g_mean is not None:
-        g_mean = g_mean if axis_name is None else lax.psum(g_mean, axis_name)
-        dx = dx + _feature(g_mean, x_hat, axis).astype(x_hat.dtype) / m
+        dx = dx + _feature(_total(g_mean, axis_name), x_hat, axis).astype(x_hat.dtype) / m
     if g_var is not None:
-        g_var = g_var if axis_name is None else lax.psum(g_var, axis_name)
-        dx = dx + _feature(g_var, x_hat, axis).astype(x_hat.dtype) * 2 * x_hat / (inv_std * m)
+        dx = dx + _feature(_total(g_var, axis_name), x_hat, axis).astype(x_hat.dtype) * 2 * x_hat / (inv_std * m)
     return like((dx, dgamma, dbeta), (x_proto, gamma, beta))
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import inspect
 
-import jax.numpy as jnp
+import jax
 from jax import lax
 
 
@@ -45,16 +45,44 @@ def with_twin(custom, forward):
     return decorate
 
 
+def varying(x):
+    """The mesh axes along which ``x`` varies inside ``shard_map`` (empty outside)."""
+    aval = jax.typeof(x)
+    mat = getattr(aval, "manual_axis_type", None)  # JAX >= 0.10; earlier: ``aval.vma``
+    return frozenset(mat.varying if mat is not None else getattr(aval, "vma", ()))
+
+
+def cotangent(g, primal):
+    """``g`` as the cotangent of ``primal``: its dtype, and its mesh-axis type.
+
+    Inside ``shard_map`` a backward rule sees per-device values. A primal that is
+    invariant over a mesh axis (a replicated weight) while its cotangent varies
+    over it (``δW = δZᵀX`` from this device's rows) gets the sum over that axis,
+    as autodiff's transpose of the implicit ``pvary`` does; a primal that varies
+    where its cotangent does not gets the cotangent marked varying."""
+    if primal is None:
+        return None
+    g = g.astype(primal.dtype)
+    have, want = varying(g), varying(primal)
+    if have - want:
+        g = lax.psum(g, tuple(sorted(have - want)))
+    if want - have:
+        g = lax.pcast(g, tuple(sorted(want - have)), to="varying")
+    return g
+
+
 def like(grads, primals):
-    """Cast each cotangent to its primal's dtype (bf16 in, bf16 cotangent out)."""
-    return tuple(None if p is None else g.astype(p.dtype) for g, p in zip(grads, primals))
+    """:func:`cotangent` for each pair (bf16 in, bf16 cotangent out)."""
+    return tuple(cotangent(g, p) for g, p in zip(grads, primals))
 
 
 def carrier(x, shape=False):
-    """A zero-size array with ``x``'s dtype (and, with ``shape=True``, its shape
-    after a leading 0): what a backward pass needs of an input it does not keep.
-    Residuals must be arrays; Python dtypes and shapes are not valid ones."""
-    return jnp.zeros((0,) + (tuple(x.shape) if shape else ()), x.dtype)
+    """A zero-size array with ``x``'s dtype and mesh-axis type (and, with
+    ``shape=True``, its shape after a leading 0): what a backward pass needs of
+    an input it does not keep. Residuals must be arrays; Python dtypes and shapes
+    are not valid ones. A slice of ``x`` (not ``jnp.zeros``) keeps the mesh-axis
+    type that :func:`cotangent` reads."""
+    return lax.slice_in_dim(x[None] if shape else x.reshape(-1), 0, 0)
 
 
 def saved(*residuals):
@@ -64,5 +92,7 @@ def saved(*residuals):
     pass and keep its larger inputs alive instead — measured in the CNN train
     step on CPU: relu's boolean mask recomputed from the float conv output, the
     int8 pool index widened to int32, ``γ`` broadcast to the activation's shape
-    and kept — which undoes the point of saving less (74 -> 56 MiB with it)."""
-    return lax.optimization_barrier(residuals)
+    and kept — which undoes the point of saving less (74 -> 56 MiB with it).
+    One barrier per residual: a shared one would give every residual the union
+    of their mesh-axis types inside ``shard_map``."""
+    return tuple(lax.optimization_barrier(r) for r in residuals)

@@ -70,9 +70,11 @@ def batch_norm_both_ways(axis_name, twin=False):
     def total(x, gamma, beta, ct):
         def per_device(x, gamma, beta, ct):
             value, stats = loss(x, gamma, beta, ct, axis_name, devices)
-            return jax.lax.psum(value, "batch"), stats
+            # Without axis_name the statistics are per device: one row each.
+            return jax.lax.psum(value, "batch"), stats if axis_name else jax.tree.map(lambda s: s[None], stats)
+        stats_spec = P() if axis_name else P("batch")
         return shard_map_fn()(per_device, mesh=mesh, in_specs=(P("batch"), P(), P(), P("batch")),
-                              out_specs=(P(), P()), check_vma=False)(x, gamma, beta, ct)
+                              out_specs=(P(), stats_spec))(x, gamma, beta, ct)
 
     grads = lambda f: jax.jit(jax.grad(f, argnums=(0, 1, 2), has_aux=True))
     global_grads, global_stats = grads(lambda *a: loss(*a, None))(x, gamma, beta, ct)
@@ -105,3 +107,79 @@ def test_cli_trains_on_eight_devices(tmp_path):
                         "--run-dir", str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "epoch   1/1" in r.stdout and "final test accuracy" in r.stdout
+
+
+def _shard_map_cases():
+    """(op, args, kwargs, argnums, spec per arg): the batch axis (0) of every
+    batched argument split over 8 devices, the rest replicated."""
+    from helpers import normal
+    import jaxbp
+    B, R = "batch", None
+    x4, w4, b4 = normal(20, (8, 3, 5, 5), (4, 3, 3, 3), (4,))
+    xh = x4.transpose(0, 2, 3, 1)
+    x2, w2, b2 = normal(21, (8, 6), (5, 6), (5,))
+    logits, soft = normal(22, (8, 5), (8, 5))
+    cases = {"dense": (jaxbp.dense, (x2, w2, b2), {}, (0, 1, 2), (B, R, R)),
+             "dense_no_bias": (jaxbp.dense, (x2, w2, None), {}, (0, 1), (B, R, R))}
+    for alg in ("explicit", "implicit"):
+        for layout, x in (("NCHW", x4), ("NHWC", xh)):
+            cases[f"conv2d_{alg}_{layout}"] = (jaxbp.conv2d, (x, w4, b4),
+                                               {"stride": 2, "padding": 1, "algorithm": alg,
+                                                "layout": layout}, (0, 1, 2), (B, R, R))
+    cases.update({
+        "max_pool2d": (jaxbp.max_pool2d, (x4,), {"window": 2}, (0,), (B,)),
+        "avg_pool2d": (jaxbp.avg_pool2d, (xh,), {"window": 3, "stride": 1, "padding": 1, "layout": "NHWC"},
+                       (0,), (B,)),
+        "batch_norm": (jaxbp.batch_norm, (x4, b4[:3], b4[1:]), {"axis_name": "batch"}, (0, 1, 2), (B, R, R)),
+        "softmax_cross_entropy": (jaxbp.softmax_cross_entropy, (logits, jnp.abs(soft)), {}, (0, 1), (B, B)),
+        "softmax_cross_entropy_labels": (jaxbp.softmax_cross_entropy, (logits, jnp.arange(8) % 5), {},
+                                         (0,), (B, B)),
+        "euclidean_loss": (jaxbp.euclidean_loss, (x2, 2 * x2), {}, (0, 1), (B, B)),
+        "mse": (jaxbp.mse, (x2, b2[None, :1] * x2), {}, (0, 1), (B, B)),
+    })
+    for name in ("relu", "leaky_relu", "sigmoid", "tanh"):
+        cases[name] = (getattr(jaxbp, name), (x2,), {}, (0,), (B,))
+    return cases
+
+
+SHARD_MAP_CASES = _shard_map_cases()
+
+
+@needs8
+@pytest.mark.parametrize("name", list(SHARD_MAP_CASES))
+def test_every_op_under_shard_map_with_default_checks_equals_one_device(name):
+    """shard_map with its default type checks (check_vma=True): the gradient of the
+    total loss w.r.t. every argument, replicated ones included, equals the
+    single-device gradient."""
+    from jax.sharding import Mesh, PartitionSpec as P
+    from helpers import normal
+    op, args, kwargs, argnums, specs = SHARD_MAP_CASES[name]
+    mesh = Mesh(np.array(jax.devices()[:8]), ("batch",))
+    single = {k: v for k, v in kwargs.items() if k != "axis_name"}
+    y = jax.eval_shape(lambda *a: op(*a, **single), *args)
+    out = y[0] if isinstance(y, tuple) else y  # batch norm: y, not the statistics
+    (ct,) = normal(23, out.shape)
+
+    def full(args, kw):
+        o = op(*args, **kw)
+        return jnp.vdot(o[0] if isinstance(o, tuple) else o, ct)
+
+    def with_diff(diff):
+        a = list(args)
+        for i, d in zip(argnums, diff):
+            a[i] = d
+        return a
+
+    def total(*diff):
+        def per_device(a, ct_shard):
+            o = op(*a, **kwargs)
+            return jax.lax.psum(jnp.vdot(o[0] if isinstance(o, tuple) else o, ct_shard), "batch")
+        in_specs = ([P(s) if s else P() for s in specs], P("batch"))
+        return shard_map_fn()(per_device, mesh=mesh, in_specs=in_specs, out_specs=P())(with_diff(diff), ct)
+
+    diff = tuple(args[i] for i in argnums)
+    expected = jax.jit(jax.grad(lambda *d: full(with_diff(d), single), argnums=range(len(diff))))(*diff)
+    got = jax.jit(jax.grad(total, argnums=range(len(diff))))(*diff)
+    for g, e in zip(got, expected, strict=True):
+        assert g.shape == e.shape and g.dtype == e.dtype
+        np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-12)
