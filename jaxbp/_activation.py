@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from jaxbp import _checks
 from jaxbp._op import saved, with_twin
@@ -15,7 +16,9 @@ from jaxbp._op import saved, with_twin
 
 def _relu(z):
     # `where`, not `maximum`: JAX's relu'(0) is 0; maximum's derivative at 0 is 1/2.
-    return jnp.where(z > 0, z, jnp.zeros_like(z))
+    # NaN passes through (as jax.nn.relu and torch.relu), its gradient does not
+    # (jax.nn.relu's is 0 there): a diverging run must reach the non-finite guard.
+    return jnp.where(z > 0, z, jnp.where(jnp.isnan(z), lax.stop_gradient(z), 0))
 
 
 def _relu_fwd(z):
@@ -79,6 +82,8 @@ _leaky_relu_vjp.defvjp(_leaky_relu_fwd, _leaky_relu_bwd)
 def relu(impl, z):
     """``max(z, 0)``; backward ``δz = δa ⊙ [z > 0]`` (so relu'(0) = 0, as in JAX).
 
+    NaN propagates (``relu(nan) = nan``), with gradient 0 there, as ``jax.nn.relu``.
+
     Args: z: any shape, floating. Saves the boolean mask ``z > 0``.
     """
     _checks.floating("z", z)
@@ -108,7 +113,8 @@ def tanh(impl, z):
 @with_twin(_leaky_relu_vjp, _leaky_relu)
 def leaky_relu(impl, z, negative_slope=0.01):
     """``z`` where ``z ≥ 0``, else ``negative_slope·z``; backward
-    ``δz = δa ⊙ (1 if z ≥ 0 else negative_slope)`` (as ``jax.nn.leaky_relu``).
+    ``δz = δa ⊙ (1 if z ≥ 0 else negative_slope)`` (as ``jax.nn.leaky_relu``,
+    NaN included: it propagates, with gradient ``negative_slope·δa``).
 
     Args: z: any shape, floating; negative_slope: a Python number.
     Saves the boolean mask ``z ≥ 0``.

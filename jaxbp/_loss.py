@@ -5,6 +5,8 @@ to the inputs' dtypes.
 """
 from __future__ import annotations
 
+import numbers
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -57,28 +59,42 @@ def _one_hot(labels, o):
     return (labels[:, None] == jnp.arange(o.shape[-1])[None, :]).astype(o.dtype)
 
 
-def _sparse_cross_entropy_parts(logits, labels):
-    """The loss for integer labels, and ``(o, m, log Σ)`` for the backward pass."""
+def _label_rows(labels, k, ignore_index):
+    """Per row: the label is a class id in ``[0, K)`` and counts; the row is ignored."""
+    ignored = jnp.zeros(labels.shape, bool) if ignore_index is None else labels == ignore_index
+    return (labels >= 0) & (labels < k) & ~ignored, ignored
+
+
+def _sparse_cross_entropy_parts(logits, labels, ignore_index):
+    """The loss for integer labels, and ``(o, m, log Σ)`` for the backward pass.
+
+    A row whose label is neither in ``[0, K)`` nor ``ignore_index`` has loss NaN
+    (under ``jit`` a value cannot raise; NaN reaches the non-finite guard); an
+    ignored row has loss 0. Both have the zero one-hot row, so gradient 0."""
     (o,) = _wide(logits)
     m, log_sum = _max_and_log_sum(o)
-    return -(_one_hot(labels, o) * ((o - m) - log_sum)).sum(axis=-1), (o, m, log_sum)
+    counted, ignored = _label_rows(labels, o.shape[-1], ignore_index)
+    loss = -(_one_hot(jnp.where(counted, labels, -1), o) * ((o - m) - log_sum)).sum(axis=-1)
+    return jnp.where(counted | ignored, loss, jnp.nan), (o, m, log_sum)
 
 
-def _sparse_cross_entropy(logits, labels):
-    return _sparse_cross_entropy_parts(logits, labels)[0]
+def _sparse_cross_entropy(logits, labels, ignore_index):
+    return _sparse_cross_entropy_parts(logits, labels, ignore_index)[0]
 
 
-def _sparse_cross_entropy_fwd(logits, labels):
-    loss, (o, m, log_sum) = _sparse_cross_entropy_parts(logits, labels)
+def _sparse_cross_entropy_fwd(logits, labels, ignore_index):
+    loss, (o, m, log_sum) = _sparse_cross_entropy_parts(logits, labels, ignore_index)
     # Integer labels are kept as they are (N ints); the one-hot is rebuilt.
     return loss, (o, m, log_sum, labels, carrier(logits))
 
 
-def _sparse_cross_entropy_bwd(res, g):
+def _sparse_cross_entropy_bwd(ignore_index, res, g):
     o, m, log_sum, labels, logits = res
-    # softmax(o)·Σy − y, with Σy = 1 for a label in [0, K) and 0 (a zero row) outside.
-    y_sum = ((labels >= 0) & (labels < o.shape[-1]))[:, None].astype(o.dtype)
-    dlogits = g[:, None].astype(o.dtype) * (jnp.exp((o - m) - log_sum) * y_sum - _one_hot(labels, o))
+    # softmax(o)·Σy − y, with Σy = 1 for a counted label and 0 (a zero row) otherwise.
+    counted, _ = _label_rows(labels, o.shape[-1], ignore_index)
+    y_sum = counted[:, None].astype(o.dtype)
+    y = _one_hot(jnp.where(counted, labels, -1), o)
+    dlogits = g[:, None].astype(o.dtype) * (jnp.exp((o - m) - log_sum) * y_sum - y)
     return like((dlogits,), (logits,)) + (None,)
 
 
@@ -86,9 +102,10 @@ def _euclidean_parts(pred, target):
     """The loss, and the residual ``r = o − y`` for the backward pass."""
     r = jnp.subtract(*_wide(pred, target))
     ss = (r * r).reshape(r.shape[0], -1).sum(axis=1)
-    # Double `where`: the value and JAX's derivative are both 0 at a zero residual.
-    pos = ss > 0
-    return jnp.where(pos, jnp.sqrt(jnp.where(pos, ss, 1)), 0), r
+    # Double `where`: the value and JAX's derivative are both 0 at a zero residual;
+    # `== 0`, not `> 0`, so that a NaN residual gives a NaN loss, not 0.
+    zero = ss == 0
+    return jnp.where(zero, 0, jnp.sqrt(jnp.where(zero, 1, ss))), r
 
 
 def _euclidean(pred, target):
@@ -102,8 +119,8 @@ def _euclidean_fwd(pred, target):
 
 def _euclidean_bwd(res, g):
     r, loss, pred, target = res
-    pos = loss > 0
-    scale = jnp.where(pos, g / jnp.where(pos, loss, 1), 0).astype(r.dtype)   # (o − y) / L
+    zero = loss == 0
+    scale = jnp.where(zero, 0, g / jnp.where(zero, 1, loss)).astype(r.dtype)   # (o − y) / L
     dpred = scale.reshape((-1,) + (1,) * (r.ndim - 1)) * r
     return like((dpred, -dpred), (pred, target))
 
@@ -132,15 +149,18 @@ def _mse_bwd(res, g):
 
 _softmax_cross_entropy_vjp = jax.custom_vjp(_softmax_cross_entropy)
 _softmax_cross_entropy_vjp.defvjp(_softmax_cross_entropy_fwd, _softmax_cross_entropy_bwd)
-_sparse_cross_entropy_vjp = jax.custom_vjp(_sparse_cross_entropy)
+_sparse_cross_entropy_vjp = jax.custom_vjp(_sparse_cross_entropy, nondiff_argnums=(2,))
 _sparse_cross_entropy_vjp.defvjp(_sparse_cross_entropy_fwd, _sparse_cross_entropy_bwd)
 
 
 def _targets_kind(custom):
     soft, sparse = ((_softmax_cross_entropy_vjp, _sparse_cross_entropy_vjp) if custom
                     else (_softmax_cross_entropy, _sparse_cross_entropy))
-    return lambda logits, targets: (sparse if jnp.issubdtype(targets.dtype, jnp.integer) else soft)(
-        logits, targets)
+    def impl(logits, targets, ignore_index):
+        if jnp.issubdtype(targets.dtype, jnp.integer):
+            return sparse(logits, targets, ignore_index)
+        return soft(logits, targets)
+    return impl
 _euclidean_vjp = jax.custom_vjp(_euclidean)
 _euclidean_vjp.defvjp(_euclidean_fwd, _euclidean_bwd)
 _mse_vjp = jax.custom_vjp(_mse)
@@ -148,7 +168,7 @@ _mse_vjp.defvjp(_mse_fwd, _mse_bwd)
 
 
 @with_twin(_targets_kind(True), _targets_kind(False))
-def softmax_cross_entropy(impl, logits, targets):
+def softmax_cross_entropy(impl, logits, targets, *, ignore_index=None):
     """Cross-entropy of softmax, ``L = −Σ_k y_k log softmax(o)_k`` per example.
 
     Backward (derivation "Cross Entropy-Softmax", general form, NOTES.md care 4):
@@ -161,8 +181,13 @@ def softmax_cross_entropy(impl, logits, targets):
       logits: ``(N, K)``.
       targets: ``(N, K)`` non-negative floats (one-hot, probabilities or any
         weights), or ``(N,)`` integer class ids in ``[0, K)`` (as one-hot rows,
-        with ``Σy = 1``; an id outside the range gives a zero row: loss 0 and
-        gradient 0).
+        with ``Σy = 1``). An id outside ``[0, K)`` gives that row a loss of
+        NaN (and gradient 0), so a mean over the batch is NaN and the
+        non-finite guard of training names the step.
+      ignore_index: with integer ids, an id whose rows are left out (PyTorch's
+        convention, e.g. ``-100`` for padding): loss 0 and gradient 0. The
+        mean over the rows that count is
+        ``loss.sum() / (targets != ignore_index).sum()``.
 
     Returns:
       ``(N,)`` losses, in at least float32.
@@ -172,11 +197,17 @@ def softmax_cross_entropy(impl, logits, targets):
     if hasattr(targets, "dtype") and jnp.issubdtype(targets.dtype, jnp.integer):
         _checks.shape("targets", targets, logits.shape[:1],
                       f"integer class ids, one per row of logits {tuple(logits.shape)}")
+        if ignore_index is not None and (isinstance(ignore_index, bool)
+                                         or not isinstance(ignore_index, numbers.Integral)):
+            raise TypeError(f"ignore_index must be a Python int or None, got {ignore_index!r}")
     else:
         _checks.floating("targets", targets)
         _checks.shape("targets", targets, logits.shape,
                       "like logits, or (N,) integer class ids")
-    return impl(logits, targets)
+        if ignore_index is not None:
+            raise ValueError(f"ignore_index applies to integer class ids; targets are "
+                             f"{targets.dtype} of shape {tuple(targets.shape)}")
+    return impl(logits, targets, None if ignore_index is None else int(ignore_index))
 
 
 def _pred_target(pred, target):

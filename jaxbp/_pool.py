@@ -94,7 +94,7 @@ _avg_pool_vjp = jax.custom_vjp(_avg_pool, nondiff_argnums=(1, 2, 3, 4))
 _avg_pool_vjp.defvjp(_avg_pool_fwd, _avg_pool_bwd)
 
 
-def _pool_args(x, window, stride, padding, layout, max_pool):
+def _pool_args(x, window, stride, padding, layout):
     (ah, aw), _ = _windows.check_layout(layout)
     _checks.floating("x", x)
     _checks.rank("x", x, 4, " ".join(layout))
@@ -102,9 +102,12 @@ def _pool_args(x, window, stride, padding, layout, max_pool):
     stride = window if stride is None else _checks.pair("stride", stride, 1)
     in_hw = (x.shape[ah], x.shape[aw])
     pads = _windows.resolve_padding(padding, in_hw, window, stride)
-    if max_pool and any(p >= k for pp, k in zip(pads, window) for p in pp):
-        raise ValueError(f"padding {pads} must be smaller than the window {window}: "
-                         "a window of padding alone has no maximum")
+    if any(n == 0 for n in in_hw):
+        raise ValueError(f"x has an empty spatial size {in_hw} (shape {tuple(x.shape)}, {layout}): "
+                         "every window would be padding alone")
+    if any(2 * p > k for pp, k in zip(pads, window) for p in pp):
+        raise ValueError(f"padding {pads} must be at most half the window {window} on each side "
+                         "(as in PyTorch), so that no window is padding alone")
     _windows.out_hw(in_hw, window, stride, pads, "window")
     return x, window, stride, pads, layout
 
@@ -115,7 +118,8 @@ _POOL_DOC = """
       x: ``(N, C, H, W)`` (``(N, H, W, C)`` when ``layout="NHWC"``), floating.
       window: int or ``(kh, kw)``.
       stride: int or pair; defaults to the window.
-      padding: int, pair, ``((top, bottom), (left, right))``, ``"SAME"`` or ``"VALID"``.
+      padding: int, pair, ``((top, bottom), (left, right))``, ``"SAME"`` or ``"VALID"``;
+        at most half the window on each side, so that no window is padding alone.
       layout: ``"NCHW"`` or ``"NHWC"``.
 
     Returns:
@@ -124,11 +128,11 @@ _POOL_DOC = """
 
 
 def max_pool2d(impl, x, window, stride=None, padding=0, *, layout="NCHW"):
-    return impl(*_pool_args(x, window, stride, padding, layout, True))
+    return impl(*_pool_args(x, window, stride, padding, layout))
 
 
 def avg_pool2d(impl, x, window, stride=None, padding=0, *, layout="NCHW"):
-    return impl(*_pool_args(x, window, stride, padding, layout, False))
+    return impl(*_pool_args(x, window, stride, padding, layout))
 
 
 max_pool2d.__doc__ = ("Max pooling over ``window``; padding counts as −∞.\n\n    Backward: δY goes to "

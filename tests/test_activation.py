@@ -42,3 +42,17 @@ def test_forward_mode_is_the_documented_error():
         jax.jvp(jaxbp.relu, (jnp.ones(3),), (jnp.ones(3),))
     # The twin supports it.
     jax.jvp(jaxbp.autodiff.relu, (jnp.ones(3),), (jnp.ones(3),))
+
+
+@pytest.mark.parametrize("impl", ["custom", "twin"])
+@pytest.mark.parametrize("name", list(OPS))
+def test_nan_propagates_and_its_gradient_follows_jax_nn(name, impl):
+    """relu(nan) is nan in jax.nn and torch: an activation that turned it into 0
+    would hide a diverging run from the non-finite guard."""
+    op = OPS[name] if impl == "custom" else OPS[name].autodiff
+    z = jnp.array([-1.0, jnp.nan, 0.0, 2.0, -jnp.inf, jnp.inf])
+    np.testing.assert_array_equal(op(z), REFERENCE[name](z))
+    assert np.isnan(op(z)[1])
+    grad = jax.grad(lambda z: op(z)[:4].sum())(z)
+    # (rtol: 1 − a·a vs JAX's own expression for tanh'; NaN must sit where JAX's does)
+    np.testing.assert_allclose(grad, jax.grad(lambda z: REFERENCE[name](z)[:4].sum())(z), rtol=1e-13)

@@ -13,7 +13,10 @@ CASES = {
     # Unnormalized weights: only the general form softmax(o)·Σy − y is right here.
     "xent_weights": Case(jaxbp.softmax_cross_entropy, (logits, jnp.abs(soft) * 3), (0, 1)),
     "xent_int_labels": Case(jaxbp.softmax_cross_entropy, (logits, jnp.array([0, 3, 1, 2, 3])), (0,)),
-    "xent_int_labels_out_of_range": Case(jaxbp.softmax_cross_entropy, (logits, jnp.array([0, 4, -1, 2, 3])), (0,)),
+    "xent_int_labels_ignored": Case(jaxbp.softmax_cross_entropy, (logits, jnp.array([0, -100, 1, -100, 3])),
+                                    (0,), {"ignore_index": -100}),
+    "xent_int_labels_ignore_a_class": Case(jaxbp.softmax_cross_entropy, (logits, jnp.array([0, 2, 1, 2, 3])),
+                                           (0,), {"ignore_index": 2}),
     "euclidean": Case(jaxbp.euclidean_loss, normal(1, (4, 3, 2), (4, 3, 2)), (0, 1)),
     "euclidean_1d": Case(jaxbp.euclidean_loss, normal(2, (6,), (6,)), (0, 1)),
     "mse": Case(jaxbp.mse, normal(3, (4, 5), (4, 5)), (0, 1)),
@@ -77,3 +80,44 @@ def test_loss_in_float32_gradient_in_input_dtype(op, dtype):
     assert op(p, t).dtype == jnp.float32
     gp, gt = jax.grad(lambda p, t: op(p, t).sum(), (0, 1))(p, t)
     assert gp.dtype == dtype and gt.dtype == dtype
+
+
+@pytest.mark.parametrize("impl", ["custom", "twin"])
+def test_labels_outside_the_classes_give_nan_rows_not_a_silent_zero(impl):
+    op = jaxbp.softmax_cross_entropy if impl == "custom" else jaxbp.softmax_cross_entropy.autodiff
+    labels = jnp.array([0, 4, -1, 2, 3])
+    loss = op(logits, labels)
+    assert np.isnan(loss[1]) and np.isnan(loss[2])
+    np.testing.assert_allclose(loss[np.array([0, 3, 4])], op(logits[np.array([0, 3, 4])], labels[np.array([0, 3, 4])]),
+                               rtol=1e-15)
+    assert np.isnan(loss.mean())  # what the training loop's non-finite guard sees
+    grad = jax.grad(lambda o: op(o, labels)[np.array([0, 3, 4])].sum())(logits)
+    assert np.all(np.isfinite(grad)) and np.all(grad[1:3] == 0)
+
+
+@pytest.mark.parametrize("impl", ["custom", "twin"])
+def test_ignore_index_rows_count_for_nothing(impl):
+    """PyTorch's convention: ignored rows have loss 0 and gradient 0, and the mean
+    over the rest is ``loss.sum() / (labels != ignore_index).sum()``."""
+    op = jaxbp.softmax_cross_entropy if impl == "custom" else jaxbp.softmax_cross_entropy.autodiff
+    labels = jnp.array([0, -100, 1, -100, 3])
+    keep = np.array([0, 2, 4])
+
+    def mean(o):
+        return op(o, labels, ignore_index=-100).sum() / (labels != -100).sum()
+
+    np.testing.assert_allclose(mean(logits), op(logits[keep], labels[keep]).mean(), rtol=1e-15)
+    grad = jax.grad(mean)(logits)
+    assert np.all(grad[np.array([1, 3])] == 0)
+    np.testing.assert_allclose(grad[keep], jax.grad(lambda o: op(o, labels[keep]).mean())(logits[keep]),
+                               rtol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["softmax_cross_entropy", "euclidean_loss", "mse"])
+def test_nan_in_a_row_gives_that_row_nan(name):
+    op = getattr(jaxbp, name)
+    pred = logits.at[1, 2].set(jnp.nan)
+    target = jnp.abs(soft) if name == "softmax_cross_entropy" else soft
+    for f in (op, op.autodiff):
+        loss = f(pred, target)
+        assert np.isnan(loss[1]) and np.all(np.isfinite(np.delete(np.asarray(loss), 1)))

@@ -79,9 +79,40 @@ def test_gradient_keeps_dtype(kind, dtype):
        sh=st.integers(1, 3), sw=st.integers(1, 3), ph=st.integers(0, 2), pw=st.integers(0, 2),
        h=st.integers(3, 8), w=st.integers(3, 8), layout=st.sampled_from(["NCHW", "NHWC"]))
 def test_property_random_configurations(kind, kh, kw, sh, sw, ph, pw, h, w, layout):
-    ph, pw = min(ph, kh - 1), min(pw, kw - 1)  # max pooling needs padding < window
+    ph, pw = min(ph, kh // 2), min(pw, kw // 2)  # padding at most half the window
     shape = (2, 2, h, w) if layout == "NCHW" else (2, h, w, 2)
     case = pool_case(kind, 4, shape, (kh, kw), (sh, sw), (ph, pw), layout)
     np.testing.assert_allclose(case.op(*case.args, **case.kwargs),
                                reduce_window(kind, *case.args, **case.kwargs), rtol=1e-14, atol=1e-15)
     assert_twin(case)
+
+
+@settings(max_examples=40, deadline=None)
+@given(kind=st.sampled_from(list(POOLS)), k=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+       s=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       p=st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 3), st.integers(0, 3)),
+       hw=st.tuples(st.integers(0, 4), st.integers(0, 4)), layout=st.sampled_from(["NCHW", "NHWC"]))
+def test_any_configuration_is_a_clear_error_or_a_finite_result(kind, k, s, p, hw, layout):
+    """Never a silent -inf (a window of padding alone) or NaN from finite input."""
+    shape = (2, 2) + hw if layout == "NCHW" else (2,) + hw + (2,)
+    x = normal(6, shape)[0]
+    try:
+        y = POOLS[kind](x, k, s, ((p[0], p[1]), (p[2], p[3])), layout=layout)
+    except ValueError as e:
+        assert "x has an empty spatial size" in str(e) or "must be at most half the window" in str(e) \
+            or "is larger than the padded input" in str(e), e
+        return
+    assert y.size > 0 and np.all(np.isfinite(y))
+
+
+def test_empty_input_with_padding_is_an_error_not_minus_infinity():
+    with pytest.raises(ValueError, match=r"x has an empty spatial size \(0, 0\)"):
+        jaxbp.max_pool2d(jnp.ones((1, 1, 0, 0)), 2, stride=1, padding=1)
+
+
+@pytest.mark.parametrize("kind", list(POOLS))
+def test_nan_in_a_window_gives_nan_for_that_window(kind):
+    x = normal(7, (1, 1, 4, 4))[0].at[0, 0, 0, 1].set(jnp.nan)
+    for op in (POOLS[kind], POOLS[kind].autodiff):
+        y = np.asarray(op(x, 2))
+        assert np.isnan(y[0, 0, 0, 0]) and np.all(np.isfinite(y.ravel()[1:]))
