@@ -56,3 +56,12 @@ def number(name, v):
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name} must be a Python number, got {type(v).__name__}")
     return float(v)
+
+
+def promote(*arrays):
+    """jaxbp's one dtype rule: an op's floating array arguments are promoted
+    together by JAX's type promotion (``jnp.result_type``), and the op computes
+    and returns in that dtype (losses and batch-norm statistics in at least
+    float32). Each gradient has its own argument's dtype. ``None`` stays ``None``."""
+    dtype = jnp.result_type(*(a for a in arrays if a is not None))
+    return tuple(None if a is None else a.astype(dtype) for a in arrays)

@@ -225,4 +225,4 @@ def conv2d(impl, x, w, b=None, stride=1, padding=0, *, algorithm="explicit", lay
     in_hw, window = (x.shape[ah], x.shape[aw]), tuple(w.shape[2:])
     pads = _windows.resolve_padding(padding, in_hw, window, stride)
     _windows.out_hw(in_hw, window, stride, pads)
-    return impl(algorithm, x, w, b, stride, pads, layout)
+    return impl(algorithm, *_checks.promote(x, w, b), stride, pads, layout)

@@ -40,7 +40,7 @@ _dense_vjp.defvjp(_dense_fwd, _dense_bwd)
 
 
 @with_twin(_dense_vjp, _dense)
-def dense(impl, x, w, b):
+def dense(impl, x, w, b=None):
     """Affine map of a batch of row vectors, ``Z = X Wᵀ + b``.
 
     Backward (derivation "DNN", summed over the batch): ``δX = δZ W``,
@@ -63,4 +63,4 @@ def dense(impl, x, w, b):
                          f"{tuple(x.shape)}, got {tuple(w.shape)}")
     if b is not None:
         _checks.shape("b", b, (w.shape[0],), "one entry per output of w")
-    return impl(x, w, b)
+    return impl(*_checks.promote(x, w, b))

@@ -149,7 +149,8 @@ def batch_norm(impl, x, gamma, beta, eps=1e-5, *, axis=1, axis_name=None):
         reduces globally.
 
     Returns:
-      ``(y, mean, var)``: ``y`` like ``x``; ``mean`` and biased ``var`` of
+      ``(y, mean, var)``: ``y`` of ``x``'s shape, in the promoted dtype of
+      ``x``, ``gamma``, ``beta`` (jaxbp's dtype rule); ``mean`` and biased ``var`` of
       shape ``(D,)`` in at least float32 (two-pass variance), with exact
       gradients.
     """
@@ -164,4 +165,4 @@ def batch_norm(impl, x, gamma, beta, eps=1e-5, *, axis=1, axis_name=None):
     eps = _checks.number("eps", eps)
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
-    return impl(x, gamma, beta, eps, axis, axis_name)
+    return impl(*_checks.promote(x, gamma, beta), eps, axis, axis_name)
