@@ -76,8 +76,8 @@ def conv_variants(rounds, dtype, quick):
                                                           dimension_numbers=(layout, "OIHW", layout))
 
         cands = {
-            "explicit NCHW": (make(lambda a, b: jaxbp.conv2d(a, b, None, 1, 1), x, "NCHW"), x),
-            "explicit NHWC": (make(lambda a, b: jaxbp.conv2d(a, b, None, 1, 1, layout="NHWC"), xh, "NHWC"), xh),
+            "explicit NCHW": (make(lambda a, b: jaxbp.conv2d(a, b, None, 1, 1, algorithm="explicit"), x, "NCHW"), x),
+            "explicit NHWC": (make(lambda a, b: jaxbp.conv2d(a, b, None, 1, 1, layout="NHWC", algorithm="explicit"), xh, "NHWC"), xh),
             "implicit NHWC": (make(lambda a, b: jaxbp.conv2d(a, b, None, 1, 1, layout="NHWC",
                                                               algorithm="implicit"), xh, "NHWC"), xh),
             "lax.conv NCHW": (make(lax_conv("NCHW"), x, "NCHW"), x),

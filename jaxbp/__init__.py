@@ -2,9 +2,14 @@
 
 ``jaxbp.<op>`` differentiates with the hand-derived rule (``jax.custom_vjp``);
 ``jaxbp.autodiff.<op>`` is the same forward differentiated by JAX.
-Forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``) is not available for
-``custom_vjp`` functions: JAX raises ``TypeError`` ("can't apply forward-mode
-autodiff (jvp) to a custom_vjp function"). Use the twins for forward mode.
+The backward rules are stated in the repository's ``docs/derivation.md``.
+
+Reverse mode (``grad``, ``vjp``, ``jacrev``) and forward-over-reverse
+(``jax.hessian``, Hessian-vector products) work: a backward rule is ordinary
+JAX code. Forward mode *through* an op (``jax.jvp``, ``jax.jacfwd`` of the op
+itself) is not defined for ``custom_vjp`` functions: JAX raises ``TypeError``
+("can't apply forward-mode autodiff (jvp) to a custom_vjp function"). The
+twins support every mode.
 """
 from jaxbp import autodiff, ops
 from jaxbp.gradcheck import compare_gradients

@@ -1,6 +1,6 @@
 """Elementwise activations ``a = f(z)``, backward ``δz = δa ⊙ f'(z)``.
 
-Derivation section "DNN" (``δz^l = δa^l ⊙ f'(z^l)``). Each saves the smallest
+docs/derivation.md §2 (``δz^l = δa^l ⊙ f'(z^l)``, from the source's "DNN"). Each saves the smallest
 residual that determines ``f'(z)``: a boolean mask for the piecewise-linear
 ones, the output ``a`` for sigmoid (``f' = a(1 − a)``) and tanh (``f' = 1 − a²``).
 """

@@ -1,11 +1,11 @@
 """2-D convolution (cross-correlation, as in every deep-learning library).
 
-Derivation section "CNN 卷积层". With ``X̃ = im2col(X)`` — rows ``(n, h', w')``,
+docs/derivation.md §3 (the source's "CNN" section). With ``X̃ = im2col(X)`` — rows ``(n, h', w')``,
 columns ``(i, fh, fw)`` — and ``F̃ = reshape(F, O, I·FH·FW)ᵀ``:
 
     forward   Ỹ = X̃ F̃ + B̃                   ((N·H'·W') × O, then to N×O×H'×W')
     backward  δb = Σ_rows δỸ
-              δF̃ = X̃ᵀ δỸ                     (NOTES.md, care 1: not δX̃ᵀ δỸ)
+              δF̃ = X̃ᵀ δỸ                     (§3, corrected: not δX̃ᵀ δỸ)
               δX = col2im(δỸ F̃ᵀ)             (col2im *adds* overlapping patches)
 
 The products are written as ``einsum`` over named axes (NHWC: 2-D matmuls on
@@ -32,6 +32,10 @@ from jax import lax
 
 from jaxbp import _checks, _windows
 from jaxbp._op import like, with_twin
+
+# The default of conv2d, of the layers and of `jaxbp train`: the same rules as
+# "explicit", measured faster on CPUs and GPUs (BENCHMARKS.md).
+DEFAULT_ALGORITHM = "implicit"
 
 # einsum subscripts of the patch tensor, the output and the kernel F̃, per layout.
 # The kernel's (i, k) order follows the patch's, so that no contraction output
@@ -188,12 +192,15 @@ def _pick(custom):
 
 
 @with_twin(_pick(True), _pick(False))
-def conv2d(impl, x, w, b=None, stride=1, padding=0, *, algorithm="explicit", layout="NCHW"):
-    """2-D convolution by explicit im2col: ``Y = X ⊗ F + b``.
+def conv2d(impl, x, w, b=None, stride=1, padding=0, *, algorithm=DEFAULT_ALGORITHM, layout="NCHW"):
+    """2-D convolution (cross-correlation): ``Y = X ⊗ F + b``, i.e. ``Ỹ = X̃ F̃ + B̃``.
 
-    Backward (derivation "CNN 卷积层", 反向传播): ``δb = Σ_rows δỸ``,
-    ``δF̃ = X̃ᵀ δỸ``, ``δX = col2im(δỸ F̃ᵀ)``. Saves ``x`` and ``w``; the patch
-    matrix ``X̃`` is rebuilt in the backward pass.
+    Backward (docs/derivation.md §3): ``δb = Σ_rows δỸ``,
+    ``δF̃ = X̃ᵀ δỸ``, ``δX = col2im(δỸ F̃ᵀ)``. Saves ``x`` and ``w``.
+    ``algorithm="explicit"`` builds the patch matrix ``X̃`` (im2col) in the
+    forward pass and rebuilds it in the backward pass; ``"implicit"`` (the
+    default) evaluates the same three products as XLA convolutions without
+    materializing ``X̃``.
 
     Args:
       x: ``(N, I, H, W)`` input (``(N, H, W, I)`` when ``layout="NHWC"``).
@@ -202,8 +209,8 @@ def conv2d(impl, x, w, b=None, stride=1, padding=0, *, algorithm="explicit", lay
       stride: int or ``(sh, sw)``, each ≥ 1.
       padding: int, ``(ph, pw)``, ``((top, bottom), (left, right))``, ``"SAME"``
         (output ``ceil(H / sh)``) or ``"VALID"``; zeros are padded.
-      algorithm: ``"explicit"`` (build ``X̃``) or ``"implicit"`` (the same rules
-        as XLA convolutions, ``X̃`` never materialized).
+      algorithm: ``"implicit"`` (default: the rules as XLA convolutions, ``X̃``
+        never materialized) or ``"explicit"`` (im2col: build ``X̃``).
       layout: ``"NCHW"`` or ``"NHWC"`` for ``x`` and the result.
 
     Returns:

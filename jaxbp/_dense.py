@@ -1,6 +1,6 @@
 """Dense (fully connected) layer: ``Z = X Wᵀ + b``.
 
-Derivation section "DNN". One sample is a column vector, ``z = W a + b`` with
+docs/derivation.md §1 (the source's "DNN"). One sample is a column vector, ``z = W a + b`` with
 ``W`` of shape ``(out, in)``; a batch stacks samples as rows, so
 ``Z = X Wᵀ + b``. Per sample the rules are ``δa = Wᵀ δz``, ``δW = δz aᵀ``,
 ``δb = δz``; over a batch the ``δW`` and ``δb`` terms are summed over samples:
@@ -43,7 +43,7 @@ _dense_vjp.defvjp(_dense_fwd, _dense_bwd)
 def dense(impl, x, w, b=None):
     """Affine map of a batch of row vectors, ``Z = X Wᵀ + b``.
 
-    Backward (derivation "DNN", summed over the batch): ``δX = δZ W``,
+    Backward (docs/derivation.md §1, summed over the batch): ``δX = δZ W``,
     ``δW = δZᵀ X``, ``δb = Σ_rows δZ``. Saves ``x`` and ``w``.
 
     Args:

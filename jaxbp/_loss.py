@@ -171,7 +171,7 @@ _mse_vjp.defvjp(_mse_fwd, _mse_bwd)
 def softmax_cross_entropy(impl, logits, targets, *, ignore_index=None):
     """Cross-entropy of softmax, ``L = −Σ_k y_k log softmax(o)_k`` per example.
 
-    Backward (derivation "Cross Entropy-Softmax", general form, NOTES.md care 4):
+    Backward (docs/derivation.md §6, general form, corrected):
     ``δo = softmax(o)·Σ_k y_k − y`` — equal to ``softmax(o) − y`` only when the
     targets sum to 1, so smoothed or unnormalized targets stay correct;
     ``δy = −log softmax(o)``. Saves the row maximum and ``log Σ e^{o − max}``
@@ -222,7 +222,7 @@ def _pred_target(pred, target):
 def euclidean_loss(impl, pred, target):
     """Euclidean norm of the residual per example, ``L = ‖y − o‖₂``.
 
-    This is the derivation's section titled "MSE" (NOTES.md care 3): a norm,
+    This is the source derivation's section titled "MSE" (docs/derivation.md §7): a norm,
     not a mean of squares (see :func:`mse`). Backward ``δo = (o − y)/L``,
     ``δy = −δo``, and exactly 0 where ``L = 0`` (never NaN). Saves ``o − y``, ``L``.
 
@@ -240,7 +240,7 @@ def euclidean_loss(impl, pred, target):
 def mse(impl, pred, target):
     """Mean squared error per example, ``L = (1/D) Σ (o − y)²`` over non-batch axes.
 
-    Backward ``δo = 2 (o − y) / D``, ``δy = −δo``. Saves ``o − y``.
+    Backward (docs/derivation.md §7) ``δo = 2 (o − y) / D``, ``δy = −δo``. Saves ``o − y``.
 
     Args:
       pred, target: ``(N, ...)``, same shape (``D`` = entries per example).

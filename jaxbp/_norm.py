@@ -1,13 +1,13 @@
 """Batch normalization in training mode (batch statistics).
 
-Derivation section "Batch Normalization", statistics over the ``m`` positions
+docs/derivation.md §5 (the source's "Batch Normalization"), statistics over the ``m`` positions
 of each feature (``m = N`` for ``(N, D)``, ``m = N·H·W`` for ``(N, C, H, W)``):
 
     μ = (1/m) Σ x_i        σ² = (1/m) Σ (x_i − μ)²        s = √(σ² + ε)
     x̂ = (x − μ) / s        y = γ ⊙ x̂ + β
 
     δβ = Σ δy_i            δγ = Σ δy_i ⊙ x̂_i              δx̂ = δy ⊙ γ
-    δx = (1/(m·s)) (m·δx̂ − Σ δx̂ − x̂ ⊙ Σ (δx̂ ⊙ x̂))      (NOTES.md, care 5)
+    δx = (1/(m·s)) (m·δx̂ − Σ δx̂ − x̂ ⊙ Σ (δx̂ ⊙ x̂))      (docs/derivation.md §5)
        = (γ/(m·s)) (m·δy − δβ − x̂ ⊙ δγ)           (δx̂ = γ δy: two sums, not four)
 
 The returned ``mean`` and ``var`` (for running averages) are differentiated
@@ -129,7 +129,7 @@ _batch_norm_vjp.defvjp(_batch_norm_fwd, _batch_norm_bwd, symbolic_zeros=True)
 def batch_norm(impl, x, gamma, beta, eps=1e-5, *, axis=1, axis_name=None):
     """Training-mode batch normalization: ``y = γ ⊙ (x − μ)/√(σ² + ε) + β``.
 
-    Backward (derivation "Batch Normalization", compact form of ∂C/∂x_i):
+    Backward (docs/derivation.md §5, compact form of ∂C/∂x_i):
     ``δγ = Σ δy ⊙ x̂``, ``δβ = Σ δy``,
     ``δx = (1/(m·s)) (m·δx̂ − Σδx̂ − x̂ ⊙ Σ(δx̂ ⊙ x̂))`` plus the exact terms
     of the returned statistics. Saves ``x̂`` and ``1/s`` (statistics dtype).

@@ -1,4 +1,5 @@
-"""Max and average pooling by window extraction (the im2col of ``_windows``).
+"""Max and average pooling by window extraction (the im2col of ``_windows``);
+docs/derivation.md §4.
 
     forward   Y[n,c,h',w'] = max_k  X̃[n,c,k,h',w']     or  (1/K) Σ_k X̃[n,c,k,h',w']
     backward  δX̃ = δY routed to the arg-max entry       or  δY / K to every entry

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxbp import train
+from jaxbp import ops, train
 from jaxbp._bench import machine, paired_ratio, temp_bytes, timings
 
 INPUT_SHAPE = (1, 28, 28)  # MNIST-sized images, NCHW
@@ -113,7 +113,7 @@ def mlp_flops(batch_size, width, in_features=784, num_classes=NUM_CLASSES):
 
 
 def run(model="cnn", batch_size=128, dtype="float32", width=256, rounds=20, layout="NHWC",
-        algorithm="implicit", flax=True, batch_norm=True):
+        algorithm=ops.DEFAULT_ALGORITHM, flax=True, batch_norm=True):
     """Time the train step of each candidate; returns a list of result dicts.
     ``batch_norm=False`` drops the MLP's batch norm (dense + relu only)."""
     x, y = _batch(batch_size)

@@ -139,6 +139,7 @@ def _gradcheck(a):
 
 
 def _add_bench(sub):
+    from jaxbp.ops import DEFAULT_ALGORITHM
     p = sub.add_parser("bench", help="time one train step: custom, autodiff twins, Flax NNX",
                        description="Interleaved timing after warm-up (median), plus compiled temp memory.")
     p.add_argument("--model", choices=["cnn", "mlp"], default="cnn")
@@ -148,8 +149,8 @@ def _add_bench(sub):
     p.add_argument("--no-batch-norm", dest="batch_norm", action="store_false",
                    help="mlp without batch norm: dense + relu only (the matmul-bound case)")
     p.add_argument("--layout", choices=["NCHW", "NHWC"], default="NHWC")
-    p.add_argument("--algorithm", choices=["explicit", "implicit"], default="implicit",
-                   help="conv2d algorithm (default: implicit, as jaxbp train)")
+    p.add_argument("--algorithm", choices=["explicit", "implicit"], default=DEFAULT_ALGORITHM,
+                   help="conv2d algorithm (default: %(default)s, as jaxbp train)")
     p.add_argument("--rounds", type=_positive_int, default=20)
     p.add_argument("--no-flax", action="store_true", help="skip the Flax NNX baseline")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

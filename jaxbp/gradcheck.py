@@ -126,12 +126,13 @@ def op_problems(dtype, scale=None):
     xh = x.transpose(0, 2, 3, 1)
     return {
         "dense": ("dense", n(1, *dense), (0, 1, 2), {}),
-        "conv2d NCHW explicit": ("conv2d", (x, w, b, 1, 1), (0, 1, 2), {}),
-        "conv2d NHWC explicit": ("conv2d", (xh, w, b, 1, 1), (0, 1, 2), {"layout": "NHWC"}),
+        "conv2d NCHW explicit": ("conv2d", (x, w, b, 1, 1), (0, 1, 2), {"algorithm": "explicit"}),
+        "conv2d NHWC explicit": ("conv2d", (xh, w, b, 1, 1), (0, 1, 2),
+                                 {"algorithm": "explicit", "layout": "NHWC"}),
         "conv2d NCHW implicit": ("conv2d", (x, w, b, 1, 1), (0, 1, 2), {"algorithm": "implicit"}),
         "conv2d NHWC implicit": ("conv2d", (xh, w, b, 1, 1), (0, 1, 2),
                                  {"algorithm": "implicit", "layout": "NHWC"}),
-        "conv2d stride 2 SAME": ("conv2d", (x, w, b, 2, "SAME"), (0, 1, 2), {}),
+        "conv2d stride 2 SAME": ("conv2d", (x, w, b, 2, "SAME"), (0, 1, 2), {"algorithm": "explicit"}),
         "max_pool2d": ("max_pool2d", n(2, fmap) + (2,), (0,), {}),
         "avg_pool2d": ("avg_pool2d", n(3, fmap) + (2,), (0,), {}),
         "batch_norm": ("batch_norm", n(4, fmap, fmap[1:2], fmap[1:2]), (0, 1, 2), {}),

@@ -85,7 +85,7 @@ def Dense(features, *, ops=custom_ops, init="he", bias=True):
 
 
 def Conv2D(features, kernel, stride=1, padding="SAME", *, ops=custom_ops, init="he",
-           layout="NCHW", algorithm="explicit", bias=True):
+           layout="NCHW", algorithm=custom_ops.DEFAULT_ALGORITHM, bias=True):
     """``(N, C, H, W) -> (N, features, H', W')`` (channels last with ``layout="NHWC"``);
     params ``w (features, C, FH, FW)``, ``b (features,)``."""
     kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
@@ -225,7 +225,7 @@ def mlp(num_classes=10, hidden=(256, 256), *, gradients="custom", activation="re
 
 
 def cnn(num_classes=10, channels=(32, 64), *, gradients="custom", layout="NHWC",
-        algorithm="explicit", dense=128, dropout=0.0):
+        algorithm=custom_ops.DEFAULT_ALGORITHM, dense=128, dropout=0.0):
     """``[conv 3×3 SAME, batch norm, relu, max pool 2×2]`` per channel count, then
     flatten, dense + relu, (dropout), dense to logits. Input NCHW."""
     ops = namespace(gradients)

@@ -4,7 +4,7 @@ Same names as :mod:`jaxbp.autodiff`, whose functions are these ops' autodiff
 twins, so a model can be built on either namespace.
 """
 from jaxbp._activation import leaky_relu, relu, sigmoid, tanh
-from jaxbp._conv import conv2d
+from jaxbp._conv import DEFAULT_ALGORITHM, conv2d
 from jaxbp._dense import dense
 from jaxbp._loss import euclidean_loss, mse, softmax_cross_entropy
 from jaxbp._norm import batch_norm

@@ -16,6 +16,7 @@ from helpers import (TWIN_TOL, Case, assert_close_trees, assert_twin, gradient_t
 
 def conv_case(seed, x_shape, w_shape, stride=1, padding=0, bias=True, **kw):
     x, w, b = normal(seed, x_shape, w_shape, (w_shape[0],))
+    kw.setdefault("algorithm", "explicit")  # the implicit cases name it
     return Case(jaxbp.conv2d, (x, w, b if bias else None, stride, padding),
                 (0, 1, 2) if bias else (0, 1), kw)
 

@@ -1,0 +1,59 @@
+"""What holds for every op at once: the namespaces, the differentiation modes
+(reverse, forward-over-reverse, not forward through an op), one conv default."""
+import inspect
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import jaxbp
+from jaxbp import layers, train
+from helpers import TWIN_TOL_2ND, Case, assert_close_trees, normal, scalar_loss
+
+x4, w4, b4 = normal(0, (2, 2, 5, 5), (3, 2, 3, 3), (3,))
+x2, w2, b2 = normal(1, (4, 3), (2, 3), (2,))
+CASES = {
+    "dense": Case(jaxbp.dense, (x2, w2, b2), (0, 1, 2)),
+    "conv2d_explicit": Case(jaxbp.conv2d, (x4, w4, b4, 1, 1), (0, 1, 2), {"algorithm": "explicit"}),
+    "conv2d_implicit": Case(jaxbp.conv2d, (x4, w4, b4, 2, 1), (0, 1, 2), {"algorithm": "implicit"}),
+    "max_pool2d": Case(jaxbp.max_pool2d, (x4, 2, 1), (0,)),
+    "avg_pool2d": Case(jaxbp.avg_pool2d, (x4, 2), (0,)),
+    "batch_norm": Case(jaxbp.batch_norm, (x2, b2[:1].repeat(3), w2[0]), (0, 1, 2)),
+    "relu": Case(jaxbp.relu, (x2,), (0,)),
+    "leaky_relu": Case(jaxbp.leaky_relu, (x2,), (0,)),
+    "sigmoid": Case(jaxbp.sigmoid, (x2,), (0,)),
+    "tanh": Case(jaxbp.tanh, (x2,), (0,)),
+    "softmax_cross_entropy": Case(jaxbp.softmax_cross_entropy, (x2, jnp.abs(x2[::-1])), (0, 1)),
+    "euclidean_loss": Case(jaxbp.euclidean_loss, (x2, x2[::-1]), (0, 1)),
+    "mse": Case(jaxbp.mse, (x2, x2[::-1]), (0, 1)),
+}
+
+
+def test_every_op_has_a_case_here():
+    assert {c.op.__name__ for c in CASES.values()} == set(jaxbp.ops.__all__)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_hessian_forward_over_reverse_equals_the_twin(name):
+    """jax.hessian (jacfwd of jacrev) differentiates the backward rule, which is
+    ordinary JAX code: it works and agrees with the twin's."""
+    case = CASES[name]
+    argnums = tuple(range(len(case.diff)))
+    hess = lambda impl: jax.jit(jax.hessian(scalar_loss(case, impl), argnums=argnums))(*case.diff)
+    assert_close_trees(hess(case.op), hess(case.op.autodiff), TWIN_TOL_2ND)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_forward_mode_through_an_op_is_the_documented_error(name):
+    case = CASES[name]
+    f = case.fn(case.op)
+    with pytest.raises(TypeError, match="can't apply forward-mode autodiff"):
+        jax.jvp(f, case.diff, case.diff)
+    jax.jvp(case.fn(case.op.autodiff), case.diff, case.diff)  # the twin supports it
+
+
+def test_one_conv_default_everywhere():
+    default = jaxbp.ops.DEFAULT_ALGORITHM
+    defaults = [inspect.signature(f).parameters["algorithm"].default
+                for f in (jaxbp.conv2d, jaxbp.autodiff.conv2d, layers.Conv2D, layers.cnn)]
+    assert defaults == [default] * 4 and train.Config().algorithm == default
