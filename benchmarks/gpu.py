@@ -120,7 +120,7 @@ def main():
             flops = bench.mlp_flops(bs, width)
             log(out, "\nMLP step: " + "; ".join(
                 f"{c['candidate']} {flops / (c['step_ms'] / 1e3) / 1e12:.1f} TFLOP/s = "
-                f"{flops / (c['step_ms'] / 1e3) / mm_rate:.0%}" for c in r)
+                f"{flops / (c['step_ms'] / 1e3) / mm_rate:.0%}" for c in r if "step_ms" in c)
                 + " of the measured TF32 matmul rate (matmul FLOPs only)")
         log(out, "")
 

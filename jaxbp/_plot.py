@@ -5,9 +5,22 @@ import os
 
 
 def plot_curves(history, path, title=""):
+    """Write the figure of :func:`figure` to ``path`` atomically."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(history, title)
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def figure(history, title=""):
+    """Loss (train, test) and test accuracy per epoch; epochs on integer ticks."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
@@ -18,9 +31,8 @@ def plot_curves(history, path, title=""):
     ax_acc.plot(epochs, [100 * r["test_accuracy"] for r in history], "s-", color="C1")
     ax_acc.set(xlabel="epoch", ylabel="%", title="test accuracy")
     ax_acc.grid(alpha=0.3)
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    return fig

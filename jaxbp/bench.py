@@ -20,6 +20,7 @@ import optax
 from jaxbp import ops, train
 from jaxbp._bench import machine, paired_ratio, temp_bytes, timings
 
+FLAX_MISSING = "not measured: Flax is not installed (pip install -e '.[flax]')"
 INPUT_SHAPE = (1, 28, 28)  # MNIST-sized images, NCHW
 NUM_CLASSES = 10
 
@@ -119,11 +120,12 @@ def run(model="cnn", batch_size=128, dtype="float32", width=256, rounds=20, layo
     x, y = _batch(batch_size)
     candidates = {f"jaxbp {g}": jaxbp_step(model, g, dtype, width, layout, algorithm, x, batch_norm)
                   for g in ("custom", "autodiff")}
+    skipped = []
     if flax:
         try:
             candidates["flax nnx"] = flax_step(model, dtype, width, x, batch_norm)
         except ImportError:
-            pass
+            skipped.append({"candidate": "flax nnx", "skipped": FLAX_MISSING})
     carries = {}
     memory = {}
     for name, (step, carry) in candidates.items():
@@ -148,15 +150,18 @@ def run(model="cnn", batch_size=128, dtype="float32", width=256, rounds=20, layo
                         "custom_over_this": ratio, "custom_over_this_quartiles": [q1, q3],
                         "temp_mib": (memory[name] or 0) / 2**20,
                         "custom_mem_over_this": (memory["jaxbp custom"] or 0) / max(memory[name] or 1, 1)})
-    return results
+    return results + skipped
 
 
 def table(results, model, batch_size, dtype, extra=""):
     lines = [f"### Train step: {model}, batch {batch_size}, {dtype}{extra} — {machine()}", "",
-             "| candidate | step ms | examples/s | jaxbp custom time ÷ this (quartiles) | temp MiB "
-             "| jaxbp custom memory ÷ this |",
+             "| candidate | step ms | examples/s | jaxbp custom time ÷ this, < 1: jaxbp faster (quartiles) "
+             "| temp MiB | jaxbp custom memory ÷ this, < 1: jaxbp smaller |",
              "|---|---:|---:|---:|---:|---:|"]
     for r in results:
+        if "skipped" in r:
+            lines.append(f"| {r['candidate']} | {r['skipped']} | | | | |")
+            continue
         q1, q3 = r["custom_over_this_quartiles"]
         lines.append(f"| {r['candidate']} | {r['step_ms']:.3f} | {r['examples_per_s']:,.0f} | "
                      f"{r['custom_over_this']:.2f} ({q1:.2f}–{q3:.2f}) | {r['temp_mib']:.1f} | "

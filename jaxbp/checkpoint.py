@@ -5,7 +5,8 @@ per leaf) and ``meta.json`` (each leaf's tree path, shape and dtype, the
 SHA-256 of ``arrays.npz`` and the caller's metadata). It is written under a
 temporary name, flushed to disk, then renamed into place: a crash leaves
 either the complete new checkpoint or none, and older checkpoints stay until
-the new one is complete (the ``keep`` newest are kept).
+the new one is complete (the ``keep`` newest up to the one written are kept;
+one of a higher step, which ``--resume`` skipped as corrupt, stays too).
 
 Restoring checks the file's checksum and that its tree paths, shapes and
 dtypes equal those of a template, and says which leaves differ.
@@ -87,12 +88,20 @@ def save(directory, step, tree, metadata=None, keep=2):
     os.replace(tmp, final)
     _fsync_dir(directory)
     shutil.rmtree(tmp + ".old", ignore_errors=True)
-    for old in list_checkpoints(directory)[:-keep]:
+    # Prune among this run's checkpoints up to the one just written: a newer
+    # one (a corrupt checkpoint that --resume skipped) is never a reason to
+    # delete what this run just wrote.
+    older = [c for c in list_checkpoints(directory) if _step(c) <= step]
+    for old in older[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     for name in os.listdir(directory):  # leftovers of writers that crashed
         if name.startswith(".tmp-") and not name.endswith(f"-{os.getpid()}"):
             shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
     return final
+
+
+def _step(path):
+    return int(os.path.basename(path)[len(PREFIX):])
 
 
 def list_checkpoints(directory):

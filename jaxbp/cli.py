@@ -9,14 +9,33 @@ from __future__ import annotations
 import argparse
 import sys
 
-EXIT_USAGE, EXIT_FAILURE = 2, 1
+EXIT_USAGE, EXIT_FAILURE, EXIT_INTERRUPTED = 2, 1, 130
 
 
 class _UsageError(Exception):
     """A combination of options that cannot work (exit code 2)."""
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default after its help line; not for on/off flags."""
+
+    def _get_help_string(self, action):
+        return action.help if action.nargs == 0 else super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
+    """No prefix matching (``--debug`` is never taken for ``--debug-nans``), every
+    default shown in ``--help``, usage errors as one line."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
+        # --debug before or after the subcommand (SUPPRESS: a subcommand's default
+        # must not undo a --debug given before it).
+        self.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                          help="show full tracebacks instead of one-line errors")
+
     def error(self, message):
         self.exit(EXIT_USAGE, f"jaxbp: error: {message} (see '{self.prog} --help')\n")
 
@@ -44,44 +63,58 @@ def _add_train(sub):
     d = Config()
     p = sub.add_parser("train", help="train a model (default: the CNN on the bundled digits)",
                        description="Train a model whose gradients come from the hand-derived rules "
-                                   "(or, with --gradients autodiff, from JAX).")
-    p.add_argument("--model", choices=["cnn", "mlp"], default=d.model)
-    p.add_argument("--data", choices=["digits", "mnist", "fashion-mnist", "synthetic"], default=d.data)
+                                   "(or, with --gradients autodiff, from JAX). Each run gets its own "
+                                   "run directory; --resume continues the run saved there.")
+    p.add_argument("--model", choices=["cnn", "mlp"], default=d.model, help="the network")
+    p.add_argument("--data", choices=["digits", "mnist", "fashion-mnist", "synthetic"], default=d.data,
+                   help="the data set (digits are bundled; mnist/fashion-mnist need --data-dir)")
     p.add_argument("--data-dir", help="directory with the four IDX files (for mnist/fashion-mnist)")
-    p.add_argument("--epochs", type=_positive_int, default=d.epochs)
-    p.add_argument("--batch-size", type=_positive_int, default=d.batch_size)
+    p.add_argument("--epochs", type=_positive_int, default=d.epochs,
+                   help="epochs of the whole run (with --resume: extends the run to this many)")
+    p.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="examples per step")
     p.add_argument("--lr", type=_positive_float, default=d.lr, help="peak learning rate")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer, help="optax optimizer")
     p.add_argument("--weight-decay", type=_nonnegative_float, default=d.weight_decay,
                    help="decoupled for adamw; otherwise the L2 term R = (λ/2)Σ‖W‖² in the loss")
-    p.add_argument("--warmup-epochs", type=_nonnegative_float, default=d.warmup_epochs)
+    p.add_argument("--warmup-epochs", type=_nonnegative_float, default=d.warmup_epochs,
+                   help="linear warm-up of the learning rate, then cosine decay")
     p.add_argument("--augment", type=int, default=d.augment, metavar="PIXELS",
                    help="random shifts of up to this many pixels (0: off)")
     p.add_argument("--dropout", type=_nonnegative_float, default=d.dropout,
                    help="dropout rate before the last dense layer")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="initialization, dropout and data order")
     p.add_argument("--devices", type=_positive_int, default=None,
                    help="data-parallel over this many devices (default: all, of all processes)")
     p.add_argument("--coordinator", metavar="HOST:PORT",
                    help="multi-process run: address of process 0 (jax.distributed)")
-    p.add_argument("--num-processes", type=_positive_int, default=1)
-    p.add_argument("--process-id", type=int, default=0)
-    p.add_argument("--gradients", choices=["custom", "autodiff"], default=d.gradients)
+    p.add_argument("--num-processes", type=_positive_int, default=1, help="multi-process run: process count")
+    p.add_argument("--process-id", type=int, default=0, help="multi-process run: this process, 0 to P-1")
+    p.add_argument("--gradients", choices=["custom", "autodiff"], default=d.gradients,
+                   help="hand-derived rules or their autodiff twins")
     p.add_argument("--dtype", choices=DTYPES, default=d.dtype,
                    help="compute dtype (parameters stay float32)")
     p.add_argument("--algorithm", choices=["explicit", "implicit"], default=d.algorithm,
                    help="conv2d algorithm")
     p.add_argument("--layout", choices=["NCHW", "NHWC"], default=d.layout,
                    help="layout inside the CNN (input is NCHW either way)")
-    p.add_argument("--run-dir", default="runs/latest",
-                   help="where metrics.jsonl, curves.png, config.json and checkpoints/ go")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --run-dir")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    p.add_argument("--run-dir", default=None,
+                   help="where config.json, metrics.jsonl, curves.png and checkpoints/ go; it must be "
+                        "new or empty (default: a new runs/<time>-<model>-<data>, with runs/latest "
+                        "pointing at it; with --resume: runs/latest)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --run-dir from its newest checkpoint, with its config.json")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in a --run-dir that holds one, deleting the old run first")
+    p.add_argument("--quiet", action="store_true",
+                   help="only the final result line and the run directory")
     p.add_argument("--debug-nans", action="store_true", help="turn on JAX's NaN checking")
     p.set_defaults(func=_train)
 
 
 def _train(a):
+    import dataclasses
+    import os
+
     import jax
     if a.num_processes > 1:
         if not a.coordinator:
@@ -89,27 +122,46 @@ def _train(a):
         if not 0 <= a.process_id < a.num_processes:
             raise _UsageError(f"--process-id must be in [0, {a.num_processes}), got {a.process_id}")
         jax.distributed.initialize(a.coordinator, a.num_processes, a.process_id)
-    if a.dtype == "float64":
+    if a.devices is not None and a.devices > jax.device_count():
+        raise _UsageError(f"--devices {a.devices}: only {jax.device_count()} device(s) available")
+    from jaxbp import rundir
+    from jaxbp.train import Config, fit
+    fields = {f.name for f in dataclasses.fields(Config)}
+    given = {k: v for k, v in vars(a).items() if k in fields and k in a.given}
+    chief = jax.process_index() == 0
+    if a.resume:
+        if a.overwrite:
+            raise _UsageError("--overwrite starts a new run; it cannot be combined with --resume")
+        run_dir = a.run_dir or os.path.join(rundir.ROOT, rundir.LATEST)
+        saved = rundir.read_config(run_dir)
+        for field, value, old in rundir.conflicts(saved, given)[:1]:
+            raise _UsageError(rundir.conflict_message(run_dir, field, value, old))
+        cfg = Config(**{**{k: v for k, v in saved.items() if k in fields}, **given,
+                        "run_dir": run_dir, "resume": True, "overwrite": False})
+    else:
+        run_dir = a.run_dir or rundir.new_path(a.model, a.data)
+        cfg = Config(**{**{k: v for k, v in vars(a).items() if k in fields}, "run_dir": run_dir})
+    if cfg.data in ("mnist", "fashion-mnist") and not cfg.data_dir:
+        raise _UsageError(f"--data {cfg.data} needs --data-dir DIR with the four IDX files")
+    if cfg.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     if a.debug_nans:
         jax.config.update("jax_debug_nans", True)
-    from jaxbp.train import Config, fit
-    cfg = Config(model=a.model, data=a.data, data_dir=a.data_dir, epochs=a.epochs,
-                 batch_size=a.batch_size, lr=a.lr, optimizer=a.optimizer, weight_decay=a.weight_decay,
-                 warmup_epochs=a.warmup_epochs, seed=a.seed, gradients=a.gradients, dtype=a.dtype,
-                 algorithm=a.algorithm, layout=a.layout, run_dir=a.run_dir, resume=a.resume,
-                 augment=a.augment, dropout=a.dropout, devices=a.devices)
-    if a.data in ("mnist", "fashion-mnist") and not a.data_dir:
-        raise _UsageError(f"--data {a.data} needs --data-dir DIR with the four IDX files")
-    fit(cfg, quiet=a.quiet or jax.process_index() > 0)
-    if not a.quiet and jax.process_index() == 0:
-        print(f"run directory: {a.run_dir}")
+    if not a.resume and chief:
+        # Before data loading and compilation, so that a mistake costs nothing.
+        rundir.prepare_new(run_dir, cfg.overwrite)
+        if a.run_dir is None:
+            rundir.point_latest(run_dir)
+    fit(cfg, quiet=a.quiet or not chief)
+    if chief:
+        print(f"run directory: {run_dir}")
     return 0
 
 
 def build_parser():
+    from importlib.metadata import version
     p = _Parser(prog="jaxbp", description="Hand-derived backpropagation as JAX ops.")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks")
+    p.add_argument("--version", action="version", version=f"jaxbp {version('jaxbp')}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train(sub)
     for add in _extra_commands():
@@ -124,8 +176,9 @@ def _extra_commands():
 def _add_gradcheck(sub):
     p = sub.add_parser("gradcheck", help="custom vs autodiff gradients: every op, then every model parameter",
                        description="Exit code 1 when any error exceeds its dtype's tolerance.")
-    p.add_argument("--model", choices=["cnn", "mlp"], default="cnn")
-    p.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    p.add_argument("--model", choices=["cnn", "mlp"], default="cnn", help="the model whose parameters are checked")
+    p.add_argument("--dtype", choices=["float64", "float32"], default="float64",
+                   help="precision of the check (float64 is the tight one)")
     p.set_defaults(func=_gradcheck)
 
 
@@ -142,16 +195,16 @@ def _add_bench(sub):
     from jaxbp.ops import DEFAULT_ALGORITHM
     p = sub.add_parser("bench", help="time one train step: custom, autodiff twins, Flax NNX",
                        description="Interleaved timing after warm-up (median), plus compiled temp memory.")
-    p.add_argument("--model", choices=["cnn", "mlp"], default="cnn")
-    p.add_argument("--batch-size", type=_positive_int, default=128)
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--model", choices=["cnn", "mlp"], default="cnn", help="the model of the train step")
+    p.add_argument("--batch-size", type=_positive_int, default=128, help="examples per step")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="compute dtype")
     p.add_argument("--width", type=_positive_int, default=256, help="hidden width of the mlp")
     p.add_argument("--no-batch-norm", dest="batch_norm", action="store_false",
                    help="mlp without batch norm: dense + relu only (the matmul-bound case)")
-    p.add_argument("--layout", choices=["NCHW", "NHWC"], default="NHWC")
+    p.add_argument("--layout", choices=["NCHW", "NHWC"], default="NHWC", help="layout inside the CNN")
     p.add_argument("--algorithm", choices=["explicit", "implicit"], default=DEFAULT_ALGORITHM,
-                   help="conv2d algorithm (default: %(default)s, as jaxbp train)")
-    p.add_argument("--rounds", type=_positive_int, default=20)
+                   help="conv2d algorithm, as jaxbp train's")
+    p.add_argument("--rounds", type=_positive_int, default=20, help="timed rounds (one call of each candidate)")
     p.add_argument("--no-flax", action="store_true", help="skip the Flax NNX baseline")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_bench)
@@ -173,14 +226,28 @@ def _bench(a):
     return 0
 
 
+def _given(argv):
+    """The options the user typed, as destinations (defaults left out): what
+    ``--resume`` compares with the saved run."""
+    probe = build_parser()
+    parsers = [probe] + [c for a in probe._actions if isinstance(a, argparse._SubParsersAction)
+                         for c in a.choices.values()]
+    for parser in parsers:
+        for action in parser._actions:
+            action.default = argparse.SUPPRESS
+        parser._defaults.clear()
+    return set(vars(probe.parse_args(argv)))
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    if args.debug:
+    args.given = _given(argv)
+    if getattr(args, "debug", False):
         return args.func(args)
     from jaxbp.checkpoint import CheckpointError
     from jaxbp.data import DataError
-    from jaxbp.train import NonFiniteError
+    from jaxbp.train import NonFiniteError, TrainingInterrupted
     try:
         return args.func(args)
     except _UsageError as e:
@@ -189,9 +256,18 @@ def main(argv=None):
     except (DataError, CheckpointError, NonFiniteError, ValueError, OSError) as e:
         print(f"jaxbp: error: {e}", file=sys.stderr)
         return EXIT_FAILURE
+    except TrainingInterrupted as e:
+        if e.saved:
+            print(f"jaxbp: interrupted; saved: the checkpoint after epoch {e.saved['epoch']} "
+                  f"({e.saved['path']}); resume with: jaxbp train --run-dir {e.run_dir} --resume",
+                  file=sys.stderr)
+        else:
+            print(f"jaxbp: interrupted before the first checkpoint: nothing to resume in {e.run_dir}",
+                  file=sys.stderr)
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         print("jaxbp: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

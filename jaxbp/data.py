@@ -6,8 +6,9 @@ and int32 labels, split into train and test.
 * ``digits``: the 1,797 8×8 handwritten digits of the UCI "Optical Recognition
   of Handwritten Digits" set (as bundled with scikit-learn; CC BY 4.0), shipped
   inside this package; a fixed seeded 80/20 stratified split.
-* ``mnist`` / ``fashion-mnist``: the four standard IDX files (raw or ``.gz``)
-  from a directory the user provides.
+* ``mnist`` / ``fashion-mnist``: the four standard IDX files (raw or ``.gz``,
+  named ``train-images-idx3-ubyte`` or ``train-images.idx3-ubyte``) from a
+  directory the user provides.
 * ``synthetic``: random class-dependent images, for benchmarks and smoke tests.
 """
 from __future__ import annotations
@@ -75,10 +76,13 @@ def write_idx(path, array):
 
 
 def _find(directory, stem):
-    for name in (stem, stem + ".gz"):
+    """``stem`` in either common naming (``train-images-idx3-ubyte`` or
+    ``train-images.idx3-ubyte``), raw or gzip."""
+    dotted = stem.replace("-idx", ".idx")
+    for name in (stem, stem + ".gz", dotted, dotted + ".gz"):
         if os.path.exists(os.path.join(directory, name)):
             return os.path.join(directory, name)
-    raise DataError(f"{directory} has no {stem} (or {stem}.gz)")
+    raise DataError(f"{directory} has no {stem} (or {stem}.gz, {dotted}, {dotted}.gz)")
 
 
 def load_idx_dir(directory):

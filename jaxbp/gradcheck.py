@@ -58,6 +58,16 @@ class Report(typing.NamedTuple):
         return "\n".join(rows)
 
 
+def dotted(path):
+    """A pytree path as ``conv1.w`` (dict keys, list indices and attributes joined by dots)."""
+    def part(k):
+        for attr in ("key", "idx", "name"):
+            if hasattr(k, attr):
+                return str(getattr(k, attr))
+        return str(k)
+    return ".".join(part(k) for k in path)
+
+
 def _leaf_error(path, a, b, scale):
     """Relative error of one leaf. A leaf whose true gradient is zero (e.g. a bias
     right before batch norm) holds only rounding noise, so its error is measured
@@ -84,7 +94,7 @@ def compare_gradients(loss_fn, params, *args, directions=3, eps=None, seed=0,
     flat, treedef = jax.tree_util.tree_flatten_with_path(g)
     flat_ref = jax.tree.leaves(g_ref)
     scale = float(np.sqrt(sum(np.sum(np.asarray(b, np.float64) ** 2) for b in flat_ref)))
-    leaves = [_leaf_error(jax.tree_util.keystr(p), a, b, scale) for (p, a), b in zip(flat, flat_ref)]
+    leaves = [_leaf_error(dotted(p), a, b, scale) for (p, a), b in zip(flat, flat_ref)]
     tree = lambda field: treedef.unflatten([getattr(l, field) for l in leaves])
 
     loss = jax.jit(lambda p, *a: loss_fn(custom, p, *a))
@@ -178,14 +188,18 @@ def main(model="cnn", dtype="float64"):
     ds = data.load_digits()
     x, y = jnp.asarray(ds.x_train[:32], dt), jnp.asarray(ds.y_train[:32])
     build = lambda g: layers.MODELS[model](10, gradients=g)
-    _, params, state = build("custom").init(jax.random.PRNGKey(0), x.shape)
-    params = jax.tree.map(lambda p: p.astype(dt), params)
+    net = build("custom")
+    _, params, state = net.init(jax.random.PRNGKey(0), x.shape)
+    # Parameters by layer name (conv1.w, bn1.gamma, ...), not list position.
+    names = layers.param_names(net)
+    named = {n: jax.tree.map(lambda p: p.astype(dt), p) for n, p in zip(names, params) if p}
 
-    def loss_fn(ops, params):
+    def loss_fn(ops, named):
+        params = [named.get(n, {}) for n in names]
         logits, _ = build("custom" if ops is custom_ops else "autodiff").apply(params, state, x, train=True)
         return ops.softmax_cross_entropy(logits, y).mean()
 
-    r = compare_gradients(loss_fn, params)
+    r = compare_gradients(loss_fn, named)
     print(f"\nmodel {model}, every parameter:\n{r.table()}")
     passed = r.ok(dtype)
     print(f"\n{'PASS' if ok and passed else 'FAIL'}: largest relative error vs twin "

@@ -36,6 +36,19 @@ GRADIENTS = {"custom": custom_ops, "autodiff": autodiff}
 class Layer(typing.NamedTuple):
     init: typing.Callable
     apply: typing.Callable
+    kind: str = ""                # "conv", "dense", "bn", ...: names parameters (conv1.w)
+    children: tuple = ()          # the layers of a serial()
+
+
+def param_names(model):
+    """One name per layer of a :func:`serial` model, numbered per kind
+    (``conv1``, ``bn1``, ``conv2``, ``dense1``, ...), as ``jaxbp gradcheck``
+    labels parameters (``conv1.w``)."""
+    counts, names = {}, []
+    for layer in model.children:
+        counts[layer.kind] = counts.get(layer.kind, 0) + 1
+        names.append(f"{layer.kind}{counts[layer.kind]}")
+    return names
 
 
 def namespace(gradients):
@@ -58,7 +71,7 @@ def glorot_uniform(key, shape, fan_in, fan_out, dtype=jnp.float32):
 INITIALIZERS = {"he": he_normal, "glorot": glorot_uniform}
 
 
-def _stateless(init_params, apply_fn):
+def _stateless(init_params, apply_fn, kind):
     def init(key, shape):
         out_shape, params = init_params(key, shape)
         return out_shape, params, {}
@@ -66,7 +79,7 @@ def _stateless(init_params, apply_fn):
     def apply(params, state, x, *, train=False, key=None):
         return apply_fn(params, x), state
 
-    return Layer(init, apply)
+    return Layer(init, apply, kind)
 
 
 def Dense(features, *, ops=custom_ops, init="he", bias=True):
@@ -81,7 +94,7 @@ def Dense(features, *, ops=custom_ops, init="he", bias=True):
     def apply(p, x):
         return ops.dense(x, p["w"].astype(x.dtype), p["b"].astype(x.dtype) if bias else None)
 
-    return _stateless(init_params, apply)
+    return _stateless(init_params, apply, "dense")
 
 
 def Conv2D(features, kernel, stride=1, padding="SAME", *, ops=custom_ops, init="he",
@@ -103,7 +116,7 @@ def Conv2D(features, kernel, stride=1, padding="SAME", *, ops=custom_ops, init="
         b = p["b"].astype(x.dtype) if bias else None
         return ops.conv2d(x, p["w"].astype(x.dtype), b, stride, padding, layout=layout, algorithm=algorithm)
 
-    return _stateless(init_params, apply)
+    return _stateless(init_params, apply, "conv")
 
 
 def BatchNorm(*, ops=custom_ops, momentum=0.9, eps=1e-5, axis=1):
@@ -134,42 +147,42 @@ def BatchNorm(*, ops=custom_ops, momentum=0.9, eps=1e-5, axis=1):
         shift = params["beta"] - state["mean"] * scale
         return (x * scale.reshape(shape).astype(x.dtype) + shift.reshape(shape).astype(x.dtype)), state
 
-    return Layer(init, apply)
+    return Layer(init, apply, "bn")
 
 
 def Activation(name, *, ops=custom_ops, **kwargs):
     """Elementwise ``relu``, ``sigmoid``, ``tanh`` or ``leaky_relu`` (shape unchanged)."""
     fn = getattr(ops, name)
-    return _stateless(lambda key, shape: (shape, {}), lambda p, x: fn(x, **kwargs))
+    return _stateless(lambda key, shape: (shape, {}), lambda p, x: fn(x, **kwargs), name)
 
 
 def MaxPool2D(window, stride=None, padding=0, *, ops=custom_ops, layout="NCHW"):
-    return _pool(ops.max_pool2d, window, stride, padding, layout)
+    return _pool(ops.max_pool2d, window, stride, padding, layout, "max_pool")
 
 
 def AvgPool2D(window, stride=None, padding=0, *, ops=custom_ops, layout="NCHW"):
-    return _pool(ops.avg_pool2d, window, stride, padding, layout)
+    return _pool(ops.avg_pool2d, window, stride, padding, layout, "avg_pool")
 
 
-def _pool(fn, window, stride, padding, layout):
+def _pool(fn, window, stride, padding, layout, kind):
     def init_params(key, shape):
         out = jax.eval_shape(lambda x: fn(x, window, stride, padding, layout=layout),
                              jax.ShapeDtypeStruct(shape, jnp.float32))
         return out.shape, {}
 
-    return _stateless(init_params, lambda p, x: fn(x, window, stride, padding, layout=layout))
+    return _stateless(init_params, lambda p, x: fn(x, window, stride, padding, layout=layout), kind)
 
 
 def Flatten():
     """``(N, ...) -> (N, prod(...))``."""
     return _stateless(lambda key, shape: ((shape[0], math.prod(shape[1:])), {}),
-                      lambda p, x: x.reshape(x.shape[0], -1))
+                      lambda p, x: x.reshape(x.shape[0], -1), "flatten")
 
 
 def Transpose(perm):
     """Permute axes, e.g. NCHW -> NHWC once at a model's edge."""
     return _stateless(lambda key, shape: (tuple(shape[i] for i in perm), {}),
-                      lambda p, x: x.transpose(perm))
+                      lambda p, x: x.transpose(perm), "transpose")
 
 
 def Dropout(rate):
@@ -183,7 +196,7 @@ def Dropout(rate):
         keep = jax.random.bernoulli(key, 1 - rate, x.shape)
         return jnp.where(keep, x / (1 - rate), 0).astype(x.dtype), state
 
-    return Layer(lambda key, shape: (shape, {}, {}), apply)
+    return Layer(lambda key, shape: (shape, {}, {}), apply, "dropout")
 
 
 def serial(*layers):
@@ -204,7 +217,7 @@ def serial(*layers):
             new_state.append(s)
         return x, new_state
 
-    return Layer(init, apply)
+    return Layer(init, apply, "serial", tuple(layers))
 
 
 def mlp(num_classes=10, hidden=(256, 256), *, gradients="custom", activation="relu",

@@ -55,3 +55,19 @@ def test_half_written_checkpoint_is_invisible(tmp_path):
 def test_no_checkpoint(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="no checkpoint in"):
         checkpoint.restore_latest(tmp_path, tree())
+
+
+def test_pruning_never_deletes_what_the_run_just_wrote(tmp_path):
+    """A run resumed from step 20 past a corrupt step-30 checkpoint keeps its own
+    two newest (20 → 21, 22), not the corrupt one in their place."""
+    for step in (10, 20, 30):
+        checkpoint.save(tmp_path, step, tree(step))
+    with open(os.path.join(checkpoint.list_checkpoints(tmp_path)[-1], "arrays.npz"), "ab") as f:
+        f.write(b"x")
+    with pytest.warns(UserWarning, match="corrupt"):
+        _, _, path = checkpoint.restore_latest(tmp_path, tree())
+    assert path.endswith("ckpt-000000020")
+    checkpoint.save(tmp_path, 21, tree(21))
+    checkpoint.save(tmp_path, 22, tree(22))
+    names = [os.path.basename(p) for p in checkpoint.list_checkpoints(tmp_path)]
+    assert names == ["ckpt-000000021", "ckpt-000000022", "ckpt-000000030"]

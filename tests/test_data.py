@@ -1,3 +1,4 @@
+import os
 
 import numpy as np
 import pytest
@@ -15,6 +16,14 @@ def write_mnist_dir(path, n_train=12, n_test=5, gz=False):
     for key, stem in data.IDX_FILES.items():
         data.write_idx(str(path / (stem + suffix)), arrays[key])
     return arrays
+
+
+def test_idx_files_named_with_a_dot_are_accepted(tmp_path):
+    arrays = write_mnist_dir(tmp_path)
+    for stem in data.IDX_FILES.values():
+        os.rename(tmp_path / stem, tmp_path / stem.replace("-idx", ".idx"))  # train-images.idx3-ubyte
+    ds = data.load_idx_dir(str(tmp_path))
+    np.testing.assert_array_equal(ds.y_train, arrays["train_labels"])
 
 
 @pytest.mark.parametrize("gz", [False, True])

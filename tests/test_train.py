@@ -143,3 +143,31 @@ def test_first_non_finite_step_and_quantity_are_named():
         train._check_finite([(t, t), (t, f), (f, f)], 40)
     with pytest.raises(train.NonFiniteError, match="non-finite loss at step 41"):
         train._check_finite([(f, t), (f, f)], 40)
+
+
+def test_a_run_directory_holds_one_run(tmp_path):
+    """The Python API keeps the rules of the command line: a used directory is
+    refused unless overwrite=True; resume refuses a config that changes the run."""
+    from jaxbp import rundir
+    ds = small_digits(n_train=64)
+    cfg = dict(model="mlp", epochs=1, run_dir=str(tmp_path))
+    train.fit(Config(**cfg), dataset=ds, quiet=True)
+    with pytest.raises(rundir.RunDirError, match="already holds a run"):
+        train.fit(Config(seed=5, **cfg), dataset=ds, quiet=True)
+    with pytest.raises(rundir.RunDirError, match=r"--seed 5 conflicts with the run in .*, which has seed 0"):
+        train.fit(Config(seed=5, resume=True, **cfg), dataset=ds, quiet=True)
+    train.fit(Config(seed=5, overwrite=True, **cfg), dataset=ds, quiet=True)
+    assert json.loads((tmp_path / "config.json").read_text())["seed"] == 5
+    with pytest.raises(rundir.RunDirError, match="does not exist: there is no run to resume"):
+        train.fit(Config(model="mlp", run_dir=str(tmp_path / "nope"), resume=True), dataset=ds, quiet=True)
+    assert not (tmp_path / "nope").exists()
+
+
+def test_curves_have_integer_epoch_ticks():
+    from jaxbp._plot import figure
+    history = [{"epoch": e, "train_loss": 1.0 / e, "test_loss": 1.2 / e, "test_accuracy": 0.5 + 0.1 * e}
+               for e in (1, 2, 3)]
+    fig = figure(history)
+    for ax in fig.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks

@@ -14,6 +14,9 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One CPU device, whatever the caller simulates: messages that name the count
+# (--devices) read the same in every run.
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
 
 
 def op_rows():
