@@ -82,7 +82,7 @@ def _find(directory, stem):
     for name in (stem, stem + ".gz", dotted, dotted + ".gz"):
         if os.path.exists(os.path.join(directory, name)):
             return os.path.join(directory, name)
-    raise DataError(f"{directory} has no {stem} (or {stem}.gz, {dotted}, {dotted}.gz)")
+    raise DataError(f"{directory} has no {stem} (or {stem}.gz), nor {dotted} (or {dotted}.gz)")
 
 
 def load_idx_dir(directory):

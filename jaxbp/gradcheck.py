@@ -28,6 +28,7 @@ class LeafError(typing.NamedTuple):
     max_abs_err: float   # max |custom − twin|
     zero: bool           # the twin's gradient is 0 to working precision; rel_err is then
                          # relative to the norm of the whole gradient instead
+    name: str = ""       # the path dotted: conv1.w
 
 
 class Report(typing.NamedTuple):
@@ -48,9 +49,10 @@ class Report(typing.NamedTuple):
         twin_tol, fd_tol = TOLERANCES[dtype]
         return self.max_rel_err <= twin_tol and self.max_fd_err <= fd_tol
 
-    def table(self):
+    def table(self, dotted=False):
+        """One row per leaf (named by its tree path, or ``conv1.w`` with ``dotted``)."""
         rows = [f"{'parameter':<32} {'shape':<18} {'rel err':>10} {'max abs err':>12}"]
-        rows += [f"{l.path:<32} {str(l.shape):<18} {l.rel_err:10.2e} {l.max_abs_err:12.2e}"
+        rows += [f"{l.name if dotted else l.path:<32} {str(l.shape):<18} {l.rel_err:10.2e} {l.max_abs_err:12.2e}"
                  + ("  (gradient ≈ 0: error relative to the whole gradient)" if l.zero else "")
                  for l in self.leaves]
         rows += [f"finite differences, direction {i}: numerical {n:.10g}, custom {a:.10g}, rel err {e:.2e}"
@@ -72,12 +74,13 @@ def _leaf_error(path, a, b, scale):
     """Relative error of one leaf. A leaf whose true gradient is zero (e.g. a bias
     right before batch norm) holds only rounding noise, so its error is measured
     against ``scale``, the norm of the whole gradient."""
+    path, name = jax.tree_util.keystr(path), dotted(path)
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     num, den = np.linalg.norm(a - b), np.linalg.norm(b)
     zero = den <= 1e3 * np.finfo(np.asarray(a).dtype if a.dtype.kind == "f" else np.float64).eps * scale
     den = scale if zero else den
     return LeafError(path, tuple(a.shape), float(num / den) if den > 0 else float(num),
-                     float(np.max(np.abs(a - b))) if a.size else 0.0, bool(zero))
+                     float(np.max(np.abs(a - b))) if a.size else 0.0, bool(zero), name)
 
 
 def compare_gradients(loss_fn, params, *args, directions=3, eps=None, seed=0,
@@ -94,7 +97,7 @@ def compare_gradients(loss_fn, params, *args, directions=3, eps=None, seed=0,
     flat, treedef = jax.tree_util.tree_flatten_with_path(g)
     flat_ref = jax.tree.leaves(g_ref)
     scale = float(np.sqrt(sum(np.sum(np.asarray(b, np.float64) ** 2) for b in flat_ref)))
-    leaves = [_leaf_error(dotted(p), a, b, scale) for (p, a), b in zip(flat, flat_ref)]
+    leaves = [_leaf_error(p, a, b, scale) for (p, a), b in zip(flat, flat_ref)]
     tree = lambda field: treedef.unflatten([getattr(l, field) for l in leaves])
 
     loss = jax.jit(lambda p, *a: loss_fn(custom, p, *a))
@@ -200,7 +203,7 @@ def main(model="cnn", dtype="float64"):
         return ops.softmax_cross_entropy(logits, y).mean()
 
     r = compare_gradients(loss_fn, named)
-    print(f"\nmodel {model}, every parameter:\n{r.table()}")
+    print(f"\nmodel {model}, every parameter:\n{r.table(dotted=True)}")
     passed = r.ok(dtype)
     print(f"\n{'PASS' if ok and passed else 'FAIL'}: largest relative error vs twin "
           f"{max(r.max_rel_err, 0):.2e}, vs finite differences {r.max_fd_err:.2e}")
