@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jax import lax
 
 import jaxbp
-from jaxbp import _windows
+from jaxbp.ops import _windows
 from jaxbp._bench import machine, paired_ratio, temp_bytes, timings
 from jaxbp.gradcheck import op_problems, projected
 

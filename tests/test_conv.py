@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from jax import lax
 
 import jaxbp
-from jaxbp import _checks, _conv, _windows
+from jaxbp.ops import _checks, _conv, _windows
 from helpers import (TWIN_TOL, Case, assert_close_trees, assert_twin, gradient_test, normal,
                      sharded_test, vjp)
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 from jax import lax
 
 import jaxbp
-from jaxbp import _windows
+from jaxbp.ops import _windows
 from helpers import Case, assert_twin, gradient_test, normal, sharded_test
 
 POOLS = {"max": jaxbp.max_pool2d, "avg": jaxbp.avg_pool2d}

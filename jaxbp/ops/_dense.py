@@ -11,36 +11,26 @@ docs/derivation.md §1 (the source's "DNN"). One sample is a column vector, ``z 
 """
 from __future__ import annotations
 
-import jax
-
-from jaxbp import _checks
-from jaxbp._op import like, with_twin
+from jaxbp.ops import _checks
+from jaxbp.ops._recipe import Rule, op
 
 
-def _dense(x, w, b):
+def _forward(x, w, b):
     z = x @ w.T
-    return z if b is None else z + b[None, :]
+    # Residuals: the inputs of the backward pass's matmuls.
+    return (z if b is None else z + b[None, :]), (x, w)
 
 
-def _dense_fwd(x, w, b):
-    # Residuals: the inputs of the matmuls in the backward pass.
-    return _dense(x, w, b), (x, w, b)
+def _backward(res, g):
+    x, w = res
+    return g @ w, g.T @ x, g.sum(axis=0)  # δX, δW, δb (dropped when b is None)
 
 
-def _dense_bwd(res, g):
-    x, w, b = res
-    dx = g @ w
-    dw = g.T @ x
-    db = None if b is None else g.sum(axis=0)
-    return like((dx, dw, db), (x, w, b))
+_rule = Rule(_forward, _backward)
 
 
-_dense_vjp = jax.custom_vjp(_dense)
-_dense_vjp.defvjp(_dense_fwd, _dense_bwd)
-
-
-@with_twin(_dense_vjp, _dense)
-def dense(impl, x, w, b=None):
+@op
+def dense(x, w, b=None):
     """Affine map of a batch of row vectors, ``Z = X Wᵀ + b``.
 
     Backward (docs/derivation.md §1, summed over the batch): ``δX = δZ W``,
@@ -63,4 +53,4 @@ def dense(impl, x, w, b=None):
                          f"{tuple(x.shape)}, got {tuple(w.shape)}")
     if b is not None:
         _checks.shape("b", b, (w.shape[0],), "one entry per output of w")
-    return impl(*_checks.promote(x, w, b))
+    return _rule(*_checks.promote(x, w, b))

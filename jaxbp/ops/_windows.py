@@ -16,7 +16,7 @@ import itertools
 import jax.numpy as jnp
 from jax import lax
 
-from jaxbp import _checks
+from jaxbp.ops import _checks
 
 LAYOUTS = {"NCHW": ((2, 3), 1), "NHWC": ((1, 2), 3)}  # spatial axes, channel axis
 WINDOW_AXIS = {"NCHW": 2, "NHWC": 3}

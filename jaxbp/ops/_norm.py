@@ -15,13 +15,12 @@ exactly too: ``δx += δμ / m + δσ² · 2 (x − μ) / m``.
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
-from jaxbp import _checks
-from jaxbp._op import carrier, like, saved, varying, with_twin
+from jaxbp.ops import _checks
+from jaxbp.ops._recipe import Rule, op, saved, varying
 
 
 def _stat_dtype(dtype):
@@ -70,36 +69,24 @@ def _feature(v, x, axis):
     return v.reshape([-1 if a == axis else 1 for a in range(x.ndim)])
 
 
-def _batch_norm_with_stats(x, gamma, beta, eps, axis, axis_name):
-    """The forward ``(y, μ, σ²)``, and ``x̂``, ``1/s`` for the backward pass."""
+def _forward(x, gamma, beta, *, eps, axis, axis_name):
+    """The forward ``(y, μ, σ²)``; residuals ``x̂``, ``1/s`` and ``γ`` (not ``x``)."""
     x_hat, inv_std, mean, var = _normalize(x, eps, axis, axis_name)
     y = x_hat * _feature(gamma, x, axis) + _feature(beta, x, axis)
-    return (y.astype(x.dtype), mean.reshape(-1), var.reshape(-1)), (x_hat, inv_std)
+    return (y.astype(x.dtype), mean.reshape(-1), var.reshape(-1)), saved(x_hat, inv_std, gamma)
 
 
-def _batch_norm(x, gamma, beta, eps, axis, axis_name):
-    return _batch_norm_with_stats(x, gamma, beta, eps, axis, axis_name)[0]
-
-
-def _batch_norm_fwd(x, gamma, beta, eps, axis, axis_name):
-    # symbolic_zeros: the inputs arrive as (value, perturbed) records.
-    x, gamma, beta = x.value, gamma.value, beta.value
-    out, (x_hat, inv_std) = _batch_norm_with_stats(x, gamma, beta, eps, axis, axis_name)
-    # Residuals: x̂ and 1/s (not x), and γ.
-    return out, saved(x_hat, inv_std, gamma) + (carrier(beta), carrier(x))
-
-
-def _batch_norm_bwd(eps, axis, axis_name, res, cotangents):
-    x_hat, inv_std, gamma, beta, x_proto = res
+def _backward(res, cotangents, *, eps, axis, axis_name):
+    x_hat, inv_std, gamma = res
     g, g_mean, g_var = (None if isinstance(c, SymbolicZero) else c for c in cotangents)
     red = tuple(a for a in range(x_hat.ndim) if a != axis)
     m = _count(x_hat, axis, axis_name)
     dx = jnp.zeros_like(x_hat)
-    dgamma = dbeta = jnp.zeros_like(gamma)  # (beta is a zero-size carrier)
+    dgamma = dbeta = jnp.zeros_like(gamma)
     if g is not None:
         g = g.astype(x_hat.dtype)
-        # δβ = Σ δy, δγ = Σ δy ⊙ x̂: this device's share (summed over devices
-        # with the other parameter gradients, as for any replicated parameter).
+        # δβ = Σ δy, δγ = Σ δy ⊙ x̂: this device's share (the recipe sums it over
+        # the mesh axes where γ, β are replicated, as for any replicated parameter).
         sum_g = g.sum(axis=red, keepdims=True)
         sum_gx = (g * x_hat).sum(axis=red, keepdims=True)
         dbeta, dgamma = sum_g.reshape(-1), sum_gx.reshape(-1)
@@ -118,15 +105,16 @@ def _batch_norm_bwd(eps, axis, axis_name, res, cotangents):
         dx = dx + _feature(_total(g_mean, axis_name), x_hat, axis).astype(x_hat.dtype) / m
     if g_var is not None:
         dx = dx + _feature(_total(g_var, axis_name), x_hat, axis).astype(x_hat.dtype) * 2 * x_hat / (inv_std * m)
-    return like((dx, dgamma, dbeta), (x_proto, gamma, beta))
+    return dx, dgamma, dbeta
 
 
-_batch_norm_vjp = jax.custom_vjp(_batch_norm, nondiff_argnums=(3, 4, 5))
-_batch_norm_vjp.defvjp(_batch_norm_fwd, _batch_norm_bwd, symbolic_zeros=True)
+# symbolic_zeros: unused outputs (mean, var when only y is used) arrive as
+# SymbolicZero, and their terms are skipped rather than multiplied by zeros.
+_rule = Rule(_forward, _backward, symbolic_zeros=True)
 
 
-@with_twin(_batch_norm_vjp, _batch_norm)
-def batch_norm(impl, x, gamma, beta, eps=1e-5, *, axis=1, axis_name=None):
+@op
+def batch_norm(x, gamma, beta, eps=1e-5, *, axis=1, axis_name=None):
     """Training-mode batch normalization: ``y = γ ⊙ (x − μ)/√(σ² + ε) + β``.
 
     Backward (docs/derivation.md §5, compact form of ∂C/∂x_i):
@@ -165,4 +153,4 @@ def batch_norm(impl, x, gamma, beta, eps=1e-5, *, axis=1, axis_name=None):
     eps = _checks.number("eps", eps)
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
-    return impl(*_checks.promote(x, gamma, beta), eps, axis, axis_name)
+    return _rule(*_checks.promote(x, gamma, beta), eps=eps, axis=axis, axis_name=axis_name)

@@ -11,11 +11,10 @@ divides by the full window size ``K = KH·KW``, padded zeros included.
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
-from jaxbp import _checks, _windows
-from jaxbp._op import carrier, like, saved, with_twin
+from jaxbp.ops import _checks, _windows
+from jaxbp.ops._recipe import Rule, op, saved
 
 
 def _windows_of(x, window, stride, pads, layout, fill):
@@ -36,63 +35,45 @@ def _window_index(kk, k_axis, ndim):
     return jnp.arange(kk).reshape([-1 if a == k_axis else 1 for a in range(ndim)])
 
 
-def _max_pool_with_index(x, window, stride, pads, layout):
-    """The forward, and the arg-max index the backward pass needs."""
+def _max_pool_forward(x, *, window, stride, pads, layout, in_hw):
     cols = _windows_of(x, window, stride, pads, layout, -jnp.inf)
     hot, idx = _first_max(cols, layout)
     # Select, then sum one entry: autodiff of this routes δY to the first max too.
-    return jnp.where(hot, cols, 0).sum(axis=_windows.WINDOW_AXIS[layout]), idx
-
-
-def _max_pool(x, window, stride, pads, layout):
-    return _max_pool_with_index(x, window, stride, pads, layout)[0]
-
-
-def _max_pool_fwd(x, window, stride, pads, layout):
-    y, idx = _max_pool_with_index(x, window, stride, pads, layout)
+    y = jnp.where(hot, cols, 0).sum(axis=_windows.WINDOW_AXIS[layout])
     # Residual: the arg-max index in one byte per output (K ≤ 127), not x.
     small = jnp.int8 if window[0] * window[1] <= 127 else jnp.int32
-    return y, (saved(idx.astype(small))[0], carrier(x, shape=True))
+    return y, saved(idx.astype(small))
 
 
-def _max_pool_bwd(window, stride, pads, layout, res, g):
-    idx, proto = res
+def _max_pool_backward(res, g, *, window, stride, pads, layout, in_hw):
+    (idx,) = res
     k_axis = _windows.WINDOW_AXIS[layout]
     k = _window_index(window[0] * window[1], k_axis, g.ndim + 1)
     dcols = jnp.where(k == idx, jnp.expand_dims(g, k_axis), 0)
-    return like((_scatter_back(dcols, proto.shape[1:], window, stride, pads, layout),), (proto,))
+    return (_scatter_back(dcols, in_hw, window, stride, pads, layout),)
 
 
-def _avg_pool(x, window, stride, pads, layout):
+def _avg_pool_forward(x, *, window, stride, pads, layout, in_hw):
     cols = _windows_of(x, window, stride, pads, layout, 0)
-    return cols.sum(axis=_windows.WINDOW_AXIS[layout]) / (window[0] * window[1])
+    return cols.sum(axis=_windows.WINDOW_AXIS[layout]) / (window[0] * window[1]), ()
 
 
-def _avg_pool_fwd(x, window, stride, pads, layout):
-    return _avg_pool(x, window, stride, pads, layout), carrier(x, shape=True)
-
-
-def _avg_pool_bwd(window, stride, pads, layout, res, g):
-    proto = res
+def _avg_pool_backward(res, g, *, window, stride, pads, layout, in_hw):
     k_axis = _windows.WINDOW_AXIS[layout]
     kk = window[0] * window[1]
     dcols = jnp.broadcast_to(jnp.expand_dims(g / kk, k_axis),
                              g.shape[:k_axis] + (kk,) + g.shape[k_axis:])
-    return like((_scatter_back(dcols, proto.shape[1:], window, stride, pads, layout),), (proto,))
+    return (_scatter_back(dcols, in_hw, window, stride, pads, layout),)
 
 
-def _scatter_back(dcols, shape, window, stride, pads, layout):
-    (ah, aw), _ = _windows.LAYOUTS[layout]
-    in_hw = (shape[ah], shape[aw])
+def _scatter_back(dcols, in_hw, window, stride, pads, layout):
     padded = tuple(n + lo + hi for n, (lo, hi) in zip(in_hw, pads))
     return _windows.unpad(_windows.col2im(dcols, window, stride, padded, layout),
                           pads, in_hw, layout)
 
 
-_max_pool_vjp = jax.custom_vjp(_max_pool, nondiff_argnums=(1, 2, 3, 4))
-_max_pool_vjp.defvjp(_max_pool_fwd, _max_pool_bwd)
-_avg_pool_vjp = jax.custom_vjp(_avg_pool, nondiff_argnums=(1, 2, 3, 4))
-_avg_pool_vjp.defvjp(_avg_pool_fwd, _avg_pool_bwd)
+_max_pool = Rule(_max_pool_forward, _max_pool_backward)
+_avg_pool = Rule(_avg_pool_forward, _avg_pool_backward)
 
 
 def _pool_args(x, window, stride, padding, layout):
@@ -110,7 +91,7 @@ def _pool_args(x, window, stride, padding, layout):
         raise ValueError(f"padding {pads} must be at most half the window {window} on each side "
                          "(as in PyTorch), so that no window is padding alone")
     _windows.out_hw(in_hw, window, stride, pads, "window")
-    return x, window, stride, pads, layout
+    return dict(window=window, stride=stride, pads=pads, layout=layout, in_hw=in_hw)
 
 
 _POOL_DOC = """
@@ -128,12 +109,12 @@ _POOL_DOC = """
     """
 
 
-def max_pool2d(impl, x, window, stride=None, padding=0, *, layout="NCHW"):
-    return impl(*_pool_args(x, window, stride, padding, layout))
+def max_pool2d(x, window, stride=None, padding=0, *, layout="NCHW"):
+    return _max_pool(x, **_pool_args(x, window, stride, padding, layout))
 
 
-def avg_pool2d(impl, x, window, stride=None, padding=0, *, layout="NCHW"):
-    return impl(*_pool_args(x, window, stride, padding, layout))
+def avg_pool2d(x, window, stride=None, padding=0, *, layout="NCHW"):
+    return _avg_pool(x, **_pool_args(x, window, stride, padding, layout))
 
 
 max_pool2d.__doc__ = ("Max pooling over ``window``; padding counts as −∞.\n\n    Backward: δY goes to "
@@ -143,5 +124,5 @@ max_pool2d.__doc__ = ("Max pooling over ``window``; padding counts as −∞.\n\
 avg_pool2d.__doc__ = ("Average pooling over ``window``; divides by the full window size.\n\n    "
                       "Backward: δY / K to every entry of the window, then col2im. Saves nothing."
                       + _POOL_DOC)
-max_pool2d = with_twin(_max_pool_vjp, _max_pool)(max_pool2d)
-avg_pool2d = with_twin(_avg_pool_vjp, _avg_pool)(avg_pool2d)
+max_pool2d = op(max_pool2d)
+avg_pool2d = op(avg_pool2d)

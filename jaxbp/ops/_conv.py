@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import functools
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxbp import _checks, _windows
-from jaxbp._op import like, with_twin
+from jaxbp.ops import _checks, _windows
+from jaxbp.ops._recipe import Rule, op
 
 # The default of conv2d, of the layers and of `jaxbp train`: the same rules as
 # "explicit", measured faster on CPUs and GPUs (BENCHMARKS.md).
@@ -69,7 +68,7 @@ def _patches(x, window, stride, pads, layout):
     return _windows.im2col(_windows.pad(x, pads, layout), window, stride, out, layout)
 
 
-def _explicit(x, w, b, stride, pads, layout):
+def _explicit_forward(x, w, b, *, stride, pads, layout):
     o = w.shape[0]
     cols = _patches(x, w.shape[2:], stride, pads, layout)
     if layout == "NHWC":
@@ -80,11 +79,8 @@ def _explicit(x, w, b, stride, pads, layout):
     else:
         xs, ys, ks = _SUBSCRIPTS[layout]
         y = jnp.einsum(f"{xs},{ks}->{ys}", cols, _kernel(w, layout))  # Ỹ = X̃ F̃
-    return y if b is None else y + b.reshape(_bias_shape(layout, o))
-
-
-def _explicit_fwd(x, w, b, stride, pads, layout):
-    return _explicit(x, w, b, stride, pads, layout), (x, w, b)
+    # Residuals: x and w; the explicit backward pass rebuilds X̃ from x.
+    return (y if b is None else y + b.reshape(_bias_shape(layout, o))), (x, w)
 
 
 def _geometry(x, w, g, layout):
@@ -134,31 +130,31 @@ def _blockwise(stride, pads, layout, x, w, g):
     return _windows.unpad(dxp, pads, in_hw, layout), dw
 
 
-def _explicit_bwd(stride, pads, layout, res, g):
-    x, w, b = res
+def _explicit_backward(res, g, *, stride, pads, layout):
+    x, w = res
     # Which evaluation is faster depends on the backend (BENCHMARKS.md): on CPUs
     # the whole matmuls (XLA shares the rebuilt X̃ with the forward pass's); on
     # GPUs the blocks (less memory traffic, no patch-sized buffers). Both are
     # tested against the twin on every backend (tests/test_conv.py).
     dx, dw = lax.platform_dependent(x, w, g, cpu=functools.partial(_whole, stride, pads, layout),
                                     default=functools.partial(_blockwise, stride, pads, layout))
+    return dx, dw, _bias_grad(g, layout)
+
+
+def _bias_grad(g, layout):
+    """``δb = Σ_rows δỸ``: the sum over every axis of ``δY`` but the channels."""
     ch = _windows.LAYOUTS[layout][1]
-    db = None if b is None else g.sum(axis=tuple(a for a in range(4) if a != ch))
-    return like((dx, dw, db), (x, w, b))
+    return g.sum(axis=tuple(a for a in range(4) if a != ch))
 
 
-def _implicit(x, w, b, stride, pads, layout):
+def _implicit_forward(x, w, b, *, stride, pads, layout):
     y = lax.conv_general_dilated(x, w, stride, pads, dimension_numbers=_DIMS[layout]["fwd"])
-    return y if b is None else y + b.reshape(_bias_shape(layout, w.shape[0]))
+    return (y if b is None else y + b.reshape(_bias_shape(layout, w.shape[0]))), (x, w)
 
 
-def _implicit_fwd(x, w, b, stride, pads, layout):
-    return _implicit(x, w, b, stride, pads, layout), (x, w, b)
-
-
-def _implicit_bwd(stride, pads, layout, res, g):
-    x, w, b = res
-    (fh, fw), ch, in_hw, out = _geometry(x, w, g, layout)
+def _implicit_backward(res, g, *, stride, pads, layout):
+    x, w = res
+    (fh, fw), _, in_hw, out = _geometry(x, w, g, layout)
     # Rows/columns of the padded input that no window reaches (stride leftovers).
     rest = [n + lo + hi - k - s * (m - 1)
             for n, (lo, hi), k, s, m in zip(in_hw, pads, (fh, fw), stride, out)]
@@ -173,26 +169,15 @@ def _implicit_bwd(stride, pads, layout, res, g):
     dw = lax.conv_general_dilated(
         x, g.astype(x.dtype), (1, 1), list(pads), rhs_dilation=stride,
         dimension_numbers=_DIMS[layout]["dw"])[:, :, :fh, :fw]
-    db = None if b is None else g.sum(axis=tuple(a for a in range(4) if a != ch))
-    return like((dx, dw, db), (x, w, b))
+    return dx, dw, _bias_grad(g, layout)
 
 
-_explicit_vjp = jax.custom_vjp(_explicit, nondiff_argnums=(3, 4, 5))
-_explicit_vjp.defvjp(_explicit_fwd, _explicit_bwd)
-_implicit_vjp = jax.custom_vjp(_implicit, nondiff_argnums=(3, 4, 5))
-_implicit_vjp.defvjp(_implicit_fwd, _implicit_bwd)
-
-_ALGORITHMS = {"explicit": (_explicit_vjp, _explicit), "implicit": (_implicit_vjp, _implicit)}
+_ALGORITHMS = {"explicit": Rule(_explicit_forward, _explicit_backward),
+               "implicit": Rule(_implicit_forward, _implicit_backward)}
 
 
-def _pick(custom):
-    def impl(algorithm, *args):
-        return _ALGORITHMS[algorithm][0 if custom else 1](*args)
-    return impl
-
-
-@with_twin(_pick(True), _pick(False))
-def conv2d(impl, x, w, b=None, stride=1, padding=0, *, algorithm=DEFAULT_ALGORITHM, layout="NCHW"):
+@op
+def conv2d(x, w, b=None, stride=1, padding=0, *, algorithm=DEFAULT_ALGORITHM, layout="NCHW"):
     """2-D convolution (cross-correlation): ``Y = X ⊗ F + b``, i.e. ``Ỹ = X̃ F̃ + B̃``.
 
     Backward (docs/derivation.md §3): ``δb = Σ_rows δỸ``,
@@ -232,4 +217,4 @@ def conv2d(impl, x, w, b=None, stride=1, padding=0, *, algorithm=DEFAULT_ALGORIT
     in_hw, window = (x.shape[ah], x.shape[aw]), tuple(w.shape[2:])
     pads = _windows.resolve_padding(padding, in_hw, window, stride)
     _windows.out_hw(in_hw, window, stride, pads)
-    return impl(algorithm, *_checks.promote(x, w, b), stride, pads, layout)
+    return _ALGORITHMS[algorithm](*_checks.promote(x, w, b), stride=stride, pads=pads, layout=layout)
