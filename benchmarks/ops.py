@@ -19,9 +19,32 @@ import jax.numpy as jnp
 from jax import lax
 
 import jaxbp
-from jaxbp.ops import _windows
+from jaxbp.ops import CHECKS, _windows
+from jaxbp.ops._recipe import Check
 from jaxbp._bench import machine, paired_ratio, temp_bytes, timings
 from jaxbp.gradcheck import op_problems, projected
+
+
+def sizes(s):
+    """Benchmark problems, one per check label of ``jaxbp.ops.CHECKS`` (tested to
+    cover every one), at ``s`` times the base batch."""
+    fmap, x, w, xh = (64 * s, 32, 32, 32), (64 * s, 16, 32, 32), (32, 16, 3, 3), (64 * s, 32, 32, 16)
+    rows, logits = (4096 * s, 256), (2048 * s, 1000)
+    conv = {label: Check("conv2d", lambda n, x=(xh if "NHWC" in label else x), rest=(1, 1) if "SAME" not in label
+                         else (2, "SAME"): n(x, w, (32,)) + rest, (0, 1, 2), c.kwargs)
+            for label, c in CHECKS.items() if c.op == "conv2d"}
+    unary = {name: Check(name, lambda n: n(fmap), (0,)) for name in ("relu", "leaky_relu", "sigmoid", "tanh")}
+    return {
+        "dense": Check("dense", lambda n: n((256 * s, 512), (512, 512), (512,)), (0, 1, 2)),
+        **conv, **unary,
+        "max_pool2d": Check("max_pool2d", lambda n: n(fmap) + (2,), (0,)),
+        "avg_pool2d": Check("avg_pool2d", lambda n: n(fmap) + (2,), (0,)),
+        "batch_norm": Check("batch_norm", lambda n: n(fmap, fmap[1:2], fmap[1:2]), (0, 1, 2)),
+        "softmax_cross_entropy": Check("softmax_cross_entropy",
+                                       lambda n: n(logits) + (jnp.arange(logits[0]) % logits[1],), (0,)),
+        "euclidean_loss": Check("euclidean_loss", lambda n: n(rows, rows), (0, 1)),
+        "mse": Check("mse", lambda n: n(rows, rows), (0, 1)),
+    }
 
 
 def fwd_bwd(name, args, argnums, kwargs, ops):
@@ -43,7 +66,7 @@ class _LaxConv:
 
 def run(rounds, scale, dtype):
     rows = []
-    for label, (name, args, argnums, kwargs) in op_problems(dtype, scale).items():
+    for label, (name, args, argnums, kwargs) in op_problems(dtype, sizes(scale)).items():
         diff = tuple(args[i] for i in argnums)
         fns = {"custom": fwd_bwd(name, args, argnums, kwargs, jaxbp.ops),
                "twin": fwd_bwd(name, args, argnums, kwargs, jaxbp.autodiff)}

@@ -117,47 +117,18 @@ def compare_gradients(loss_fn, params, *args, directions=3, eps=None, seed=0,
     return Report(leaves, tree("rel_err"), tree("max_abs_err"), fd)
 
 
-def op_problems(dtype, scale=None):
-    """Small problems for every op: name -> (op name, args, argnums, kwargs).
+def op_problems(dtype, checks=None):
+    """Every op's small problems (declared next to each op: ``jaxbp.ops.CHECKS``;
+    or ``checks`` of that form), drawn in ``dtype``: label -> (op name, args,
+    argnums, kwargs)."""
+    def draw(seed):
+        def normal(*shapes):
+            keys = jax.random.split(jax.random.key(seed), len(shapes))
+            return tuple(jax.random.normal(k, sh, dtype) for k, sh in zip(keys, shapes))
+        return normal
 
-    ``scale=None`` gives tiny float64-friendly sizes (gradcheck); an integer
-    gives benchmark sizes with that many times the base batch.
-    """
-    tiny = scale is None
-    s = 1 if tiny else scale
-
-    def n(seed, *shapes):
-        keys = jax.random.split(jax.random.key(seed), len(shapes))
-        return tuple(jax.random.normal(k, sh, dtype) for k, sh in zip(keys, shapes))
-
-    if tiny:
-        fmap, (x, w, b) = (3, 4, 6, 5), n(0, (2, 3, 7, 6), (4, 3, 3, 2), (4,))
-        dense, rows, logits = ((4, 6), (5, 6), (5,)), (6, 5), (6, 4)
-    else:
-        fmap, (x, w, b) = (64 * s, 32, 32, 32), n(0, (64 * s, 16, 32, 32), (32, 16, 3, 3), (32,))
-        dense, rows, logits = ((256 * s, 512), (512, 512), (512,)), (4096 * s, 256), (2048 * s, 1000)
-    xh = x.transpose(0, 2, 3, 1)
-    return {
-        "dense": ("dense", n(1, *dense), (0, 1, 2), {}),
-        "conv2d NCHW explicit": ("conv2d", (x, w, b, 1, 1), (0, 1, 2), {"algorithm": "explicit"}),
-        "conv2d NHWC explicit": ("conv2d", (xh, w, b, 1, 1), (0, 1, 2),
-                                 {"algorithm": "explicit", "layout": "NHWC"}),
-        "conv2d NCHW implicit": ("conv2d", (x, w, b, 1, 1), (0, 1, 2), {"algorithm": "implicit"}),
-        "conv2d NHWC implicit": ("conv2d", (xh, w, b, 1, 1), (0, 1, 2),
-                                 {"algorithm": "implicit", "layout": "NHWC"}),
-        "conv2d stride 2 SAME": ("conv2d", (x, w, b, 2, "SAME"), (0, 1, 2), {"algorithm": "explicit"}),
-        "max_pool2d": ("max_pool2d", n(2, fmap) + (2,), (0,), {}),
-        "avg_pool2d": ("avg_pool2d", n(3, fmap) + (2,), (0,), {}),
-        "batch_norm": ("batch_norm", n(4, fmap, fmap[1:2], fmap[1:2]), (0, 1, 2), {}),
-        "relu": ("relu", n(5, fmap), (0,), {}),
-        "leaky_relu": ("leaky_relu", n(6, fmap), (0,), {}),
-        "sigmoid": ("sigmoid", n(7, fmap), (0,), {}),
-        "tanh": ("tanh", n(8, fmap), (0,), {}),
-        "softmax_cross_entropy": ("softmax_cross_entropy",
-                                  (n(9, logits)[0], jnp.arange(logits[0]) % logits[1]), (0,), {}),
-        "euclidean_loss": ("euclidean_loss", n(10, rows, rows), (0, 1), {}),
-        "mse": ("mse", n(11, rows, rows), (0, 1), {}),
-    }
+    return {label: (c.op, c.args(draw(i)), c.argnums, c.kwargs)
+            for i, (label, c) in enumerate((custom_ops.CHECKS if checks is None else checks).items())}
 
 
 def projected(name, args, argnums, kwargs):

@@ -15,6 +15,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jax.test_util import check_grads
 
+from jaxbp import data as jaxbp_data
+
 TWIN_TOL = 1e-10       # float64, first order
 TWIN_TOL_2ND = 1e-8    # float64, grad of grad
 
@@ -165,3 +167,15 @@ def sharded_test(cases, batch_args=(0,)):
         assert_sharded(cases[name], batch_args)
 
     return test_sharded
+
+
+def write_mnist_dir(path, n_train=12, n_test=5, gz=False):
+    rng = np.random.default_rng(0)
+    suffix = ".gz" if gz else ""
+    arrays = {"train_images": rng.integers(0, 256, (n_train, 6, 5), dtype=np.uint8),
+              "train_labels": rng.integers(0, 10, n_train, dtype=np.uint8),
+              "test_images": rng.integers(0, 256, (n_test, 6, 5), dtype=np.uint8),
+              "test_labels": rng.integers(0, 10, n_test, dtype=np.uint8)}
+    for key, stem in jaxbp_data.IDX_FILES.items():
+        jaxbp_data.write_idx(str(path / (stem + suffix)), arrays[key])
+    return arrays

@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from test_data import write_mnist_dir
+from bad_inputs import cli_error_cases
+from helpers import write_mnist_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -72,87 +73,6 @@ def test_bench_cli_json(flags):
         assert "step_ms" in flax
     except ImportError:
         assert "Flax is not installed" in flax["skipped"]
-
-
-def cli_error_cases(workdir):
-    """name -> (argument factory, exit code, message regex); the factory writes any files it needs."""
-    import numpy as np
-    from jaxbp import checkpoint
-
-    def corrupt_idx():
-        d = os.path.join(workdir, "idx")
-        os.makedirs(d, exist_ok=True)
-        write_mnist_dir(__import__("pathlib").Path(d))
-        path = os.path.join(d, "train-images-idx3-ubyte")
-        with open(path, "r+b") as f:
-            f.truncate(os.path.getsize(path) - 7)
-        return ["train", "--data", "mnist", "--data-dir", d]
-
-    def corrupt_checkpoint():
-        import dataclasses
-        from jaxbp import rundir, train
-        run = os.path.join(workdir, "corrupt_run")
-        saved = checkpoint.save(os.path.join(run, "checkpoints"), 3, {"w": np.ones(3)})
-        rundir.write_json(os.path.join(run, "config.json"), dataclasses.asdict(train.Config(run_dir=run)))
-        with open(os.path.join(saved, "arrays.npz"), "ab") as f:
-            f.write(b"x")
-        return ["train", "--run-dir", run, "--resume"]
-
-    def a_run():
-        """A run directory as a finished run leaves it (config.json, metrics)."""
-        import dataclasses
-        from jaxbp import rundir, train
-        run = os.path.join(workdir, "a_run")
-        os.makedirs(run, exist_ok=True)
-        rundir.write_json(os.path.join(run, "config.json"), dataclasses.asdict(train.Config(run_dir=run)))
-        rundir.write_metrics(run, [])
-        return run
-
-    def run_dir_file():
-        path = os.path.join(workdir, "a_file")
-        open(path, "w").close()
-        return ["train", "--run-dir", path, "--epochs", "1"]
-
-    return {
-        "cli_epochs_zero": (lambda: ["train", "--epochs", "0"], 2, "--epochs: expected a positive integer, got '0'"),
-        "cli_batch_size_negative": (lambda: ["train", "--batch-size", "-3"], 2,
-                                    "--batch-size: expected a positive integer, got '-3'"),
-        "cli_lr_zero": (lambda: ["train", "--lr", "0"], 2, "--lr: expected a positive finite number, got '0'"),
-        "cli_lr_not_a_number": (lambda: ["train", "--lr", "fast"], 2,
-                                "--lr: expected a positive finite number, got 'fast'"),
-        "cli_unknown_model": (lambda: ["train", "--model", "resnet"], 2, "--model: invalid choice: 'resnet'"),
-        "cli_unknown_optimizer": (lambda: ["train", "--optimizer", "lbfgs"], 2, "--optimizer: invalid choice"),
-        "cli_unknown_option": (lambda: ["train", "--epochz", "3"], 2, "unrecognized arguments: --epochz"),
-        "cli_mnist_without_data_dir": (lambda: ["train", "--data", "mnist"], 2,
-                                       "--data mnist needs --data-dir DIR with the four IDX files"),
-        "cli_missing_data_dir": (lambda: ["train", "--data", "mnist", "--data-dir", os.path.join(workdir, "nope")],
-                                 1, "data directory .*nope' does not exist"),
-        "cli_truncated_idx_file": (corrupt_idx, 1, "train-images-idx3-ubyte is truncated"),
-        "cli_resume_missing_run_dir": (lambda: ["train", "--run-dir", os.path.join(workdir, "empty"), "--resume"],
-                                       1, "run directory .*empty does not exist: there is no run to resume"),
-        "cli_resume_changes_the_run": (lambda: ["train", "--run-dir", a_run(), "--resume", "--lr", "0.01"], 2,
-                                       r"--lr 0.01 conflicts with the run in .*a_run, which has lr 0.003 "
-                                       r"\(config.json\)"),
-        "cli_resume_with_overwrite": (lambda: ["train", "--run-dir", a_run(), "--resume", "--overwrite"], 2,
-                                      "--overwrite starts a new run; it cannot be combined with --resume"),
-        "cli_run_dir_holds_a_run": (lambda: ["train", "--run-dir", a_run(), "--epochs", "1"], 1,
-                                    r"run directory .*a_run already holds a run \(config.json, metrics.jsonl\); "
-                                    "choose a new --run-dir, continue that run with --resume, or replace it with "
-                                    "--overwrite"),
-        "cli_run_dir_unwritable": (lambda: ["train", "--data", "mnist", "--data-dir", os.path.join(workdir, "nope"),
-                                            "--run-dir", os.path.join(run_dir_file()[2], "run")], 1,
-                                   "run directory .*a_file/run cannot be written"),
-        "cli_devices_more_than_available": (lambda: ["train", "--devices", str(__import__("jax").device_count() + 1)],
-                                            2, r"--devices \d+: only \d+ device\(s\) available"),
-        "cli_no_abbreviations": (lambda: ["train", "--debug-n"], 2, "unrecognized arguments: --debug-n"),
-        "cli_resume_corrupt_checkpoint": (corrupt_checkpoint, 1, "no usable checkpoint: .* is corrupt"),
-        "cli_batch_larger_than_data": (lambda: ["train", "--batch-size", "5000", "--run-dir",
-                                                os.path.join(workdir, "big")], 1,
-                                       "batch_size 5000 is larger than the training set"),
-        "cli_run_dir_is_a_file": (run_dir_file, 1, "run directory .*a_file exists and is not a directory"),
-        "cli_gradcheck_dtype": (lambda: ["gradcheck", "--dtype", "float16"], 2, "--dtype: invalid choice"),
-        "cli_bench_batch_size": (lambda: ["bench", "--batch-size", "0"], 2, "--batch-size: expected a positive"),
-    }
 
 
 @pytest.mark.parametrize("name", list(cli_error_cases("/unused")))

@@ -4,18 +4,7 @@ import numpy as np
 import pytest
 
 from jaxbp import data
-
-
-def write_mnist_dir(path, n_train=12, n_test=5, gz=False):
-    rng = np.random.default_rng(0)
-    suffix = ".gz" if gz else ""
-    arrays = {"train_images": rng.integers(0, 256, (n_train, 6, 5), dtype=np.uint8),
-              "train_labels": rng.integers(0, 10, n_train, dtype=np.uint8),
-              "test_images": rng.integers(0, 256, (n_test, 6, 5), dtype=np.uint8),
-              "test_labels": rng.integers(0, 10, n_test, dtype=np.uint8)}
-    for key, stem in data.IDX_FILES.items():
-        data.write_idx(str(path / (stem + suffix)), arrays[key])
-    return arrays
+from helpers import write_mnist_dir
 
 
 def test_idx_files_named_with_a_dot_are_accepted(tmp_path):

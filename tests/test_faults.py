@@ -3,7 +3,6 @@ exactly as an uninterrupted one (CPU, bitwise)."""
 import glob
 import os
 import random
-import re
 import signal
 import subprocess
 import sys

@@ -57,3 +57,38 @@ def test_one_conv_default_everywhere():
     defaults = [inspect.signature(f).parameters["algorithm"].default
                 for f in (jaxbp.conv2d, jaxbp.autodiff.conv2d, layers.Conv2D, layers.cnn)]
     assert defaults == [default] * 4 and train.Config().algorithm == default
+
+
+# --- the one list of ops (jaxbp.ops.FAMILIES) and everything derived from it ---
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def test_every_op_has_a_gradcheck_problem():
+    from jaxbp import gradcheck
+    assert {c.op for c in jaxbp.ops.CHECKS.values()} == set(jaxbp.ops.__all__)
+    assert {p[0] for p in gradcheck.op_problems(jnp.float64).values()} == set(jaxbp.ops.__all__)
+
+
+def test_the_op_benchmark_covers_every_check():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("ops_benchmark", ROOT / "benchmarks" / "ops.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert set(bench.sizes(1)) == set(jaxbp.ops.CHECKS)
+
+
+def test_the_readme_table_and_the_autodiff_namespace_list_every_op():
+    readme = (ROOT / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| `")]
+    for name in jaxbp.ops.__all__:
+        assert any(f"`{name}" in row or f", `{name}" in row for row in rows), name
+        assert getattr(jaxbp.autodiff, name) is getattr(jaxbp, name).autodiff
+
+
+def test_every_op_has_a_bad_input_case():
+    import inspect
+    from bad_inputs import OP_CASES
+    sources = [inspect.getsource(call) for call, _, _ in OP_CASES.values()]
+    for name in jaxbp.ops.__all__:
+        assert any(f"jaxbp.{name}(" in s for s in sources), name

@@ -3,7 +3,8 @@
     python tools/error_table.py            # rewrite docs/errors.md
     python tools/error_table.py --check    # exit 1 if docs/errors.md is stale
 
-Rows come from tests/test_errors.py (ops) and tests/test_cli.py (command line),
+Rows come from tests/bad_inputs.py (the cases tests/test_errors.py and
+tests/test_cli.py run),
 so the table and the tests cannot drift apart.
 """
 import contextlib
@@ -20,8 +21,8 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
 
 
 def op_rows():
-    import test_errors
-    for name, (call, error, _) in test_errors.CASES.items():
+    from bad_inputs import OP_CASES
+    for name, (call, error, _) in OP_CASES.items():
         try:
             call()
         except error as e:
@@ -29,9 +30,9 @@ def op_rows():
 
 
 def cli_rows(workdir):
-    import test_cli
+    from bad_inputs import cli_error_cases
     from jaxbp import cli
-    for name, (make_args, _, _) in test_cli.cli_error_cases(workdir).items():
+    for name, (make_args, _, _) in cli_error_cases(workdir).items():
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             try:

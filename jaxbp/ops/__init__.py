@@ -1,14 +1,18 @@
 """The ops with the hand-derived backward rules (``jax.custom_vjp``).
 
 Same names as :mod:`jaxbp.autodiff`, whose functions are these ops' autodiff
-twins, so a model can be built on either namespace.
-"""
-from jaxbp.ops._activation import leaky_relu, relu, sigmoid, tanh
-from jaxbp.ops._conv import DEFAULT_ALGORITHM, conv2d
-from jaxbp.ops._dense import dense
-from jaxbp.ops._loss import euclidean_loss, mse, softmax_cross_entropy
-from jaxbp.ops._norm import batch_norm
-from jaxbp.ops._pool import avg_pool2d, max_pool2d
+twins, so a model can be built on either namespace. The rules are stated in
+``docs/derivation.md``; the recipe every op follows is in ``_recipe.py``.
 
-__all__ = ["avg_pool2d", "batch_norm", "conv2d", "dense", "euclidean_loss", "leaky_relu",
-           "max_pool2d", "mse", "relu", "sigmoid", "softmax_cross_entropy", "tanh"]
+:data:`FAMILIES` is the one list of ops: each family module's ``__all__``
+names its ops and its ``CHECKS`` the small problems ``jaxbp gradcheck`` runs.
+A new op touches its family module (and this list, for a new family).
+"""
+from jaxbp.ops import _activation, _conv, _dense, _loss, _norm, _pool
+from jaxbp.ops._conv import DEFAULT_ALGORITHM  # noqa: F401  (conv2d's, the layers' and training's)
+
+FAMILIES = (_dense, _conv, _pool, _norm, _activation, _loss)
+
+__all__ = [name for family in FAMILIES for name in family.__all__]
+globals().update({name: getattr(family, name) for family in FAMILIES for name in family.__all__})
+CHECKS = {label: check for family in FAMILIES for label, check in family.CHECKS.items()}

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxbp.ops import _checks
-from jaxbp.ops._recipe import Rule, op, saved
+from jaxbp.ops._recipe import Check, Rule, op, saved
 
 
 def _relu_forward(z):
@@ -104,3 +104,7 @@ def leaky_relu(z, negative_slope=0.01):
     """
     _checks.floating("z", z)
     return _leaky_relu(z, negative_slope=_checks.number("negative_slope", negative_slope))
+
+
+__all__ = ["relu", "leaky_relu", "sigmoid", "tanh"]
+CHECKS = {name: Check(name, lambda n: n((3, 4, 6, 5)), (0,)) for name in __all__}

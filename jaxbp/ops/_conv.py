@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxbp.ops import _checks, _windows
-from jaxbp.ops._recipe import Rule, op
+from jaxbp.ops._recipe import Check, Rule, op
 
 # The default of conv2d, of the layers and of `jaxbp train`: the same rules as
 # "explicit", measured faster on CPUs and GPUs (BENCHMARKS.md).
@@ -218,3 +218,19 @@ def conv2d(x, w, b=None, stride=1, padding=0, *, algorithm=DEFAULT_ALGORITHM, la
     pads = _windows.resolve_padding(padding, in_hw, window, stride)
     _windows.out_hw(in_hw, window, stride, pads)
     return _ALGORITHMS[algorithm](*_checks.promote(x, w, b), stride=stride, pads=pads, layout=layout)
+
+
+__all__ = ["conv2d"]
+_X, _W, _XH = (2, 3, 7, 6), (4, 3, 3, 2), (2, 7, 6, 3)
+CHECKS = {
+    "conv2d NCHW explicit": Check("conv2d", lambda n: n(_X, _W, (4,)) + (1, 1), (0, 1, 2),
+                                  {"algorithm": "explicit"}),
+    "conv2d NHWC explicit": Check("conv2d", lambda n: n(_XH, _W, (4,)) + (1, 1), (0, 1, 2),
+                                  {"algorithm": "explicit", "layout": "NHWC"}),
+    "conv2d NCHW implicit": Check("conv2d", lambda n: n(_X, _W, (4,)) + (1, 1), (0, 1, 2),
+                                  {"algorithm": "implicit"}),
+    "conv2d NHWC implicit": Check("conv2d", lambda n: n(_XH, _W, (4,)) + (1, 1), (0, 1, 2),
+                                  {"algorithm": "implicit", "layout": "NHWC"}),
+    "conv2d stride 2 SAME": Check("conv2d", lambda n: n(_X, _W, (4,)) + (2, "SAME"), (0, 1, 2),
+                                  {"algorithm": "explicit"}),
+}

@@ -12,7 +12,7 @@ docs/derivation.md §1 (the source's "DNN"). One sample is a column vector, ``z 
 from __future__ import annotations
 
 from jaxbp.ops import _checks
-from jaxbp.ops._recipe import Rule, op
+from jaxbp.ops._recipe import Check, Rule, op
 
 
 def _forward(x, w, b):
@@ -54,3 +54,7 @@ def dense(x, w, b=None):
     if b is not None:
         _checks.shape("b", b, (w.shape[0],), "one entry per output of w")
     return _rule(*_checks.promote(x, w, b))
+
+
+__all__ = ["dense"]
+CHECKS = {"dense": Check("dense", lambda n: n((4, 6), (5, 6), (5,)), (0, 1, 2))}

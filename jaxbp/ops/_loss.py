@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxbp.ops import _checks
-from jaxbp.ops._recipe import Rule, op
+from jaxbp.ops._recipe import Check, Rule, op
 
 
 def _wide(*xs):
@@ -191,3 +191,11 @@ def mse(pred, target):
     """
     _pred_target(pred, target)
     return _mse(pred, target)
+
+
+__all__ = ["softmax_cross_entropy", "euclidean_loss", "mse"]
+CHECKS = {
+    "softmax_cross_entropy": Check("softmax_cross_entropy", lambda n: n((6, 4)) + (jnp.arange(6) % 4,), (0,)),
+    "euclidean_loss": Check("euclidean_loss", lambda n: n((6, 5), (6, 5)), (0, 1)),
+    "mse": Check("mse", lambda n: n((6, 5), (6, 5)), (0, 1)),
+}

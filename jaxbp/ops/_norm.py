@@ -20,7 +20,7 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from jaxbp.ops import _checks
-from jaxbp.ops._recipe import Rule, op, saved, varying
+from jaxbp.ops._recipe import Check, Rule, op, saved, varying
 
 
 def _stat_dtype(dtype):
@@ -154,3 +154,7 @@ def batch_norm(x, gamma, beta, eps=1e-5, *, axis=1, axis_name=None):
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
     return _rule(*_checks.promote(x, gamma, beta), eps=eps, axis=axis, axis_name=axis_name)
+
+
+__all__ = ["batch_norm"]
+CHECKS = {"batch_norm": Check("batch_norm", lambda n: n((3, 4, 6, 5), (4,), (4,)), (0, 1, 2))}

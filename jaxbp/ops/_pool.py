@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from jaxbp.ops import _checks, _windows
-from jaxbp.ops._recipe import Rule, op, saved
+from jaxbp.ops._recipe import Check, Rule, op, saved
 
 
 def _windows_of(x, window, stride, pads, layout, fill):
@@ -126,3 +126,7 @@ avg_pool2d.__doc__ = ("Average pooling over ``window``; divides by the full wind
                       + _POOL_DOC)
 max_pool2d = op(max_pool2d)
 avg_pool2d = op(avg_pool2d)
+
+
+__all__ = ["max_pool2d", "avg_pool2d"]
+CHECKS = {name: Check(name, lambda n: n((3, 4, 6, 5)) + (2,), (0,)) for name in __all__}

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import typing
 
 import jax
 import jax.numpy as jnp
@@ -136,3 +137,14 @@ def saved(*residuals):
     of their mesh-axis types inside ``shard_map``. In the twin the residuals are
     unused, and XLA removes the barriers with them."""
     return tuple(lax.optimization_barrier(r) for r in residuals)
+
+
+class Check(typing.NamedTuple):
+    """A small problem an op module declares next to its op, for ``jaxbp
+    gradcheck`` (and, at other sizes, ``benchmarks/ops.py``):
+    ``getattr(jaxbp, op)(*args(normal), **kwargs)`` differentiated w.r.t. the
+    arguments ``argnums``; ``normal(*shapes)`` draws arrays in the check's dtype."""
+    op: str
+    args: typing.Callable
+    argnums: tuple
+    kwargs: dict = {}

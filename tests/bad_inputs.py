@@ -1,0 +1,180 @@
+"""Bad inputs the tests try, one row each: the ops' (tests/test_errors.py) and
+the command line's (tests/test_cli.py). tools/error_table.py turns both into
+docs/errors.md, so the table and the tests cannot drift apart."""
+import os
+
+import jax.numpy as jnp
+
+import jaxbp
+from helpers import write_mnist_dir
+
+f32 = jnp.float32
+x4, w4, b4 = jnp.ones((2, 3, 8, 8), f32), jnp.ones((4, 3, 3, 3), f32), jnp.ones(4, f32)
+x2, w2, b2 = jnp.ones((5, 4), f32), jnp.ones((3, 4), f32), jnp.ones(3, f32)
+
+OP_CASES = {
+    "conv_channel_mismatch": (lambda: jaxbp.conv2d(x4, jnp.ones((4, 2, 3, 3)), b4), ValueError,
+                              r"w must have 3 input channels .* x of shape \(2, 3, 8, 8\).* got w of shape \(4, 2, 3, 3\)"),
+    "conv_x_rank": (lambda: jaxbp.conv2d(jnp.ones((3, 8, 8)), w4, b4), ValueError,
+                    r"x must have rank 4 \(N C H W\), got shape \(3, 8, 8\)"),
+    "conv_w_rank": (lambda: jaxbp.conv2d(x4, jnp.ones((4, 3, 3)), b4), ValueError,
+                    r"w must have rank 4 \(O I FH FW\), got shape \(4, 3, 3\)"),
+    "conv_stride_zero": (lambda: jaxbp.conv2d(x4, w4, b4, stride=0), ValueError, r"stride must be >= 1, got 0"),
+    "conv_stride_negative": (lambda: jaxbp.conv2d(x4, w4, b4, stride=(1, -2)), ValueError,
+                             r"stride must be >= 1, got \(1, -2\)"),
+    "conv_stride_float": (lambda: jaxbp.conv2d(x4, w4, b4, stride=1.5), TypeError,
+                          r"stride must be an int or a pair of ints, got 1.5"),
+    "conv_padding_negative": (lambda: jaxbp.conv2d(x4, w4, b4, padding=-1), ValueError,
+                              r"padding must be >= 0, got -1"),
+    "conv_padding_unknown": (lambda: jaxbp.conv2d(x4, w4, b4, padding="FULL"), ValueError,
+                             r"padding must be an int, a pair, 'SAME' or 'VALID', got 'FULL'"),
+    "conv_kernel_too_large": (lambda: jaxbp.conv2d(x4, jnp.ones((4, 3, 11, 3)), b4, padding=1), ValueError,
+                              r"kernel of size \(11, 3\) is larger than the padded input \(10, 10\)"),
+    "conv_bias_size": (lambda: jaxbp.conv2d(x4, w4, jnp.ones(5)), ValueError,
+                       r"b must have shape \(4,\) \(one entry per output channel of w\), got \(5,\)"),
+    "conv_integer_x": (lambda: jaxbp.conv2d(jnp.ones((2, 3, 8, 8), jnp.int32), w4, b4), TypeError,
+                       r"x must have a floating dtype, got int32"),
+    "conv_boolean_w": (lambda: jaxbp.conv2d(x4, jnp.ones((4, 3, 3, 3), bool), b4), TypeError,
+                       r"w must have a floating dtype, got bool"),
+    "conv_layout": (lambda: jaxbp.conv2d(x4, w4, b4, layout="CHWN"), ValueError,
+                    r"layout must be 'NCHW' or 'NHWC', got 'CHWN'"),
+    "conv_algorithm": (lambda: jaxbp.conv2d(x4, w4, b4, algorithm="fft"), ValueError,
+                       r"algorithm must be 'explicit' or 'implicit', got 'fft'"),
+    "dense_in_mismatch": (lambda: jaxbp.dense(x2, jnp.ones((3, 5)), b2), ValueError,
+                          r"w must have shape \(out, 4\) to match x of shape \(5, 4\), got \(3, 5\)"),
+    "dense_x_rank": (lambda: jaxbp.dense(jnp.ones(4), w2, b2), ValueError,
+                     r"x must have rank 2 \(N, in\), got shape \(4,\)"),
+    "dense_bias_size": (lambda: jaxbp.dense(x2, w2, jnp.ones(4)), ValueError,
+                        r"b must have shape \(3,\) .*got \(4,\)"),
+    "dense_integer_x": (lambda: jaxbp.dense(jnp.ones((5, 4), jnp.int8), w2, b2), TypeError,
+                        r"x must have a floating dtype, got int8"),
+    "pool_window_too_large": (lambda: jaxbp.max_pool2d(x4, 9), ValueError,
+                              r"window of size \(9, 9\) is larger than the padded input \(8, 8\)"),
+    "pool_stride_zero": (lambda: jaxbp.avg_pool2d(x4, 2, stride=0), ValueError, r"stride must be >= 1, got 0"),
+    "pool_padding_negative": (lambda: jaxbp.avg_pool2d(x4, 2, padding=(0, -1)), ValueError,
+                              r"padding must be >= 0, got \(0, -1\)"),
+    "max_pool_padding_over_half_window": (lambda: jaxbp.max_pool2d(x4, 2, padding=2), ValueError,
+                                          r"padding \(\(2, 2\), \(2, 2\)\) must be at most half the window \(2, 2\)"),
+    "avg_pool_padding_over_half_window": (lambda: jaxbp.avg_pool2d(x4, 3, padding=((0, 2), (1, 1))), ValueError,
+                                          r"padding \(\(0, 2\), \(1, 1\)\) must be at most half the window \(3, 3\)"),
+    "max_pool_empty_input": (lambda: jaxbp.max_pool2d(jnp.ones((2, 3, 0, 0)), 2, stride=1, padding=1), ValueError,
+                             r"x has an empty spatial size \(0, 0\) \(shape \(2, 3, 0, 0\), NCHW\)"),
+    "avg_pool_empty_input": (lambda: jaxbp.avg_pool2d(jnp.ones((2, 4, 0, 3)), 1, layout="NHWC"), ValueError,
+                             r"x has an empty spatial size \(4, 0\)"),
+    "pool_x_rank": (lambda: jaxbp.max_pool2d(x2, 2), ValueError, r"x must have rank 4 \(N C H W\), got shape \(5, 4\)"),
+    "pool_integer_x": (lambda: jaxbp.avg_pool2d(jnp.ones((1, 1, 4, 4), jnp.int32), 2), TypeError,
+                       r"x must have a floating dtype, got int32"),
+    "batch_norm_gamma_size": (lambda: jaxbp.batch_norm(x4, jnp.ones(4), jnp.ones(3)), ValueError,
+                              r"gamma must have shape \(3,\) \(one entry per feature of x \(2, 3, 8, 8\)\), got \(4,\)"),
+    "batch_norm_x_rank": (lambda: jaxbp.batch_norm(jnp.ones((2, 3, 4)), jnp.ones(3), jnp.ones(3)), ValueError,
+                          r"x must have rank 2 or 4 \(N, D or N, C, H, W\), got shape \(2, 3, 4\)"),
+    "batch_norm_integer_x": (lambda: jaxbp.batch_norm(jnp.ones((4, 3), jnp.int32), jnp.ones(3), jnp.ones(3)),
+                             TypeError, r"x must have a floating dtype, got int32"),
+    "batch_norm_eps_array": (lambda: jaxbp.batch_norm(x2, jnp.ones(4), jnp.ones(4), eps=jnp.array(1e-5)),
+                             TypeError, r"eps must be a Python number, got .*Array"),
+    "xent_targets_shape": (lambda: jaxbp.softmax_cross_entropy(x2, jnp.ones((5, 3))), ValueError,
+                           r"targets must have shape \(5, 4\) \(like logits, or \(N,\) integer class ids\), got \(5, 3\)"),
+    "xent_labels_shape": (lambda: jaxbp.softmax_cross_entropy(x2, jnp.zeros((4,), jnp.int32)), ValueError,
+                          r"targets must have shape \(5,\) \(integer class ids, one per row of logits \(5, 4\)\), got \(4,\)"),
+    "xent_logits_rank": (lambda: jaxbp.softmax_cross_entropy(jnp.ones(4), jnp.ones(4)), ValueError,
+                         r"logits must have rank 2 \(N, K\), got shape \(4,\)"),
+    "xent_integer_logits": (lambda: jaxbp.softmax_cross_entropy(jnp.ones((5, 4), jnp.int32), x2), TypeError,
+                            r"logits must have a floating dtype, got int32"),
+    "xent_ignore_index_with_soft_targets": (lambda: jaxbp.softmax_cross_entropy(x2, x2, ignore_index=-100),
+                                            ValueError, r"ignore_index applies to integer class ids; targets are "
+                                            r"float32 of shape \(5, 4\)"),
+    "xent_ignore_index_float": (lambda: jaxbp.softmax_cross_entropy(x2, jnp.zeros(5, jnp.int32), ignore_index=-1.0),
+                                TypeError, r"ignore_index must be a Python int or None, got -1.0"),
+    "euclidean_target_shape": (lambda: jaxbp.euclidean_loss(x2, jnp.ones((5, 3))), ValueError,
+                               r"target must have shape \(5, 4\) \(like pred\), got \(5, 3\)"),
+    "mse_boolean_pred": (lambda: jaxbp.mse(jnp.ones((5, 4), bool), x2), TypeError,
+                         r"pred must have a floating dtype, got bool"),
+    "leaky_relu_slope_array": (lambda: jaxbp.leaky_relu(x2, jnp.array(0.1)), TypeError,
+                               r"negative_slope must be a Python number"),
+    "relu_integer": (lambda: jaxbp.relu(jnp.arange(3)), TypeError, r"z must have a floating dtype, got int"),
+    "sigmoid_integer": (lambda: jaxbp.sigmoid(jnp.arange(3)), TypeError, r"z must have a floating dtype, got int"),
+    "tanh_no_array": (lambda: jaxbp.tanh(0.5), TypeError, r"z must be an array, got float"),
+    "relu_list": (lambda: jaxbp.relu([1.0, 2.0]), TypeError, r"z must be an array, got list"),
+}
+
+
+
+def cli_error_cases(workdir):
+    """name -> (argument factory, exit code, message regex); the factory writes any files it needs."""
+    import numpy as np
+    from jaxbp import checkpoint
+
+    def corrupt_idx():
+        d = os.path.join(workdir, "idx")
+        os.makedirs(d, exist_ok=True)
+        write_mnist_dir(__import__("pathlib").Path(d))
+        path = os.path.join(d, "train-images-idx3-ubyte")
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) - 7)
+        return ["train", "--data", "mnist", "--data-dir", d]
+
+    def corrupt_checkpoint():
+        import dataclasses
+        from jaxbp import rundir, train
+        run = os.path.join(workdir, "corrupt_run")
+        saved = checkpoint.save(os.path.join(run, "checkpoints"), 3, {"w": np.ones(3)})
+        rundir.write_json(os.path.join(run, "config.json"), dataclasses.asdict(train.Config(run_dir=run)))
+        with open(os.path.join(saved, "arrays.npz"), "ab") as f:
+            f.write(b"x")
+        return ["train", "--run-dir", run, "--resume"]
+
+    def a_run():
+        """A run directory as a finished run leaves it (config.json, metrics)."""
+        import dataclasses
+        from jaxbp import rundir, train
+        run = os.path.join(workdir, "a_run")
+        os.makedirs(run, exist_ok=True)
+        rundir.write_json(os.path.join(run, "config.json"), dataclasses.asdict(train.Config(run_dir=run)))
+        rundir.write_metrics(run, [])
+        return run
+
+    def run_dir_file():
+        path = os.path.join(workdir, "a_file")
+        open(path, "w").close()
+        return ["train", "--run-dir", path, "--epochs", "1"]
+
+    return {
+        "cli_epochs_zero": (lambda: ["train", "--epochs", "0"], 2, "--epochs: expected a positive integer, got '0'"),
+        "cli_batch_size_negative": (lambda: ["train", "--batch-size", "-3"], 2,
+                                    "--batch-size: expected a positive integer, got '-3'"),
+        "cli_lr_zero": (lambda: ["train", "--lr", "0"], 2, "--lr: expected a positive finite number, got '0'"),
+        "cli_lr_not_a_number": (lambda: ["train", "--lr", "fast"], 2,
+                                "--lr: expected a positive finite number, got 'fast'"),
+        "cli_unknown_model": (lambda: ["train", "--model", "resnet"], 2, "--model: invalid choice: 'resnet'"),
+        "cli_unknown_optimizer": (lambda: ["train", "--optimizer", "lbfgs"], 2, "--optimizer: invalid choice"),
+        "cli_unknown_option": (lambda: ["train", "--epochz", "3"], 2, "unrecognized arguments: --epochz"),
+        "cli_mnist_without_data_dir": (lambda: ["train", "--data", "mnist"], 2,
+                                       "--data mnist needs --data-dir DIR with the four IDX files"),
+        "cli_missing_data_dir": (lambda: ["train", "--data", "mnist", "--data-dir", os.path.join(workdir, "nope")],
+                                 1, "data directory .*nope' does not exist"),
+        "cli_truncated_idx_file": (corrupt_idx, 1, "train-images-idx3-ubyte is truncated"),
+        "cli_resume_missing_run_dir": (lambda: ["train", "--run-dir", os.path.join(workdir, "empty"), "--resume"],
+                                       1, "run directory .*empty does not exist: there is no run to resume"),
+        "cli_resume_changes_the_run": (lambda: ["train", "--run-dir", a_run(), "--resume", "--lr", "0.01"], 2,
+                                       r"--lr 0.01 conflicts with the run in .*a_run, which has lr 0.003 "
+                                       r"\(config.json\)"),
+        "cli_resume_with_overwrite": (lambda: ["train", "--run-dir", a_run(), "--resume", "--overwrite"], 2,
+                                      "--overwrite starts a new run; it cannot be combined with --resume"),
+        "cli_run_dir_holds_a_run": (lambda: ["train", "--run-dir", a_run(), "--epochs", "1"], 1,
+                                    r"run directory .*a_run already holds a run \(config.json, metrics.jsonl\); "
+                                    "choose a new --run-dir, continue that run with --resume, or replace it with "
+                                    "--overwrite"),
+        "cli_run_dir_unwritable": (lambda: ["train", "--data", "mnist", "--data-dir", os.path.join(workdir, "nope"),
+                                            "--run-dir", os.path.join(run_dir_file()[2], "run")], 1,
+                                   "run directory .*a_file/run cannot be written"),
+        "cli_devices_more_than_available": (lambda: ["train", "--devices", str(__import__("jax").device_count() + 1)],
+                                            2, r"--devices \d+: only \d+ device\(s\) available"),
+        "cli_no_abbreviations": (lambda: ["train", "--debug-n"], 2, "unrecognized arguments: --debug-n"),
+        "cli_resume_corrupt_checkpoint": (corrupt_checkpoint, 1, "no usable checkpoint: .* is corrupt"),
+        "cli_batch_larger_than_data": (lambda: ["train", "--batch-size", "5000", "--run-dir",
+                                                os.path.join(workdir, "big")], 1,
+                                       "batch_size 5000 is larger than the training set"),
+        "cli_run_dir_is_a_file": (run_dir_file, 1, "run directory .*a_file exists and is not a directory"),
+        "cli_gradcheck_dtype": (lambda: ["gradcheck", "--dtype", "float16"], 2, "--dtype: invalid choice"),
+        "cli_bench_batch_size": (lambda: ["bench", "--batch-size", "0"], 2, "--batch-size: expected a positive"),
+    }
