@@ -27,8 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ops as ops_bench  # noqa: E402
 
 import jaxbp  # noqa: E402
-from jaxbp import bench  # noqa: E402
-from jaxbp._bench import interleaved, machine  # noqa: E402
+from jaxbp.tools import bench  # noqa: E402
+from jaxbp.tools.timing import interleaved, machine  # noqa: E402
 
 
 def log(out, text):

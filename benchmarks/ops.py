@@ -21,8 +21,8 @@ from jax import lax
 import jaxbp
 from jaxbp.ops import CHECKS, _windows
 from jaxbp.ops._recipe import Check
-from jaxbp._bench import machine, paired_ratio, temp_bytes, timings
-from jaxbp.gradcheck import op_problems, projected
+from jaxbp.tools.timing import machine, paired_ratio, temp_bytes, timings
+from jaxbp.tools.gradcheck import op_problems, projected
 
 
 def sizes(s):

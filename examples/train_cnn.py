@@ -13,4 +13,4 @@ p.add_argument("--run-dir", default=None)
 a = p.parse_args()
 
 result = fit(Config(model="cnn", epochs=a.epochs, gradients=a.gradients, run_dir=a.run_dir))
-print(f"CNN ({a.gradients} gradients): test accuracy {100 * result['test_accuracy']:.2f}%")
+print(f"CNN ({a.gradients} gradients): test accuracy {100 * result.test_accuracy:.2f}%")

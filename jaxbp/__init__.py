@@ -12,7 +12,7 @@ itself) is not defined for ``custom_vjp`` functions: JAX raises ``TypeError``
 twins support every mode.
 """
 from jaxbp import autodiff, ops
-from jaxbp.gradcheck import compare_gradients
+from jaxbp.tools.gradcheck import compare_gradients
 from jaxbp.ops import *  # noqa: F401,F403
 from jaxbp.ops import __all__ as _ops_all
 

@@ -54,61 +54,41 @@ def _number(cast, accept, expected):
 
 
 _positive_int = _number(int, lambda v: v > 0, "a positive integer")
-_positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive finite number")
-_nonnegative_float = _number(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
 
 
 def _add_train(sub):
-    from jaxbp.train import Config, DTYPES, OPTIMIZERS
-    d = Config()
+    import dataclasses
+
+    from jaxbp.train import Config
     p = sub.add_parser("train", help="train a model (default: the CNN on the bundled digits)",
                        description="Train a model whose gradients come from the hand-derived rules "
                                    "(or, with --gradients autodiff, from JAX). Each run gets its own "
                                    "run directory; --resume continues the run saved there.")
-    p.add_argument("--model", choices=["cnn", "mlp"], default=d.model, help="the network")
-    p.add_argument("--data", choices=["digits", "mnist", "fashion-mnist", "synthetic"], default=d.data,
-                   help="the data set (digits are bundled; mnist/fashion-mnist need --data-dir)")
-    p.add_argument("--data-dir", help="directory with the four IDX files (for mnist/fashion-mnist)")
-    p.add_argument("--epochs", type=_positive_int, default=d.epochs,
-                   help="epochs of the whole run (with --resume: extends the run to this many)")
-    p.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="examples per step")
-    p.add_argument("--lr", type=_positive_float, default=d.lr, help="peak learning rate")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer, help="optax optimizer")
-    p.add_argument("--weight-decay", type=_nonnegative_float, default=d.weight_decay,
-                   help="decoupled for adamw; otherwise the L2 term R = (λ/2)Σ‖W‖² in the loss")
-    p.add_argument("--warmup-epochs", type=_nonnegative_float, default=d.warmup_epochs,
-                   help="linear warm-up of the learning rate, then cosine decay")
-    p.add_argument("--augment", type=int, default=d.augment, metavar="PIXELS",
-                   help="random shifts of up to this many pixels (0: off)")
-    p.add_argument("--dropout", type=_nonnegative_float, default=d.dropout,
-                   help="dropout rate before the last dense layer")
-    p.add_argument("--seed", type=int, default=d.seed, help="initialization, dropout and data order")
-    p.add_argument("--devices", type=_positive_int, default=None,
-                   help="data-parallel over this many devices (default: all, of all processes)")
+    # One option per Config field: names, choices, defaults and help come from the config.
+    for f in dataclasses.fields(Config):
+        meta, flag = f.metadata, "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            p.add_argument(flag, action="store_true", help=meta["help"])
+        elif "choices" in meta:
+            p.add_argument(flag, choices=meta["choices"], default=f.default, help=meta["help"])
+        else:
+            p.add_argument(flag, type=_argument_type(meta), default=f.default, help=meta["help"],
+                           metavar="PIXELS" if f.name == "augment" else None)
     p.add_argument("--coordinator", metavar="HOST:PORT",
                    help="multi-process run: address of process 0 (jax.distributed)")
     p.add_argument("--num-processes", type=_positive_int, default=1, help="multi-process run: process count")
     p.add_argument("--process-id", type=int, default=0, help="multi-process run: this process, 0 to P-1")
-    p.add_argument("--gradients", choices=["custom", "autodiff"], default=d.gradients,
-                   help="hand-derived rules or their autodiff twins")
-    p.add_argument("--dtype", choices=DTYPES, default=d.dtype,
-                   help="compute dtype (parameters stay float32)")
-    p.add_argument("--algorithm", choices=["explicit", "implicit"], default=d.algorithm,
-                   help="conv2d algorithm")
-    p.add_argument("--layout", choices=["NCHW", "NHWC"], default=d.layout,
-                   help="layout inside the CNN (input is NCHW either way)")
-    p.add_argument("--run-dir", default=None,
-                   help="where config.json, metrics.jsonl, curves.png and checkpoints/ go; it must be "
-                        "new or empty (default: a new runs/<time>-<model>-<data>, with runs/latest "
-                        "pointing at it; with --resume: runs/latest)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --run-dir from its newest checkpoint, with its config.json")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start a new run in a --run-dir that holds one, deleting the old run first")
-    p.add_argument("--quiet", action="store_true",
-                   help="only the final result line and the run directory")
+    p.add_argument("--quiet", action="store_true", help="only the final result line and the run directory")
     p.add_argument("--debug-nans", action="store_true", help="turn on JAX's NaN checking")
     p.set_defaults(func=_train)
+
+
+def _argument_type(meta):
+    """argparse's type for a config field: its cast, then its rule."""
+    if "rule" not in meta:
+        return meta.get("type")
+    accept, expected = meta["rule"]
+    return _number(meta["type"], accept, expected)
 
 
 def _train(a):
@@ -124,8 +104,8 @@ def _train(a):
         jax.distributed.initialize(a.coordinator, a.num_processes, a.process_id)
     if a.devices is not None and a.devices > jax.device_count():
         raise _UsageError(f"--devices {a.devices}: only {jax.device_count()} device(s) available")
-    from jaxbp import rundir
-    from jaxbp.train import Config, fit
+    from jaxbp import precision
+    from jaxbp.train import Config, fit, rundir
     fields = {f.name for f in dataclasses.fields(Config)}
     given = {k: v for k, v in vars(a).items() if k in fields and k in a.given}
     chief = jax.process_index() == 0
@@ -143,8 +123,7 @@ def _train(a):
         cfg = Config(**{**{k: v for k, v in vars(a).items() if k in fields}, "run_dir": run_dir})
     if cfg.data in ("mnist", "fashion-mnist") and not cfg.data_dir:
         raise _UsageError(f"--data {cfg.data} needs --data-dir DIR with the four IDX files")
-    if cfg.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
+    precision.enable(cfg.dtype)
     if a.debug_nans:
         jax.config.update("jax_debug_nans", True)
     if not a.resume and chief:
@@ -176,17 +155,19 @@ def _extra_commands():
 def _add_gradcheck(sub):
     p = sub.add_parser("gradcheck", help="custom vs autodiff gradients: every op, then every model parameter",
                        description="Exit code 1 when any error exceeds its dtype's tolerance.")
-    p.add_argument("--model", choices=["cnn", "mlp"], default="cnn", help="the model whose parameters are checked")
-    p.add_argument("--dtype", choices=["float64", "float32"], default="float64",
+    from jaxbp import layers, precision
+    from jaxbp.tools.gradcheck import TOLERANCES
+    p.add_argument("--model", choices=tuple(layers.MODELS), default="cnn",
+                   help="the model whose parameters are checked")
+    p.add_argument("--dtype", choices=[n for n in precision.NAMES if n in TOLERANCES], default="float64",
                    help="precision of the check (float64 is the tight one)")
     p.set_defaults(func=_gradcheck)
 
 
 def _gradcheck(a):
-    import jax
-    if a.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
-    from jaxbp import gradcheck
+    from jaxbp import precision
+    precision.enable(a.dtype)
+    from jaxbp.tools import gradcheck
     ok = gradcheck.main(a.model, a.dtype)
     return 0 if ok else EXIT_FAILURE
 
@@ -195,9 +176,11 @@ def _add_bench(sub):
     from jaxbp.ops import DEFAULT_ALGORITHM
     p = sub.add_parser("bench", help="time one train step: custom, autodiff twins, Flax NNX",
                        description="Interleaved timing after warm-up (median), plus compiled temp memory.")
-    p.add_argument("--model", choices=["cnn", "mlp"], default="cnn", help="the model of the train step")
+    from jaxbp import layers, precision
+    p.add_argument("--model", choices=tuple(layers.MODELS), default="cnn", help="the model of the train step")
     p.add_argument("--batch-size", type=_positive_int, default=128, help="examples per step")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="compute dtype")
+    p.add_argument("--dtype", choices=precision.NAMES, default="float32",
+                   help="precision policy, as jaxbp train's")
     p.add_argument("--width", type=_positive_int, default=256, help="hidden width of the mlp")
     p.add_argument("--no-batch-norm", dest="batch_norm", action="store_false",
                    help="mlp without batch norm: dense + relu only (the matmul-bound case)")
@@ -212,7 +195,10 @@ def _add_bench(sub):
 
 def _bench(a):
     import json
-    from jaxbp import bench
+
+    from jaxbp import precision
+    precision.enable(a.dtype)
+    from jaxbp.tools import bench
     results = bench.run(a.model, a.batch_size, a.dtype, a.width, a.rounds, a.layout, a.algorithm,
                         flax=not a.no_flax, batch_norm=a.batch_norm)
     if a.json:
@@ -245,7 +231,7 @@ def main(argv=None):
     args.given = _given(argv)
     if getattr(args, "debug", False):
         return args.func(args)
-    from jaxbp.checkpoint import CheckpointError
+    from jaxbp.train.checkpoint import CheckpointError
     from jaxbp.data import DataError
     from jaxbp.train import NonFiniteError, TrainingInterrupted
     try:

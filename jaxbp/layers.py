@@ -16,6 +16,10 @@ twins). Models take ``gradients="custom" | "autodiff"`` and pass the matching
 namespace down, so the choice is part of the model function itself and no jit
 cache can silently keep the other one.
 
+Layers never cast: an op promotes its arguments together (docs/derivation.md
+§8). Training casts the parameters to the compute dtype once per step, at the
+model's edge (:mod:`jaxbp.precision`).
+
 Images are NCHW at the model's edge. ``layout="NHWC"`` runs the convolutional
 part channels-last inside (one transpose at the input, none per layer), which
 is what the explicit im2col wants on CPUs and GPUs (see BENCHMARKS.md).
@@ -92,7 +96,7 @@ def Dense(features, *, ops=custom_ops, init="he", bias=True):
         return shape[:-1] + (features,), params
 
     def apply(p, x):
-        return ops.dense(x, p["w"].astype(x.dtype), p["b"].astype(x.dtype) if bias else None)
+        return ops.dense(x, p["w"], p["b"] if bias else None)
 
     return _stateless(init_params, apply, "dense")
 
@@ -113,8 +117,8 @@ def Conv2D(features, kernel, stride=1, padding="SAME", *, ops=custom_ops, init="
         return out.shape, params
 
     def apply(p, x):
-        b = p["b"].astype(x.dtype) if bias else None
-        return ops.conv2d(x, p["w"].astype(x.dtype), b, stride, padding, layout=layout, algorithm=algorithm)
+        return ops.conv2d(x, p["w"], p["b"] if bias else None, stride, padding, layout=layout,
+                          algorithm=algorithm)
 
     return _stateless(init_params, apply, "conv")
 
@@ -136,8 +140,7 @@ def BatchNorm(*, ops=custom_ops, momentum=0.9, eps=1e-5, axis=1):
 
     def apply(params, state, x, *, train=False, key=None):
         if train:
-            y, mean, var = ops.batch_norm(x, params["gamma"].astype(x.dtype),
-                                          params["beta"].astype(x.dtype), eps, axis=axis)
+            y, mean, var = ops.batch_norm(x, params["gamma"], params["beta"], eps, axis=axis)
             mean, var = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
             new = {"mean": momentum * state["mean"] + (1 - momentum) * mean,
                    "var": momentum * state["var"] + (1 - momentum) * var}

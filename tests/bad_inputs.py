@@ -102,7 +102,7 @@ OP_CASES = {
 def cli_error_cases(workdir):
     """name -> (argument factory, exit code, message regex); the factory writes any files it needs."""
     import numpy as np
-    from jaxbp import checkpoint
+    from jaxbp.train import checkpoint
 
     def corrupt_idx():
         d = os.path.join(workdir, "idx")
@@ -115,7 +115,8 @@ def cli_error_cases(workdir):
 
     def corrupt_checkpoint():
         import dataclasses
-        from jaxbp import rundir, train
+        from jaxbp import train
+        from jaxbp.train import rundir
         run = os.path.join(workdir, "corrupt_run")
         saved = checkpoint.save(os.path.join(run, "checkpoints"), 3, {"w": np.ones(3)})
         rundir.write_json(os.path.join(run, "config.json"), dataclasses.asdict(train.Config(run_dir=run)))
@@ -126,7 +127,8 @@ def cli_error_cases(workdir):
     def a_run():
         """A run directory as a finished run leaves it (config.json, metrics)."""
         import dataclasses
-        from jaxbp import rundir, train
+        from jaxbp import train
+        from jaxbp.train import rundir
         run = os.path.join(workdir, "a_run")
         os.makedirs(run, exist_ok=True)
         rundir.write_json(os.path.join(run, "config.json"), dataclasses.asdict(train.Config(run_dir=run)))

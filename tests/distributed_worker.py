@@ -15,4 +15,4 @@ from jaxbp import train  # noqa: E402
 
 cfg = train.Config(model="cnn", data="synthetic", epochs=1, batch_size=64)
 result = train.fit(cfg, quiet=True)
-np.savez(out, *[train.fetch(leaf) for leaf in jax.tree.leaves(result["state"])])
+np.savez(out, *[train.fetch(leaf) for leaf in jax.tree.leaves(result.state)])

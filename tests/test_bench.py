@@ -1,6 +1,6 @@
 import pytest
 
-from jaxbp._bench import paired_ratio, timings
+from jaxbp.tools.timing import paired_ratio, timings
 
 
 def test_timings_interleave_the_candidates_in_turn_after_warmup():

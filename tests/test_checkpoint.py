@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxbp import checkpoint
+from jaxbp.train import checkpoint
 
 
 def tree(scale=1.0):

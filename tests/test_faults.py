@@ -10,21 +10,24 @@ import time
 
 import numpy as np
 
-from jaxbp import checkpoint
+from jaxbp.train import checkpoint
 
-ARGS = ["train", "--model", "mlp", "--data", "synthetic", "--batch-size", "128", "--epochs", "12",
+ARGS = ["train", "--model", "mlp", "--data", "synthetic", "--batch-size", "128", "--epochs", "8",
         "--quiet", "--augment", "0"]
 
 
-def env(delay="0"):
+def env(delay="0", cache=None):
     e = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_ENABLE_X64")}
     e["JAXBP_CHECKPOINT_WRITE_DELAY"] = delay  # widen the write window so kills land inside it
+    if cache:  # JAX's persistent compilation cache: the 21 processes compile once (same results)
+        e.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     return e
 
 
-def jaxbp(run_dir, *extra, delay="0"):
+def jaxbp(run_dir, *extra, delay="0", cache=None):
     return subprocess.run([sys.executable, "-m", "jaxbp.cli", *ARGS, "--run-dir", run_dir, *extra],
-                          capture_output=True, text=True, env=env(delay), timeout=300)
+                          capture_output=True, text=True, env=env(delay, cache), timeout=300)
 
 
 def final_arrays(run_dir):
@@ -34,15 +37,15 @@ def final_arrays(run_dir):
 
 
 def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path):
-    reference = str(tmp_path / "reference")
-    assert jaxbp(reference).returncode == 0
+    reference, cache = str(tmp_path / "reference"), str(tmp_path / "jax_cache")
+    assert jaxbp(reference, cache=cache).returncode == 0
     ref_name, ref = final_arrays(reference)
     rng = random.Random(0)
     mid_write = 0
     for trial in range(10):
         run = str(tmp_path / f"trial{trial}")
         proc = subprocess.Popen([sys.executable, "-m", "jaxbp.cli", *ARGS, "--run-dir", run],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env("0.15"))
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env("0.15", cache))
         # Wait for the first complete checkpoint, then kill at a random later moment.
         deadline = time.time() + 120
         while not checkpoint.list_checkpoints(os.path.join(run, "checkpoints")) and time.time() < deadline:
@@ -51,7 +54,7 @@ def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         mid_write += bool(glob.glob(os.path.join(run, "checkpoints", ".tmp-*")))
-        r = jaxbp(run, "--resume")
+        r = jaxbp(run, "--resume", cache=cache)
         assert r.returncode == 0, r.stderr
         name, arrays = final_arrays(run)
         assert name == ref_name and arrays.keys() == ref.keys()

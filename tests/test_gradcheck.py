@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import pytest
 
 import jaxbp
-from jaxbp import gradcheck
+from jaxbp.tools import gradcheck
 from helpers import normal
 
 

@@ -65,7 +65,7 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
 def test_every_op_has_a_gradcheck_problem():
-    from jaxbp import gradcheck
+    from jaxbp.tools import gradcheck
     assert {c.op for c in jaxbp.ops.CHECKS.values()} == set(jaxbp.ops.__all__)
     assert {p[0] for p in gradcheck.op_problems(jnp.float64).values()} == set(jaxbp.ops.__all__)
 

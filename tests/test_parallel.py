@@ -23,14 +23,14 @@ def test_eight_devices_equal_one_device(model, dtype, tol):
     cfg = dict(model=model, dtype=dtype, batch_size=32, epochs=1)  # batch norm, dropout, shifts
     one = train.fit(Config(devices=1, **cfg), dataset=ds, quiet=True)
     eight = train.fit(Config(devices=8, **cfg), dataset=ds, quiet=True)
-    assert len(one["step_losses"]) == 20
-    np.testing.assert_allclose(eight["step_losses"], one["step_losses"], rtol=tol)
-    sharding = jax.tree.leaves(eight["state"].params)[0].sharding
+    assert len(one.step_losses) == 20
+    np.testing.assert_allclose(eight.step_losses, one.step_losses, rtol=tol)
+    sharding = jax.tree.leaves(eight.state.params)[0].sharding
     assert len(sharding.device_set) == 8 and sharding.is_fully_replicated
-    for a, b in zip(jax.tree.leaves(eight["state"]), jax.tree.leaves(one["state"]), strict=True):
+    for a, b in zip(jax.tree.leaves(eight.state), jax.tree.leaves(one.state), strict=True):
         a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
         assert np.linalg.norm(a - b) <= tol * max(np.linalg.norm(b), 1e-30)
-    assert eight["history"][0]["test_accuracy"] == pytest.approx(one["history"][0]["test_accuracy"])
+    assert eight.history[0]["test_accuracy"] == pytest.approx(one.history[0]["test_accuracy"])
 
 
 @needs8

@@ -8,6 +8,7 @@ import pytest
 
 from jaxbp import data, layers, train
 from jaxbp.train import Config, TrainState
+from jaxbp.train.loop import _check_finite
 
 
 def small_digits(n_train=320, n_test=100):
@@ -54,11 +55,11 @@ def test_resume_equals_straight_run_bitwise(tmp_path):
     straight = train.fit(Config(run_dir=str(tmp_path / "a"), **cfg), dataset=ds, quiet=True)
     train.fit(Config(run_dir=str(tmp_path / "b"), **cfg), dataset=ds, quiet=True, max_epochs=2)
     resumed = train.fit(Config(run_dir=str(tmp_path / "b"), resume=True, **cfg), dataset=ds, quiet=True)
-    for a, b in zip(jax.tree.leaves(straight["state"]), jax.tree.leaves(resumed["state"]), strict=True):
+    for a, b in zip(jax.tree.leaves(straight.state), jax.tree.leaves(resumed.state), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(l)["epoch"] for l in lines] == [1, 2, 3, 4]
-    assert [json.loads(l)["train_loss"] for l in lines] == [r["train_loss"] for r in straight["history"]]
+    assert [json.loads(l)["train_loss"] for l in lines] == [r["train_loss"] for r in straight.history]
 
 
 def test_run_directory_contents(tmp_path):
@@ -121,8 +122,8 @@ def test_batch_larger_than_data_is_an_error():
 @cpu_only
 def test_same_seed_gives_bitwise_identical_params():
     ds = small_digits(n_train=96)
-    a = train.fit(Config(epochs=1), dataset=ds, quiet=True)["state"]
-    b = train.fit(Config(epochs=1), dataset=ds, quiet=True)["state"]
+    a = train.fit(Config(epochs=1), dataset=ds, quiet=True).state
+    b = train.fit(Config(epochs=1), dataset=ds, quiet=True).state
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
@@ -133,22 +134,22 @@ def test_every_optimizer_lowers_the_loss(optimizer):
     lr = {"sgd": 0.1, "momentum": 0.05}.get(optimizer, 3e-3)
     r = train.fit(Config(model="mlp", epochs=3, optimizer=optimizer, lr=lr, warmup_epochs=0), dataset=ds,
                   quiet=True)
-    assert r["history"][-1]["train_loss"] < r["history"][0]["train_loss"]
+    assert r.history[-1]["train_loss"] < r.history[0]["train_loss"]
 
 
 def test_first_non_finite_step_and_quantity_are_named():
     t, f = jnp.bool_(True), jnp.bool_(False)
-    train._check_finite([(t, t), (t, t)], 40)  # all finite: no error
+    _check_finite([(t, t), (t, t)], 40)  # all finite: no error
     with pytest.raises(train.NonFiniteError, match="non-finite gradients at step 42"):
-        train._check_finite([(t, t), (t, f), (f, f)], 40)
+        _check_finite([(t, t), (t, f), (f, f)], 40)
     with pytest.raises(train.NonFiniteError, match="non-finite loss at step 41"):
-        train._check_finite([(f, t), (f, f)], 40)
+        _check_finite([(f, t), (f, f)], 40)
 
 
 def test_a_run_directory_holds_one_run(tmp_path):
     """The Python API keeps the rules of the command line: a used directory is
     refused unless overwrite=True; resume refuses a config that changes the run."""
-    from jaxbp import rundir
+    from jaxbp.train import rundir
     ds = small_digits(n_train=64)
     cfg = dict(model="mlp", epochs=1, run_dir=str(tmp_path))
     train.fit(Config(**cfg), dataset=ds, quiet=True)
@@ -164,7 +165,7 @@ def test_a_run_directory_holds_one_run(tmp_path):
 
 
 def test_curves_have_integer_epoch_ticks():
-    from jaxbp._plot import figure
+    from jaxbp.train.plot import figure
     history = [{"epoch": e, "train_loss": 1.0 / e, "test_loss": 1.2 / e, "test_accuracy": 0.5 + 0.1 * e}
                for e in (1, 2, 3)]
     fig = figure(history)

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from jaxbp import ops, train
-from jaxbp._bench import machine, paired_ratio, temp_bytes, timings
+from jaxbp.tools.timing import machine, paired_ratio, temp_bytes, timings
 
 FLAX_MISSING = "not measured: Flax is not installed (pip install -e '.[flax]')"
 INPUT_SHAPE = (1, 28, 28)  # MNIST-sized images, NCHW
@@ -42,10 +42,8 @@ def jaxbp_step(model, gradients, dtype, width, layout, algorithm, x, batch_norm=
     else:
         net = train.build_model(cfg, NUM_CLASSES)
     opt = optax.adam(1e-3)
-    params, state, key = train.init_state(net, cfg, x.shape[1:])
-    ts = train.TrainState(params, state, opt.init(params), jnp.zeros((), jnp.int32), key)
     step, _ = train.make_steps(net, opt, cfg)
-    return step, ts
+    return step, train.new_state(net, cfg, opt, x.shape[1:])
 
 
 def flax_step(model, dtype, width, x, batch_norm=True):

@@ -1,0 +1,26 @@
+"""Training: jitted steps built from jaxbp's ops, the epoch loop, run directories.
+
+    cfg = jaxbp.train.Config(model="cnn", epochs=10)
+    result = jaxbp.train.fit(cfg)          # also what `jaxbp train` runs
+
+One module per job, imports pointing down (loop → step → pipeline → parallel):
+
+    config.py      Config: every option's name, choices, default and help (the CLI is generated from it)
+    pipeline.py    the batches of an epoch, augmentation, evaluation batches
+    parallel.py    the device mesh, sharded batches, replicated state
+    step.py        model, optimizer, loss and one jitted train/eval step
+    loop.py        fit(): epochs, metrics, the non-finite guard, checkpoints, curves
+    rundir.py      one run per directory; what --resume may change
+    checkpoint.py  crash-safe checkpoints of any pytree
+    plot.py        curves.png
+"""
+from jaxbp.train.config import OPTIMIZERS, Config
+from jaxbp.train.loop import NonFiniteError, TrainingInterrupted, TrainResult, fit
+from jaxbp.train.parallel import fetch, make_mesh, replicate, shard_batch
+from jaxbp.train.pipeline import epoch_batches, evaluate, random_shift
+from jaxbp.train.step import (TrainState, build_model, build_optimizer, init_state, make_steps, new_state,
+                              regularizer)
+
+__all__ = ["OPTIMIZERS", "Config", "NonFiniteError", "TrainResult", "TrainState", "TrainingInterrupted",
+           "build_model", "build_optimizer", "epoch_batches", "evaluate", "fetch", "fit", "init_state",
+           "make_mesh", "make_steps", "new_state", "random_shift", "regularizer", "replicate", "shard_batch"]

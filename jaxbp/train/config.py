@@ -1,0 +1,102 @@
+"""The training configuration: one source for every option's name, type,
+choices, default and help text. ``jaxbp train``'s options are generated from
+it, and :meth:`Config.validate` checks a config built in Python by the same
+rules."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from jaxbp import data as data_lib, layers, precision
+from jaxbp.ops import DEFAULT_ALGORITHM
+
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
+
+
+class Rule(tuple):
+    """``(accept, expected)``: a value is valid when ``accept(value)``; ``expected``
+    says what is valid, for the error message."""
+
+
+def _number(cast, accept, expected):
+    return {"type": cast, "rule": Rule((lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+                                         and accept(v), expected))}
+
+
+POSITIVE_INT = {"type": int, "rule": Rule((lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+                                            "a positive integer"))}
+NONNEGATIVE_INT = {"type": int, "rule": Rule((lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                                               "an integer >= 0"))}
+POSITIVE_FLOAT = _number(float, lambda v: 0 < v < math.inf, "a positive finite number")
+NONNEGATIVE_FLOAT = _number(float, lambda v: 0 <= v < math.inf, "a number >= 0")
+RATE = _number(float, lambda v: 0 <= v < 1, "in [0, 1)")
+
+
+def option(default, help, **meta):
+    """A config field and its command-line option (``meta``: ``choices``, or a
+    ``type`` and ``rule``; ``cli=False`` for fields without an option)."""
+    return dataclasses.field(default=default, metadata={"help": help, **meta})
+
+
+@dataclasses.dataclass
+class Config:
+    model: str = option("cnn", "the network", choices=tuple(layers.MODELS))
+    data: str = option("digits", "the data set (digits are bundled; mnist/fashion-mnist need --data-dir)",
+                       choices=data_lib.DATASETS)
+    data_dir: str | None = option(None, "directory with the four IDX files (for mnist/fashion-mnist)")
+    epochs: int = option(60, "epochs of the whole run (with --resume: extends the run to this many)",
+                         **POSITIVE_INT)
+    batch_size: int = option(32, "examples per step", **POSITIVE_INT)
+    lr: float = option(3e-3, "peak learning rate (warm-up, then cosine decay)", **POSITIVE_FLOAT)
+    optimizer: str = option("adamw", "optax optimizer", choices=OPTIMIZERS)
+    weight_decay: float = option(1e-4, "decoupled for adamw; otherwise the L2 term R = (λ/2)Σ‖W‖² in the loss",
+                                 **NONNEGATIVE_FLOAT)
+    warmup_epochs: float = option(1.0, "linear warm-up of the learning rate, in epochs", **NONNEGATIVE_FLOAT)
+    seed: int = option(0, "initialization, dropout and data order", type=int)
+    gradients: str = option("custom", "hand-derived rules or their autodiff twins", choices=tuple(layers.GRADIENTS))
+    dtype: str = option("float32", "precision policy: compute dtype (parameters stay float32, or float64)",
+                        choices=precision.NAMES)
+    algorithm: str = option(DEFAULT_ALGORITHM, "conv2d algorithm", choices=("explicit", "implicit"))
+    layout: str = option("NHWC", "layout inside the CNN (input is NCHW either way)", choices=("NCHW", "NHWC"))
+    run_dir: str | None = option(None, "where config.json, metrics.jsonl, curves.png and checkpoints/ go; it "
+                                       "must be new or empty (default: a new runs/<time>-<model>-<data>, with "
+                                       "runs/latest pointing at it; with --resume: runs/latest)")
+    resume: bool = option(False, "continue the run in --run-dir from its newest checkpoint, with its config.json")
+    overwrite: bool = option(False, "start a new run in a --run-dir that holds one, deleting the old run first")
+    eval_batch_size: int = option(512, "examples per evaluation batch", **POSITIVE_INT)
+    augment: int = option(1, "random shifts of up to this many pixels (0: off)", **NONNEGATIVE_INT)
+    devices: int | None = option(None, "data-parallel over this many devices (default: all, of all processes)",
+                                 **POSITIVE_INT)
+    dropout: float = option(0.25, "dropout rate before the last dense layer", **RATE)
+
+    def validate(self):
+        """Raise ValueError naming the first bad field."""
+        import jax
+        for f in dataclasses.fields(self):
+            value, meta = getattr(self, f.name), f.metadata
+            if value is None and f.default is None:
+                continue
+            if "choices" in meta and value not in meta["choices"]:
+                raise ValueError(f"{f.name} must be one of {', '.join(meta['choices'])}, got {value!r}")
+            if "rule" in meta and not meta["rule"][0](value):
+                raise ValueError(f"{f.name} must be {meta['rule'][1]}, got {value!r}")
+        if self.devices is not None and self.devices > jax.device_count():
+            raise ValueError(f"devices must be at most the {jax.device_count()} available device(s), "
+                             f"got {self.devices!r}")
+        if self.batch_size % self.num_devices():
+            raise ValueError(f"batch_size must be a multiple of the {self.num_devices()} devices, "
+                             f"got {self.batch_size!r}")
+        self.policy()  # float64 without x64: a clear error
+        return self
+
+    def num_devices(self):
+        import jax
+        return jax.device_count() if self.devices is None else self.devices
+
+    def policy(self):
+        return precision.Policy.named(self.dtype)
+
+    def weight_decay_terms(self):
+        """``(decoupled, l2)``: AdamW decays weights itself; the other optimizers
+        get the derivation's term R = (λ/2)Σ‖W‖² in the loss. Decided here only."""
+        return (self.weight_decay, 0.0) if self.optimizer == "adamw" else (0.0, self.weight_decay)

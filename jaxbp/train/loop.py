@@ -1,0 +1,175 @@
+"""The training loop: epochs of jitted steps, evaluation, metrics, checkpoints.
+
+    result = jaxbp.train.fit(jaxbp.train.Config(model="cnn", epochs=10))
+    result.history[-1]["test_accuracy"]
+
+The data order is a function of ``(seed, epoch)`` and each step's randomness of
+``(seed, step)``, so a resumed run repeats an uninterrupted one exactly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+import typing
+
+import jax
+import numpy as np
+
+from jaxbp import data as data_lib
+from jaxbp.train import checkpoint, rundir
+from jaxbp.train.parallel import fetch, make_mesh, replicate, shard_batch
+from jaxbp.train.pipeline import epoch_batches, evaluate
+from jaxbp.train.step import build_model, build_optimizer, make_steps, new_state
+
+
+class TrainResult(typing.NamedTuple):
+    """What :func:`fit` returns."""
+    history: list             # one dict per epoch, as in metrics.jsonl
+    state: typing.Any         # the final TrainState (replicated over the devices)
+    test_accuracy: float | None
+    model: typing.Any         # the layers.Layer trained
+    step_losses: list         # the loss of every step of this call
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced a non-finite loss or gradient."""
+
+
+class TrainingInterrupted(Exception):
+    """Training was interrupted (Ctrl-C); says what was saved."""
+
+    def __init__(self, run_dir, saved):
+        self.run_dir, self.saved = run_dir, saved
+        what = (f"the checkpoint after epoch {saved['epoch']} ({saved['path']})" if saved
+                else "no checkpoint yet")
+        super().__init__(f"interrupted; saved: {what}")
+
+
+def _log(quiet, *args):
+    if not quiet:
+        print(*args, flush=True)
+
+
+def _prepare_run_dir(cfg, chief):
+    """The run-directory rules (jaxbp.train.rundir), checked before data loading and
+    compilation so that a mistake costs nothing."""
+    if not cfg.run_dir:
+        if cfg.resume:
+            raise ValueError("resume needs a run directory (--run-dir)")
+        return
+    if cfg.resume:
+        saved = rundir.read_config(cfg.run_dir)
+        for field, given, old in rundir.conflicts(saved, dataclasses.asdict(cfg))[:1]:
+            raise rundir.RunDirError(rundir.conflict_message(cfg.run_dir, field, given, old))
+        if chief:
+            rundir.check_writable(cfg.run_dir)
+    elif chief:
+        rundir.prepare_new(cfg.run_dir, cfg.overwrite)
+
+
+def fit(cfg, dataset=None, quiet=False, max_epochs=None):
+    """Train ``cfg.model`` on ``cfg.data``; return a :class:`TrainResult`.
+
+    ``max_epochs`` stops this call after that many epochs (the schedule still
+    spans ``cfg.epochs``), so a run can be done in pieces with ``resume``.
+
+    With ``cfg.run_dir``: writes ``config.json``, ``metrics.jsonl`` (one object
+    per epoch), ``curves.png`` and ``checkpoints/`` (after every epoch). The
+    directory must be new or empty (``cfg.overwrite`` replaces what is there).
+    With ``cfg.resume``: continues the run in ``cfg.run_dir`` from its newest
+    usable checkpoint; ``cfg`` must equal its ``config.json`` except in
+    :data:`jaxbp.train.rundir.MAY_CHANGE`.
+    Raises :class:`NonFiniteError` at the first non-finite step (the last
+    checkpoint stays the last good one) and :class:`TrainingInterrupted` on
+    Ctrl-C. ``quiet`` silences the per-epoch lines, not the final one.
+    """
+    cfg.validate()
+    chief = jax.process_index() == 0  # the one process that writes files
+    _prepare_run_dir(cfg, chief)
+    ds = dataset if dataset is not None else data_lib.load(cfg.data, cfg.data_dir, cfg.seed)
+    n = len(ds.x_train)
+    if cfg.batch_size > n:
+        raise ValueError(f"batch_size {cfg.batch_size} is larger than the training set ({n} examples)")
+    steps_per_epoch = n // cfg.batch_size
+    model = build_model(cfg, ds.num_classes)
+    optimizer = build_optimizer(cfg, steps_per_epoch)
+    ts = new_state(model, cfg, optimizer, ds.x_train.shape[1:])
+    mesh = make_mesh(cfg)
+    train_step, eval_step = make_steps(model, optimizer, cfg, mesh)
+
+    ckpt_dir = os.path.join(cfg.run_dir, "checkpoints") if cfg.run_dir else None
+    history, start_epoch, saved = [], 0, None
+    if cfg.resume:
+        ts, meta, path = checkpoint.restore_latest(ckpt_dir, jax.tree.map(fetch, ts))
+        start_epoch = meta["epoch"] + 1
+        saved = {"epoch": start_epoch, "path": path}
+        history = rundir.read_metrics(cfg.run_dir)[:start_epoch]
+        _log(quiet, f"resumed from {path} (epoch {start_epoch}, step {int(fetch(ts.step))})")
+    ts = replicate(ts, mesh)
+    if cfg.run_dir and chief:
+        rundir.write_json(os.path.join(cfg.run_dir, "config.json"), dataclasses.asdict(cfg))
+        rundir.write_metrics(cfg.run_dir, history)
+
+    from tqdm.auto import tqdm
+    t_start = time.perf_counter()
+    end_epoch = cfg.epochs if max_epochs is None else min(cfg.epochs, start_epoch + max_epochs)
+    # The bar is for a person at a terminal; a log gets the per-epoch lines only.
+    bar_off = quiet or not sys.stderr.isatty()
+    step_losses = []
+    try:
+        for epoch in range(start_epoch, end_epoch):
+            t0 = time.perf_counter()
+            batches = epoch_batches(n, cfg.batch_size, cfg.seed, epoch)
+            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=bar_off,
+                       file=sys.stderr, dynamic_ncols=True)
+            losses, finite = [], []
+            for i, idx in enumerate(bar):
+                ts, m = train_step(ts, *shard_batch(mesh, ds.x_train[idx], ds.y_train[idx]))
+                losses.append(m["loss"])
+                finite.append((m["loss_finite"], m["grads_finite"]))
+                if i % 10 == 9 or i == len(batches) - 1:  # one host sync per 10 steps
+                    _check_finite(finite, epoch * steps_per_epoch, saved)
+                    bar.set_postfix(loss=f"{np.mean([fetch(l) for l in losses[-10:]]):.4f}")
+            step_losses += [float(fetch(l)) for l in losses]
+            train_loss = float(np.mean(step_losses[-len(losses):]))
+            test_loss, test_acc = evaluate(eval_step, ts.params, ts.state, ds.x_test, ds.y_test,
+                                           cfg.eval_batch_size, mesh)
+            record = {"epoch": epoch + 1, "step": int(fetch(ts.step)), "train_loss": train_loss,
+                      "test_loss": test_loss, "test_accuracy": test_acc,
+                      "seconds": time.perf_counter() - t0}
+            history.append(record)
+            _log(quiet, f"epoch {epoch + 1:3d}/{cfg.epochs}  train_loss {train_loss:.4f}  "
+                        f"test_loss {test_loss:.4f}  test_acc {100 * test_acc:6.2f}%  {record['seconds']:.1f}s")
+            if cfg.run_dir and chief:
+                path = checkpoint.save(ckpt_dir, int(fetch(ts.step)), jax.tree.map(fetch, ts),
+                                       {"epoch": epoch})
+                saved = {"epoch": epoch + 1, "path": path}
+                rundir.write_metrics(cfg.run_dir, history)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(cfg.run_dir, saved) from None
+    finally:
+        if cfg.run_dir and chief and history[start_epoch:]:
+            from jaxbp.train.plot import plot_curves
+            plot_curves(history, os.path.join(cfg.run_dir, "curves.png"),
+                        title=f"{cfg.model} on {cfg.data}, {cfg.gradients} gradients")
+    final = history[-1] if history else {}
+    if chief:
+        print(f"final test accuracy {100 * final.get('test_accuracy', float('nan')):.2f}% "
+              f"({time.perf_counter() - t_start:.1f}s)", flush=True)
+    return TrainResult(history, ts, final.get("test_accuracy"), model, step_losses)
+
+
+def _check_finite(finite, first_step, saved=None):
+    """Raise at the first step (1-based, counted over the run) whose loss or
+    gradients are not finite, naming which and what was saved before it."""
+    flags = np.array([[fetch(a), fetch(b)] for a, b in finite], bool)  # (steps, 2): loss, gradients finite
+    bad = np.flatnonzero(~flags.all(axis=1))
+    if bad.size:
+        step = first_step + int(bad[0]) + 1
+        what = "loss" if not flags[bad[0], 0] else "gradients"
+        kept = (f"the checkpoint after epoch {saved['epoch']} ({saved['path']}) is the last good state"
+                if saved else "no checkpoint was written before it")
+        raise NonFiniteError(f"non-finite {what} at step {step}; {kept}; try a smaller --lr, "
+                             "or --debug-nans to locate it")

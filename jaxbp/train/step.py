@@ -1,0 +1,122 @@
+"""One train step and one evaluation step: model, optimizer, loss, update.
+
+A train step is one XLA computation: forward, the hand-derived (or autodiff)
+backward, and the optax update, with the state donated. Randomness is a
+function of ``(seed, step)``, so a resumed run repeats an uninterrupted one.
+"""
+from __future__ import annotations
+
+import typing
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxbp import layers
+from jaxbp.train.parallel import replicated
+from jaxbp.train.pipeline import random_shift
+
+
+class TrainState(typing.NamedTuple):
+    params: typing.Any
+    state: typing.Any      # e.g. batch-norm running statistics
+    opt_state: typing.Any
+    step: jax.Array        # int32 scalar
+    key: jax.Array         # raw uint32 PRNG key; the step's key is fold_in(key, step)
+
+
+def build_model(cfg, num_classes):
+    if cfg.model == "cnn":
+        return layers.cnn(num_classes, gradients=cfg.gradients, layout=cfg.layout,
+                          algorithm=cfg.algorithm, dropout=cfg.dropout)
+    return layers.mlp(num_classes, gradients=cfg.gradients, dropout=cfg.dropout)
+
+
+def is_weight(leaf):
+    """Weights are the matrices and kernels (rank ≥ 2), found by structure: not
+    biases, batch-norm scales or shifts (rank 1)."""
+    return jnp.ndim(leaf) >= 2
+
+
+def build_optimizer(cfg, steps_per_epoch):
+    total = cfg.epochs * steps_per_epoch
+    warmup = min(int(cfg.warmup_epochs * steps_per_epoch), max(total - 1, 0))
+    lr = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, max(total, warmup + 1), cfg.lr * 1e-2)
+    decoupled, _ = cfg.weight_decay_terms()
+    if cfg.optimizer == "sgd":
+        return optax.sgd(lr)
+    if cfg.optimizer == "momentum":
+        return optax.sgd(lr, momentum=0.9, nesterov=True)
+    if cfg.optimizer == "adam":
+        return optax.adam(lr)
+    return optax.adamw(lr, weight_decay=decoupled, mask=lambda p: jax.tree.map(is_weight, p))
+
+
+def regularizer(params, weight_decay):
+    """docs/derivation.md §6: ``R = (λ/2) Σ ‖W‖²`` over weight matrices/kernels; its
+    gradient ``λW`` reaches the weights directly, never the logits."""
+    return 0.5 * weight_decay * sum(jnp.sum(p * p) for p in jax.tree.leaves(params) if is_weight(p))
+
+
+def init_state(model, cfg, input_shape):
+    """Parameters and state in the policy's parameter dtype, and the training key."""
+    key = jax.random.PRNGKey(cfg.seed)
+    init_key, train_key = jax.random.split(key)
+    _, params, state = model.init(init_key, (1,) + tuple(input_shape))
+    policy = cfg.policy()
+    return policy.stored(params), policy.stored(state), train_key
+
+
+def make_steps(model, optimizer, cfg, mesh=None):
+    """``train_step(ts, x, y) -> (ts, metrics)`` and ``eval_step(params, state, x, y, mask)``.
+
+    With ``mesh``, the batch arrives sharded along ``"batch"`` and the state stays
+    replicated; XLA inserts the all-reduces, so batch norm sees the global batch.
+    """
+    ops = layers.namespace(cfg.gradients)
+    policy = cfg.policy()
+    _, l2 = cfg.weight_decay_terms()
+
+    def logits_of(params, state, x, train, key=None):
+        logits, new_state = model.apply(policy.computed(params), state, policy.computed(x),
+                                        train=train, key=key)
+        return logits.astype(policy.output), new_state
+
+    def loss_fn(params, state, x, y, key):
+        shift_key, key = jax.random.split(key)
+        if cfg.augment:
+            x = random_shift(shift_key, x, cfg.augment)
+        logits, new_state = logits_of(params, state, x, True, key)
+        loss = ops.softmax_cross_entropy(logits, y).mean()
+        if l2:
+            loss = loss + regularizer(params, l2)
+        return loss, new_state
+
+    @partial(jax.jit, donate_argnums=0)
+    def train_step(ts, x, y):
+        key = jax.random.fold_in(ts.key, ts.step)
+        (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(ts.params, ts.state, x, y, key)
+        updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
+        params = optax.apply_updates(ts.params, updates)
+        if mesh is not None:
+            params, state, opt_state = jax.lax.with_sharding_constraint((params, state, opt_state),
+                                                                        replicated(mesh))
+        metrics = {"loss": loss, "loss_finite": jnp.isfinite(loss),
+                   "grads_finite": jnp.all(jnp.array([jnp.isfinite(g).all() for g in jax.tree.leaves(grads)]))}
+        return TrainState(params, state, opt_state, ts.step + 1, ts.key), metrics
+
+    @jax.jit
+    def eval_step(params, state, x, y, mask):
+        logits, _ = logits_of(params, state, x, False)
+        loss = ops.softmax_cross_entropy(logits, y)
+        correct = (jnp.argmax(logits, -1) == y)
+        return jnp.sum(loss * mask), jnp.sum(correct * mask)
+
+    return train_step, eval_step
+
+
+def new_state(model, cfg, optimizer, input_shape):
+    """The initial :class:`TrainState` (what ``jaxbp bench`` and ``fit`` start from)."""
+    params, state, key = init_state(model, cfg, input_shape)
+    return TrainState(params, state, optimizer.init(params), jnp.zeros((), jnp.int32), key)

@@ -1,0 +1,96 @@
+"""Layers and models (jaxbp.layers) and the precision policy they run under."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxbp import layers, precision
+from helpers import assert_close_trees, normal
+
+KEY = jax.random.PRNGKey(0)
+
+
+@pytest.mark.parametrize("layer,in_shape,out_shape,params", [
+    (layers.Dense(5), (2, 3), (2, 5), {"w": (5, 3), "b": (5,)}),
+    (layers.Dense(5, bias=False), (2, 3), (2, 5), {"w": (5, 3)}),
+    (layers.Conv2D(4, 3, 2, "SAME"), (2, 3, 7, 6), (2, 4, 4, 3), {"w": (4, 3, 3, 3), "b": (4,)}),
+    (layers.Conv2D(4, (3, 2), layout="NHWC", bias=False), (2, 7, 6, 3), (2, 7, 6, 4), {"w": (4, 3, 3, 2)}),
+    (layers.MaxPool2D(2), (2, 3, 8, 6), (2, 3, 4, 3), {}),
+    (layers.AvgPool2D(3, 1, 1, layout="NHWC"), (2, 5, 5, 3), (2, 5, 5, 3), {}),
+    (layers.BatchNorm(axis=1), (4, 3, 2, 2), (4, 3, 2, 2), {"gamma": (3,), "beta": (3,)}),
+    (layers.Flatten(), (2, 3, 4, 5), (2, 60), {}),
+    (layers.Activation("leaky_relu", negative_slope=0.2), (2, 3), (2, 3), {}),
+])
+def test_init_shapes_match_apply(layer, in_shape, out_shape, params):
+    shape, p, state = layer.init(KEY, in_shape)
+    assert tuple(shape) == out_shape
+    assert jax.tree.map(jnp.shape, p) == params
+    x = normal(1, in_shape, dtype=jnp.float32)[0]
+    y, _ = layer.apply(p, state, x, train=True)
+    assert y.shape == out_shape
+
+
+def test_param_names_number_each_kind():
+    model = layers.cnn(10)
+    assert [n for n, p in zip(layers.param_names(model), model.init(KEY, (2, 1, 8, 8))[1]) if p] == [
+        "conv1", "bn1", "conv2", "bn2", "dense1", "dense2"]
+
+
+@pytest.mark.parametrize("build", [lambda g: layers.cnn(10, gradients=g), lambda g: layers.mlp(10, gradients=g)])
+def test_custom_and_autodiff_models_agree(build):
+    """The same parameters through both namespaces: same outputs, gradients
+    within float64 rounding."""
+    x = normal(2, (4, 1, 8, 8))[0]
+    custom, twin = build("custom"), build("autodiff")
+    _, params, state = custom.init(KEY, x.shape)
+    params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+
+    def loss(model, p):
+        return jnp.sum(model.apply(p, state, x, train=True)[0] ** 2)
+
+    assert_close_trees(jax.grad(lambda p: loss(custom, p))(params), jax.grad(lambda p: loss(twin, p))(params),
+                       1e-10)
+
+
+def test_batch_norm_uses_running_statistics_in_evaluation():
+    layer = layers.BatchNorm(axis=1, momentum=0.5)
+    _, p, state = layer.init(KEY, (6, 3))
+    x = normal(3, (6, 3))[0] * 2 + 1
+    _, new = layer.apply(p, state, x, train=True)
+    np.testing.assert_allclose(new["mean"], 0.5 * np.asarray(x).mean(0), rtol=1e-12)
+    y1, _ = layer.apply(p, new, x[:1], train=False)
+    y6, _ = layer.apply(p, new, x, train=False)
+    np.testing.assert_allclose(y1, y6[:1], rtol=1e-12)  # an example's output does not depend on its batch
+
+
+def test_dropout_needs_a_key_and_scales():
+    layer = layers.Dropout(0.5)
+    x = jnp.ones((1000,))
+    with pytest.raises(ValueError, match="Dropout needs a PRNG key"):
+        layer.apply({}, {}, x, train=True)
+    y, _ = layer.apply({}, {}, x, train=True, key=KEY)
+    assert set(np.unique(np.asarray(y))) == {0.0, 2.0}
+    assert layer.apply({}, {}, x, train=False)[0] is x
+
+
+@pytest.mark.parametrize("name,params,compute,output", [("float32", "float32", "float32", "float32"),
+                                                        ("bfloat16", "float32", "bfloat16", "float32"),
+                                                        ("float64", "float64", "float64", "float64")])
+def test_precision_policy(name, params, compute, output):
+    policy = precision.Policy.named(name)
+    assert (policy.params, policy.compute, policy.output) == tuple(map(jnp.dtype, (params, compute, output)))
+    tree = {"w": jnp.ones((2, 2), jnp.float32)}
+    assert policy.stored(tree)["w"].dtype == policy.params and policy.computed(tree)["w"].dtype == policy.compute
+
+
+def test_bfloat16_model_computes_in_bfloat16_from_float32_params():
+    """Layers do not cast: an op promotes its arguments, so the policy casts the
+    parameters once, at the model's edge."""
+    model = layers.mlp(10, hidden=(8,))
+    _, params, state = model.init(KEY, (4, 1, 8, 8))
+    policy = precision.Policy.named("bfloat16")
+    x = normal(4, (4, 1, 8, 8), dtype=jnp.float32)[0]
+    y, _ = model.apply(policy.computed(params), state, policy.computed(x), train=True)
+    assert y.dtype == jnp.bfloat16
+    y32, _ = model.apply(params, state, policy.computed(x), train=True)
+    assert y32.dtype == jnp.float32  # float32 params promote a bfloat16 input, as JAX does
