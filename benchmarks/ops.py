@@ -33,13 +33,17 @@ def sizes(s):
     conv = {label: Check("conv2d", lambda n, x=(xh if "NHWC" in label else x), rest=(1, 1) if "SAME" not in label
                          else (2, "SAME"): n(x, w, (32,)) + rest, (0, 1, 2), c.kwargs)
             for label, c in CHECKS.items() if c.op == "conv2d"}
-    unary = {name: Check(name, lambda n: n(fmap), (0,)) for name in ("relu", "leaky_relu", "sigmoid", "tanh")}
+    unary = {label: Check(c.op, lambda n: n(fmap), (0,), c.kwargs) for label, c in CHECKS.items()
+             if c.op in ("relu", "leaky_relu", "sigmoid", "tanh", "gelu", "silu", "softmax", "log_softmax")}
     return {
         "dense": Check("dense", lambda n: n((256 * s, 512), (512, 512), (512,)), (0, 1, 2)),
         **conv, **unary,
         "max_pool2d": Check("max_pool2d", lambda n: n(fmap) + (2,), (0,)),
         "avg_pool2d": Check("avg_pool2d", lambda n: n(fmap) + (2,), (0,)),
         "batch_norm": Check("batch_norm", lambda n: n(fmap, fmap[1:2], fmap[1:2]), (0, 1, 2)),
+        "layer_norm": Check("layer_norm", lambda n: n(rows, rows[1:], rows[1:]), (0, 1, 2)),
+        "layer_norm axis 1": Check("layer_norm", lambda n: n(fmap, fmap[1:2], fmap[1:2]), (0, 1, 2), {"axis": 1}),
+        "dropout": Check("dropout", lambda n: n(fmap) + (0.3, jax.random.key(0)), (0,)),
         "softmax_cross_entropy": Check("softmax_cross_entropy",
                                        lambda n: n(logits) + (jnp.arange(logits[0]) % logits[1],), (0,)),
         "euclidean_loss": Check("euclidean_loss", lambda n: n(rows, rows), (0, 1)),

@@ -188,16 +188,16 @@ def Transpose(perm):
                       lambda p, x: x.transpose(perm), "transpose")
 
 
-def Dropout(rate):
-    """Zero each entry with probability ``rate`` in training, scaling the rest by
-    ``1/(1 − rate)``; identity in evaluation. Needs ``key`` when training."""
+def Dropout(rate, *, ops=custom_ops):
+    """``ops.dropout`` in training (zero each entry with probability ``rate``,
+    scale the rest by ``1/(1 − rate)``); identity in evaluation. Needs ``key``
+    when training."""
     def apply(params, state, x, *, train=False, key=None):
         if not train or rate == 0:
             return x, state
         if key is None:
             raise ValueError("Dropout needs a PRNG key when train=True (pass key=...)")
-        keep = jax.random.bernoulli(key, 1 - rate, x.shape)
-        return jnp.where(keep, x / (1 - rate), 0).astype(x.dtype), state
+        return ops.dropout(x, rate, key), state
 
     return Layer(lambda key, shape: (shape, {}, {}), apply, "dropout")
 
@@ -236,7 +236,7 @@ def mlp(num_classes=10, hidden=(256, 256), *, gradients="custom", activation="re
             body.append(BatchNorm(ops=ops))
         body.append(Activation(activation, ops=ops))
         if dropout:
-            body.append(Dropout(dropout))
+            body.append(Dropout(dropout, ops=ops))
     return serial(*body, Dense(num_classes, ops=ops, init="glorot"))
 
 
@@ -252,7 +252,7 @@ def cnn(num_classes=10, channels=(32, 64), *, gradients="custom", layout="NHWC",
                  BatchNorm(ops=ops, axis=axis), Activation("relu", ops=ops),
                  MaxPool2D(2, ops=ops, layout=layout)]
     body += [Flatten(), Dense(dense, ops=ops), Activation("relu", ops=ops)]
-    body += [Dropout(dropout)] if dropout else []
+    body += [Dropout(dropout, ops=ops)] if dropout else []
     body += [Dense(num_classes, ops=ops, init="glorot")]
     return serial(*body)
 

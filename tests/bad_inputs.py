@@ -3,6 +3,7 @@ the command line's (tests/test_cli.py). tools/error_table.py turns both into
 docs/errors.md, so the table and the tests cannot drift apart."""
 import os
 
+import jax
 import jax.numpy as jnp
 
 import jaxbp
@@ -94,6 +95,18 @@ OP_CASES = {
     "relu_integer": (lambda: jaxbp.relu(jnp.arange(3)), TypeError, r"z must have a floating dtype, got int"),
     "sigmoid_integer": (lambda: jaxbp.sigmoid(jnp.arange(3)), TypeError, r"z must have a floating dtype, got int"),
     "tanh_no_array": (lambda: jaxbp.tanh(0.5), TypeError, r"z must be an array, got float"),
+    "gelu_approximate_string": (lambda: jaxbp.gelu(x2, approximate="tanh"), TypeError,
+                                r"approximate must be a Python bool, got 'tanh'"),
+    "silu_integer": (lambda: jaxbp.silu(jnp.arange(3)), TypeError, r"z must have a floating dtype, got int"),
+    "softmax_axis_out_of_range": (lambda: jaxbp.softmax(x2, axis=2), ValueError,
+                                  r"axis must be in \[-2, 2\) for x of shape \(5, 4\), got 2"),
+    "log_softmax_axis_float": (lambda: jaxbp.log_softmax(x2, axis=1.0), TypeError, r"axis must be an int, got 1.0"),
+    "layer_norm_gamma_size": (lambda: jaxbp.layer_norm(x2, jnp.ones(5), jnp.ones(4)), ValueError,
+                              r"gamma must have shape \(4,\) \(one entry per feature of x \(5, 4\) along axis 1\), "
+                              r"got \(5,\)"),
+    "dropout_rate_one": (lambda: jaxbp.dropout(x2, 1.0, jax.random.key(0)), ValueError,
+                         r"rate must be in \[0, 1\), got 1.0"),
+    "dropout_key_not_a_key": (lambda: jaxbp.dropout(x2, 0.5, 0), TypeError, r"key must be a JAX PRNG key, got int"),
     "relu_list": (lambda: jaxbp.relu([1.0, 2.0]), TypeError, r"z must be an array, got list"),
 }
 

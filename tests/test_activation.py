@@ -7,22 +7,29 @@ import jaxbp
 from helpers import Case, gradient_test, normal
 
 OPS = {"relu": jaxbp.relu, "sigmoid": jaxbp.sigmoid, "tanh": jaxbp.tanh,
-       "leaky_relu": jaxbp.leaky_relu}
+       "leaky_relu": jaxbp.leaky_relu, "gelu": jaxbp.gelu, "silu": jaxbp.silu, "softmax": jaxbp.softmax,
+       "log_softmax": jaxbp.log_softmax}
 CASES = {name: Case(op, normal(i, (4, 5)), (0,)) for i, (name, op) in enumerate(OPS.items())}
 CASES["leaky_relu_slope_0.2"] = Case(jaxbp.leaky_relu, normal(9, (3, 2, 4)), (0,), {"negative_slope": 0.2})
+CASES["gelu_tanh"] = Case(jaxbp.gelu, normal(10, (3, 2, 4)), (0,), {"approximate": True})
+CASES["softmax_axis0"] = Case(jaxbp.softmax, normal(11, (3, 2, 4)), (0,), {"axis": 0})
+CASES["log_softmax_axis1"] = Case(jaxbp.log_softmax, normal(12, (3, 2, 4)), (0,), {"axis": 1})
 test_gradients = gradient_test(CASES)
 
 REFERENCE = {"relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid, "tanh": jnp.tanh,
-             "leaky_relu": jax.nn.leaky_relu}
+             "leaky_relu": jax.nn.leaky_relu, "gelu": lambda z: jax.nn.gelu(z, approximate=False),
+             "silu": jax.nn.silu, "softmax": jax.nn.softmax, "log_softmax": jax.nn.log_softmax}
 
 
 @pytest.mark.parametrize("name", list(OPS))
 def test_forward_and_gradient_equal_jax_nn_including_zero(name):
     z = jnp.array([-2.0, -0.5, 0.0, 0.5, 3.0])
     np.testing.assert_allclose(OPS[name](z), REFERENCE[name](z), rtol=1e-15)
-    grad = jax.grad(lambda z: OPS[name](z).sum())(z)
+    # Weighted, not a plain sum: softmax's outputs sum to 1, whose gradient is 0.
+    weights = jnp.array([1.0, -2.0, 3.0, 0.5, 1.5])
+    grad = jax.grad(lambda z: (OPS[name](z) * weights).sum())(z)
     # Equal up to float64 rounding: 1 − a·a vs JAX's own expression for tanh'.
-    np.testing.assert_allclose(grad, jax.grad(lambda z: REFERENCE[name](z).sum())(z), rtol=1e-13)
+    np.testing.assert_allclose(grad, jax.grad(lambda z: (REFERENCE[name](z) * weights).sum())(z), rtol=1e-13)
 
 
 def test_relu_derivative_at_zero_is_zero():
@@ -56,3 +63,10 @@ def test_nan_propagates_and_its_gradient_follows_jax_nn(name, impl):
     grad = jax.grad(lambda z: op(z)[:4].sum())(z)
     # (rtol: 1 − a·a vs JAX's own expression for tanh'; NaN must sit where JAX's does)
     np.testing.assert_allclose(grad, jax.grad(lambda z: REFERENCE[name](z)[:4].sum())(z), rtol=1e-13)
+
+
+def test_gelu_tanh_form_equals_jax_nn():
+    z = normal(13, (3, 4))[0]
+    np.testing.assert_allclose(jaxbp.gelu(z, approximate=True), jax.nn.gelu(z, approximate=True), rtol=1e-14)
+    np.testing.assert_allclose(jax.grad(lambda z: jaxbp.gelu(z, approximate=True).sum())(z),
+                               jax.grad(lambda z: jax.nn.gelu(z, approximate=True).sum())(z), rtol=1e-13)

@@ -93,3 +93,21 @@ def test_low_precision_keeps_dtypes_and_is_finite(dtype):
     grads = jax.grad(lambda *a: jaxbp.batch_norm(*a)[0].astype(jnp.float32).sum(), (0, 1, 2))(x, gamma, beta)
     for g, p in zip(grads, (x, gamma, beta)):
         assert g.dtype == p.dtype and bool(jnp.isfinite(g.astype(jnp.float32)).all())
+
+
+def ln_case(seed, shape, axis=-1):
+    d = shape[axis]
+    x, gamma, beta = normal(seed, shape, (d,), (d,))
+    return Case(jaxbp.layer_norm, (3 * x + 1, gamma, beta), (0, 1, 2), {"axis": axis})
+
+
+LN_CASES = {"rows": ln_case(20, (5, 6)), "tokens": ln_case(21, (2, 3, 4)), "axis1": ln_case(22, (3, 4, 2), axis=1)}
+test_layer_norm_gradients = gradient_test(LN_CASES)
+
+
+def test_layer_norm_equals_formula():
+    x, gamma, beta = LN_CASES["tokens"].args
+    x_ = np.asarray(x)
+    ref = (x_ - x_.mean(-1, keepdims=True)) / np.sqrt(x_.var(-1, keepdims=True) + 1e-5) * np.asarray(gamma) \
+        + np.asarray(beta)
+    np.testing.assert_allclose(jaxbp.layer_norm(x, gamma, beta), ref, rtol=1e-12, atol=1e-12)

@@ -26,6 +26,12 @@ CASES = {
     "softmax_cross_entropy": Case(jaxbp.softmax_cross_entropy, (x2, jnp.abs(x2[::-1])), (0, 1)),
     "euclidean_loss": Case(jaxbp.euclidean_loss, (x2, x2[::-1]), (0, 1)),
     "mse": Case(jaxbp.mse, (x2, x2[::-1]), (0, 1)),
+    "gelu": Case(jaxbp.gelu, (x2,), (0,)),
+    "silu": Case(jaxbp.silu, (x2,), (0,)),
+    "softmax": Case(jaxbp.softmax, (x2,), (0,)),
+    "log_softmax": Case(jaxbp.log_softmax, (x2,), (0,), {"axis": 0}),
+    "layer_norm": Case(jaxbp.layer_norm, (x2, w2[0], w2[1]), (0, 1, 2)),
+    "dropout": Case(jaxbp.dropout, (x2, 0.5, jax.random.key(0)), (0,)),
 }
 
 

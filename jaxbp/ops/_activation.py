@@ -1,10 +1,13 @@
-"""Elementwise activations ``a = f(z)``, backward ``δz = δa ⊙ f'(z)``.
-
-docs/derivation.md §2 (``δz^l = δa^l ⊙ f'(z^l)``, from the source's "DNN"). Each saves the smallest
-residual that determines ``f'(z)``: a boolean mask for the piecewise-linear
-ones, the output ``a`` for sigmoid (``f' = a(1 − a)``) and tanh (``f' = 1 − a²``).
+"""Activations. Elementwise ``a = f(z)``, backward ``δz = δa ⊙ f'(z)``
+(docs/derivation.md §2, from the source's "DNN"); softmax and log-softmax along
+an axis (§9). Each saves the smallest residual that determines the backward
+pass: a boolean mask for the piecewise-linear ones, the output ``a`` for
+sigmoid (``f' = a(1 − a)``), tanh (``f' = 1 − a²``) and the softmaxes, the
+input for GELU and SiLU.
 """
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -106,5 +109,113 @@ def leaky_relu(z, negative_slope=0.01):
     return _leaky_relu(z, negative_slope=_checks.number("negative_slope", negative_slope))
 
 
-__all__ = ["relu", "leaky_relu", "sigmoid", "tanh"]
+
+_SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+
+
+def _gelu_forward(z, *, approximate):
+    if approximate:  # 0.5 z (1 + tanh(√(2/π) (z + 0.044715 z³)))
+        return 0.5 * z * (1 + jnp.tanh(_SQRT_2_OVER_PI * (z + 0.044715 * z ** 3))), (z,)
+    return 0.5 * z * (1 + lax.erf(z / math.sqrt(2))), (z,)  # z Φ(z)
+
+
+def _gelu_backward(res, g, *, approximate):
+    (z,) = res
+    if approximate:
+        t = jnp.tanh(_SQRT_2_OVER_PI * (z + 0.044715 * z ** 3))
+        return (g * (0.5 * (1 + t) + 0.5 * z * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * z * z)),)
+    cdf = 0.5 * (1 + lax.erf(z / math.sqrt(2)))
+    pdf = jnp.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+    return (g * (cdf + z * pdf),)  # Φ(z) + z φ(z)
+
+
+def _silu_forward(z):
+    return z * jax.nn.sigmoid(z), (z,)
+
+
+def _silu_backward(res, g):
+    (z,) = res
+    s = jax.nn.sigmoid(z)
+    return (g * s * (1 + z * (1 - s)),)  # σ(z) (1 + z (1 − σ(z)))
+
+
+def _softmax_forward(z, *, axis):
+    a = jnp.exp(z - lax.stop_gradient(z.max(axis=axis, keepdims=True)))
+    a = a / a.sum(axis=axis, keepdims=True)
+    return a, (a,)
+
+
+def _softmax_backward(res, g, *, axis):
+    (a,) = res
+    return (a * (g - (g * a).sum(axis=axis, keepdims=True)),)  # a ⊙ (δa − Σ δa ⊙ a)
+
+
+def _log_softmax_forward(z, *, axis):
+    shifted = z - lax.stop_gradient(z.max(axis=axis, keepdims=True))
+    a = shifted - jnp.log(jnp.exp(shifted).sum(axis=axis, keepdims=True))
+    return a, (a,)
+
+
+def _log_softmax_backward(res, g, *, axis):
+    (a,) = res
+    return (g - jnp.exp(a) * g.sum(axis=axis, keepdims=True),)  # δa − softmax(z) Σ δa
+
+
+_gelu = Rule(_gelu_forward, _gelu_backward)
+_silu = Rule(_silu_forward, _silu_backward)
+_softmax = Rule(_softmax_forward, _softmax_backward)
+_log_softmax = Rule(_log_softmax_forward, _log_softmax_backward)
+
+
+@op
+def gelu(z, approximate=False):
+    """GELU, ``z Φ(z)`` (``Φ`` the standard normal CDF), or with
+    ``approximate=True`` its tanh form (PyTorch's ``approximate="tanh"``;
+    ``jax.nn.gelu``'s default). Backward (docs/derivation.md §9)
+    ``δz = δa ⊙ (Φ(z) + z φ(z))``, or the derivative of the tanh form.
+
+    Args: z: any shape, floating; approximate: a Python bool. Saves ``z``.
+    """
+    _checks.floating("z", z)
+    if not isinstance(approximate, bool):
+        raise TypeError(f"approximate must be a Python bool, got {approximate!r}")
+    return _gelu(z, approximate=approximate)
+
+
+@op
+def silu(z):
+    """SiLU (swish), ``z σ(z)``; backward (docs/derivation.md §9)
+    ``δz = δa ⊙ σ(z) (1 + z (1 − σ(z)))``.
+
+    Args: z: any shape, floating. Saves ``z``.
+    """
+    _checks.floating("z", z)
+    return _silu(z)
+
+
+@op
+def softmax(z, axis=-1):
+    """``a = e^{z} / Σ e^{z}`` along ``axis`` (stable: the maximum is subtracted);
+    backward (docs/derivation.md §9) ``δz = a ⊙ (δa − Σ δa ⊙ a)``.
+
+    Args: z: at least 1-D, floating; axis: an int. Saves the output ``a``.
+    """
+    _checks.floating("z", z)
+    return _softmax(z, axis=_checks.axis("axis", axis, z))
+
+
+@op
+def log_softmax(z, axis=-1):
+    """``a = z − log Σ e^{z}`` along ``axis`` (stable); backward
+    (docs/derivation.md §9) ``δz = δa − softmax(z) Σ δa``.
+
+    Args: z: at least 1-D, floating; axis: an int. Saves the output ``a``.
+    """
+    _checks.floating("z", z)
+    return _log_softmax(z, axis=_checks.axis("axis", axis, z))
+
+
+__all__ = ["relu", "leaky_relu", "sigmoid", "tanh", "gelu", "silu", "softmax", "log_softmax"]
 CHECKS = {name: Check(name, lambda n: n((3, 4, 6, 5)), (0,)) for name in __all__}
+CHECKS["gelu approximate"] = Check("gelu", lambda n: n((3, 4, 6, 5)), (0,), {"approximate": True})
+CHECKS["softmax axis 1"] = Check("softmax", lambda n: n((3, 4, 6, 5)), (0,), {"axis": 1})

@@ -65,3 +65,12 @@ def promote(*arrays):
     float32). Each gradient has its own argument's dtype. ``None`` stays ``None``."""
     dtype = jnp.result_type(*(a for a in arrays if a is not None))
     return tuple(None if a is None else a.astype(dtype) for a in arrays)
+
+
+def axis(name, value, x):
+    """Require an int in ``[-x.ndim, x.ndim)``; return it as a non-negative axis."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if not -x.ndim <= value < x.ndim:
+        raise ValueError(f"{name} must be in [-{x.ndim}, {x.ndim}) for x of shape {tuple(x.shape)}, got {value}")
+    return int(value) % x.ndim
