@@ -145,10 +145,8 @@ def BatchNorm(*, ops=custom_ops, momentum=0.9, eps=1e-5, axis=1):
             new = {"mean": momentum * state["mean"] + (1 - momentum) * mean,
                    "var": momentum * state["var"] + (1 - momentum) * var}
             return y, new
-        shape = [-1 if a == axis % x.ndim else 1 for a in range(x.ndim)]
-        scale = params["gamma"] * jax.lax.rsqrt(state["var"] + eps)
-        shift = params["beta"] - state["mean"] * scale
-        return (x * scale.reshape(shape).astype(x.dtype) + shift.reshape(shape).astype(x.dtype)), state
+        y = ops.batch_norm_eval(x, params["gamma"], params["beta"], state["mean"], state["var"], eps, axis=axis)
+        return y.astype(x.dtype), state
 
     return Layer(init, apply, "bn")
 

@@ -10,6 +10,8 @@ CASES = {
     "basic": Case(jaxbp.dense, normal(0, (5, 4), (3, 4), (3,)), (0, 1, 2)),
     "batch1": Case(jaxbp.dense, normal(1, (1, 6), (2, 6), (2,)), (0, 1, 2)),
     "no_bias": Case(jaxbp.dense, normal(2, (4, 3), (5, 3)) + (None,), (0, 1)),
+    "tokens": Case(jaxbp.dense, normal(5, (2, 3, 4), (5, 4), (5,)), (0, 1, 2)),   # (N, L, in)
+    "one_vector": Case(jaxbp.dense, normal(6, (4,), (3, 4), (3,)), (0, 1, 2)),   # (in,)
 }
 test_gradients = gradient_test(CASES)
 test_sharded = sharded_test({"batch8": Case(jaxbp.dense, normal(3, (8, 4), (3, 4), (3,)), (0, 1, 2))})

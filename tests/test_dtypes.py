@@ -20,6 +20,7 @@ OPS = {
     "dense": (jaxbp.dense, [(4, 3), (2, 3), (2,)], {}, False),
     "batch_norm": (jaxbp.batch_norm, [(4, 3), (3,), (3,)], {}, False),
     "layer_norm": (jaxbp.layer_norm, [(4, 3), (3,), (3,)], {}, False),
+    "batch_norm_eval": (jaxbp.batch_norm_eval, [(4, 3), (3,), (3,), (3,), (3,)], {}, False),
     "softmax_cross_entropy": (jaxbp.softmax_cross_entropy, [(4, 3), (4, 3)], {}, True),
     "euclidean_loss": (jaxbp.euclidean_loss, [(4, 3), (4, 3)], {}, True),
     "mse": (jaxbp.mse, [(4, 3), (4, 3)], {}, True),

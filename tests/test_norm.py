@@ -111,3 +111,27 @@ def test_layer_norm_equals_formula():
     ref = (x_ - x_.mean(-1, keepdims=True)) / np.sqrt(x_.var(-1, keepdims=True) + 1e-5) * np.asarray(gamma) \
         + np.asarray(beta)
     np.testing.assert_allclose(jaxbp.layer_norm(x, gamma, beta), ref, rtol=1e-12, atol=1e-12)
+
+
+BN_RANKS = {"ncl": bn_case(30, (3, 2, 5)), "ncdhw": bn_case(31, (2, 2, 3, 2, 2)), "nlc": bn_case(32, (3, 4, 2), axis=-1)}
+test_batch_norm_any_rank = gradient_test(BN_RANKS, composition=["ncl"])
+
+
+def eval_case(seed, shape, axis=1):
+    c = shape[axis]
+    x, gamma, beta, mean, v = normal(seed, shape, (c,), (c,), (c,), (c,))
+    return Case(jaxbp.batch_norm_eval, (x, gamma, beta, mean, 1 + v * v), (0, 1, 2, 3, 4), {"axis": axis})
+
+
+EVAL_CASES = {"nchw": eval_case(40, (2, 3, 4, 4)), "nd": eval_case(41, (5, 3)), "nhwc": eval_case(42, (2, 3, 3, 4), 3)}
+test_batch_norm_eval_gradients = gradient_test(EVAL_CASES)
+
+
+def test_batch_norm_eval_equals_formula_and_the_layer_uses_it():
+    from jaxbp import layers
+    x, gamma, beta, mean, var = EVAL_CASES["nchw"].args
+    f = lambda v: np.asarray(v).reshape(1, -1, 1, 1)
+    ref = (np.asarray(x) - f(mean)) / np.sqrt(f(var) + 1e-5) * f(gamma) + f(beta)
+    np.testing.assert_allclose(jaxbp.batch_norm_eval(x, gamma, beta, mean, var), ref, rtol=1e-12, atol=1e-12)
+    y, _ = layers.BatchNorm().apply({"gamma": gamma, "beta": beta}, {"mean": mean, "var": var}, x, train=False)
+    np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)

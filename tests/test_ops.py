@@ -31,6 +31,8 @@ CASES = {
     "softmax": Case(jaxbp.softmax, (x2,), (0,)),
     "log_softmax": Case(jaxbp.log_softmax, (x2,), (0,), {"axis": 0}),
     "layer_norm": Case(jaxbp.layer_norm, (x2, w2[0], w2[1]), (0, 1, 2)),
+    "batch_norm_eval": Case(jaxbp.batch_norm_eval, (x2, w2[0], w2[1], b2[:1].repeat(3), 1 + w2[1] ** 2),
+                            (0, 1, 2, 3, 4)),
     "dropout": Case(jaxbp.dropout, (x2, 0.5, jax.random.key(0)), (0,)),
 }
 

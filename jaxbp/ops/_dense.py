@@ -8,6 +8,10 @@ docs/derivation.md §1 (the source's "DNN"). One sample is a column vector, ``z 
     δX = δZ W        (N, in)
     δW = δZᵀ X       (out, in)
     δb = Σ_rows δZ   (out,)
+
+Leading dimensions other than one batch axis (``x`` of shape ``(..., in)``,
+e.g. tokens of a sequence) are rows too: the rules hold for ``X`` reshaped to
+``(rows, in)``.
 """
 from __future__ import annotations
 
@@ -18,12 +22,13 @@ from jaxbp.ops._recipe import Check, Rule, op
 def _forward(x, w, b):
     z = x @ w.T
     # Residuals: the inputs of the backward pass's matmuls.
-    return (z if b is None else z + b[None, :]), (x, w)
+    return (z if b is None else z + b.reshape((1,) * (z.ndim - 1) + b.shape)), (x, w)
 
 
 def _backward(res, g):
     x, w = res
-    return g @ w, g.T @ x, g.sum(axis=0)  # δX, δW, δb (dropped when b is None)
+    rows, rows_x = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])  # (..., k) -> (rows, k)
+    return g @ w, rows.T @ rows_x, rows.sum(axis=0)  # δX, δW, δb (dropped when b is None)
 
 
 _rule = Rule(_forward, _backward)
@@ -37,19 +42,20 @@ def dense(x, w, b=None):
     ``δW = δZᵀ X``, ``δb = Σ_rows δZ``. Saves ``x`` and ``w``.
 
     Args:
-      x: ``(N, in)`` inputs, one sample per row.
+      x: ``(..., in)`` inputs, one sample per row (any leading dimensions).
       w: ``(out, in)`` weights.
       b: ``(out,)`` bias, or ``None``.
 
     Returns:
-      ``(N, out)``.
+      ``(..., out)``.
     """
     for name, a in (("x", x), ("w", w)) + ((("b", b),) if b is not None else ()):
         _checks.floating(name, a)
-    _checks.rank("x", x, 2, "N, in")
+    if x.ndim < 1:
+        raise ValueError(f"x must have at least one axis (..., in), got shape {tuple(x.shape)}")
     _checks.rank("w", w, 2, "out, in")
-    if w.shape[1] != x.shape[1]:
-        raise ValueError(f"w must have shape (out, {x.shape[1]}) to match x of shape "
+    if w.shape[1] != x.shape[-1]:
+        raise ValueError(f"w must have shape (out, {x.shape[-1]}) to match x of shape "
                          f"{tuple(x.shape)}, got {tuple(w.shape)}")
     if b is not None:
         _checks.shape("b", b, (w.shape[0],), "one entry per output of w")

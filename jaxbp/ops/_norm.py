@@ -123,16 +123,17 @@ def batch_norm(x, gamma, beta, eps=1e-5, *, axis=1, axis_name=None):
     of the returned statistics. Saves ``x̂`` and ``1/s`` (statistics dtype).
 
     Args:
-      x: ``(N, D)`` or ``(N, C, H, W)``; ``axis`` (default 1) is the feature
-        axis, the others are reduced (use ``axis=3`` for NHWC).
+      x: ``(N, D)``, ``(N, C, L)``, ``(N, C, H, W)`` or ``(N, C, D, H, W)``;
+        ``axis`` (default 1) is the feature axis, the others are reduced (use
+        ``axis=-1`` for channels-last).
       gamma, beta: ``(D,)`` / ``(C,)`` scale and shift.
       eps: a Python number added to the variance.
       axis_name: inside ``shard_map``, the mesh axis the batch is split over:
         the statistics and the batch sums of the backward pass are ``psum``-ed
         over it, so they are those of the global batch, and the gradients are
         those of the total loss (the sum of the devices' losses, differentiated
-        outside ``shard_map``). The ``gamma``/``beta`` cotangents are this
-        device's share; ``shard_map`` sums them for replicated inputs. Under
+        outside ``shard_map``). The ``gamma``/``beta`` cotangents are summed
+        over the mesh axis where they are replicated. Under
         plain ``jit`` with a sharded batch leave it ``None``: XLA already
         reduces globally.
 
@@ -144,7 +145,7 @@ def batch_norm(x, gamma, beta, eps=1e-5, *, axis=1, axis_name=None):
     """
     for name, a in (("x", x), ("gamma", gamma), ("beta", beta)):
         _checks.floating(name, a)
-    _checks.rank("x", x, (2, 4), "N, D or N, C, H, W")
+    _checks.rank("x", x, (2, 3, 4, 5), "N, D or N, C with up to three spatial axes")
     if not isinstance(axis, int) or not -x.ndim <= axis < x.ndim:
         raise ValueError(f"axis must be an int in [-{x.ndim}, {x.ndim}), got {axis!r}")
     axis %= x.ndim
@@ -155,6 +156,57 @@ def batch_norm(x, gamma, beta, eps=1e-5, *, axis=1, axis_name=None):
         raise ValueError(f"eps must be >= 0, got {eps}")
     return _rule(*_checks.promote(x, gamma, beta), eps=eps, axis=axis, axis_name=axis_name)
 
+
+
+def _eval_forward(x, gamma, beta, mean, var, *, eps, axis):
+    """Inference mode: the given statistics, an affine map of x."""
+    dtype = _stat_dtype(x.dtype)
+    inv_std = lax.rsqrt(_feature(var, x, axis).astype(dtype) + eps)
+    x_hat = (x.astype(dtype) - _feature(mean, x, axis).astype(dtype)) * inv_std
+    y = x_hat * _feature(gamma, x, axis) + _feature(beta, x, axis)
+    return y.astype(x.dtype), saved(x_hat, inv_std, gamma)
+
+
+def _eval_backward(res, g, *, eps, axis):
+    x_hat, inv_std, gamma = res
+    g = g.astype(x_hat.dtype)
+    red = tuple(a for a in range(x_hat.ndim) if a != axis)
+    gamma_s = _feature(gamma, x_hat, axis).astype(x_hat.dtype) * inv_std   # γ/s
+    dbeta, dgamma = g.sum(axis=red), (g * x_hat).sum(axis=red)
+    inv_s = inv_std.reshape(-1)
+    dmean = -gamma * dbeta * inv_s                           # δμ = −γ/s Σ δy
+    dvar = -0.5 * gamma * dgamma * inv_s * inv_s            # δσ² = −γ/(2s²) Σ δy ⊙ x̂
+    return g * gamma_s, dgamma, dbeta, dmean, dvar
+
+
+_eval = Rule(_eval_forward, _eval_backward)
+
+
+@op
+def batch_norm_eval(x, gamma, beta, mean, var, eps=1e-5, *, axis=1):
+    """Batch normalization in inference mode, with given statistics (PyTorch's
+    ``F.batch_norm(..., training=False)``): ``y = γ ⊙ (x − μ)/√(σ² + ε) + β``.
+
+    Backward (docs/derivation.md §9): ``δx = δy ⊙ γ/s``, ``δγ = Σ δy ⊙ x̂``,
+    ``δβ = Σ δy``, ``δμ = −(γ/s) Σ δy``, ``δσ² = −(γ/(2s²)) Σ δy ⊙ x̂``
+    (sums over every axis but ``axis``). Saves ``x̂``, ``1/s`` and ``γ``.
+
+    Args:
+      x: ``(N, C, ...)`` (rank 2 to 5); ``axis`` (default 1) is the feature axis.
+      gamma, beta, mean, var: ``(C,)``.
+      eps: a Python number added to the variance.
+    """
+    names = ("x", "gamma", "beta", "mean", "var")
+    for name, a in zip(names, (x, gamma, beta, mean, var)):
+        _checks.floating(name, a)
+    _checks.rank("x", x, (2, 3, 4, 5), "N, D or N, C with up to three spatial axes")
+    axis = _checks.axis("axis", axis, x)
+    for name, a in zip(names[1:], (gamma, beta, mean, var)):
+        _checks.shape(name, a, (x.shape[axis],), f"one entry per feature of x {tuple(x.shape)}")
+    eps = _checks.number("eps", eps)
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    return _eval(*_checks.promote(x, gamma, beta, mean, var), eps=eps, axis=axis)
 
 
 def _layer_norm_forward(x, gamma, beta, *, eps, axis):
@@ -214,7 +266,10 @@ def layer_norm(x, gamma, beta, eps=1e-5, *, axis=-1):
     return _layer_norm(*_checks.promote(x, gamma, beta), eps=eps, axis=axis)
 
 
-__all__ = ["batch_norm", "layer_norm"]
+__all__ = ["batch_norm", "batch_norm_eval", "layer_norm"]
 CHECKS = {"batch_norm": Check("batch_norm", lambda n: n((3, 4, 6, 5), (4,), (4,)), (0, 1, 2)),
+          "batch_norm NCL": Check("batch_norm", lambda n: n((3, 4, 5), (4,), (4,)), (0, 1, 2)),
+          "batch_norm_eval": Check("batch_norm_eval", lambda n: n((3, 4, 6, 5), (4,), (4,), (4,))
+                                   + (1.0 + n((4,))[0] ** 2,), (0, 1, 2, 3, 4)),
           "layer_norm": Check("layer_norm", lambda n: n((3, 4, 6, 5), (5,), (5,)), (0, 1, 2)),
           "layer_norm axis 1": Check("layer_norm", lambda n: n((3, 4, 6), (4,), (4,)), (0, 1, 2), {"axis": 1})}
