@@ -65,6 +65,12 @@ def _total(c, axis_name):
     return lax.psum(c, axis_name) if axis_name is not None and axis_name in varying(c) else c
 
 
+def _scale_shift(x, x_hat, inv_std, gamma, beta, axis):
+    """``y = γ ⊙ x̂ + β`` in x's dtype, and the residuals every norm saves: x̂, 1/s, γ."""
+    y = x_hat * _feature(gamma, x, axis) + _feature(beta, x, axis)
+    return y.astype(x.dtype), saved(x_hat, inv_std, gamma)
+
+
 def _feature(v, x, axis):
     return v.reshape([-1 if a == axis else 1 for a in range(x.ndim)])
 
@@ -72,8 +78,8 @@ def _feature(v, x, axis):
 def _forward(x, gamma, beta, *, eps, axis, axis_name):
     """The forward ``(y, μ, σ²)``; residuals ``x̂``, ``1/s`` and ``γ`` (not ``x``)."""
     x_hat, inv_std, mean, var = _normalize(x, eps, axis, axis_name)
-    y = x_hat * _feature(gamma, x, axis) + _feature(beta, x, axis)
-    return (y.astype(x.dtype), mean.reshape(-1), var.reshape(-1)), saved(x_hat, inv_std, gamma)
+    y, residuals = _scale_shift(x, x_hat, inv_std, gamma, beta, axis)
+    return (y, mean.reshape(-1), var.reshape(-1)), residuals
 
 
 def _backward(res, cotangents, *, eps, axis, axis_name):
@@ -163,8 +169,7 @@ def _eval_forward(x, gamma, beta, mean, var, *, eps, axis):
     dtype = _stat_dtype(x.dtype)
     inv_std = lax.rsqrt(_feature(var, x, axis).astype(dtype) + eps)
     x_hat = (x.astype(dtype) - _feature(mean, x, axis).astype(dtype)) * inv_std
-    y = x_hat * _feature(gamma, x, axis) + _feature(beta, x, axis)
-    return y.astype(x.dtype), saved(x_hat, inv_std, gamma)
+    return _scale_shift(x, x_hat, inv_std, gamma, beta, axis)
 
 
 def _eval_backward(res, g, *, eps, axis):
@@ -215,9 +220,7 @@ def _layer_norm_forward(x, gamma, beta, *, eps, axis):
     mean = xs.mean(axis=axis, keepdims=True)
     c = xs - mean
     inv_std = lax.rsqrt((c * c).mean(axis=axis, keepdims=True) + eps)
-    x_hat = c * inv_std
-    y = x_hat * _feature(gamma, x, axis) + _feature(beta, x, axis)
-    return y.astype(x.dtype), saved(x_hat, inv_std, gamma)
+    return _scale_shift(x, c * inv_std, inv_std, gamma, beta, axis)
 
 
 def _layer_norm_backward(res, g, *, eps, axis):
