@@ -1,4 +1,5 @@
-"""Batch normalization in training mode (batch statistics).
+"""Batch normalization: ``batch_norm`` in training mode (batch statistics, below)
+and ``batch_norm_eval`` in inference mode (given statistics, §9).
 
 docs/derivation.md §5 (the source's "Batch Normalization"), statistics over the ``m`` positions
 of each feature (``m = N`` for ``(N, D)``, ``m = N·H·W`` for ``(N, C, H, W)``):
@@ -214,65 +215,8 @@ def batch_norm_eval(x, gamma, beta, mean, var, eps=1e-5, *, axis=1):
     return _eval(*_checks.promote(x, gamma, beta, mean, var), eps=eps, axis=axis)
 
 
-def _layer_norm_forward(x, gamma, beta, *, eps, axis):
-    """Statistics per example over the features along ``axis``; residuals x̂, 1/s, γ."""
-    xs = x.astype(_stat_dtype(x.dtype))
-    mean = xs.mean(axis=axis, keepdims=True)
-    c = xs - mean
-    inv_std = lax.rsqrt((c * c).mean(axis=axis, keepdims=True) + eps)
-    return _scale_shift(x, c * inv_std, inv_std, gamma, beta, axis)
-
-
-def _layer_norm_backward(res, g, *, eps, axis):
-    x_hat, inv_std, gamma = res
-    g = g.astype(x_hat.dtype)
-    others = tuple(a for a in range(x_hat.ndim) if a != axis)
-    d = x_hat.shape[axis]
-    # δγ = Σ δy ⊙ x̂, δβ = Σ δy over every example; δx̂ = γ δy does not factor
-    # out of the sums over features (γ varies along them), so they take δx̂.
-    dx_hat = g * _feature(gamma, x_hat, axis).astype(x_hat.dtype)
-    sum_d = dx_hat.sum(axis=axis, keepdims=True)
-    sum_dx = (dx_hat * x_hat).sum(axis=axis, keepdims=True)
-    dx = inv_std / d * (d * dx_hat - sum_d - x_hat * sum_dx)
-    return dx, (g * x_hat).sum(axis=others), g.sum(axis=others)
-
-
-_layer_norm = Rule(_layer_norm_forward, _layer_norm_backward)
-
-
-@op
-def layer_norm(x, gamma, beta, eps=1e-5, *, axis=-1):
-    """Layer normalization: ``y = γ ⊙ (x − μ)/√(σ² + ε) + β`` with ``μ``, ``σ²``
-    per example over the features along ``axis``.
-
-    Backward (docs/derivation.md §9: §5 with the roles of examples and features
-    swapped): ``δx = (1/(D·s)) (D·δx̂ − Σ_f δx̂ − x̂ ⊙ Σ_f δx̂ ⊙ x̂)``,
-    ``δx̂ = γ δy``, ``δγ = Σ_examples δy ⊙ x̂``, ``δβ = Σ_examples δy``.
-    Saves ``x̂``, ``1/s`` and ``γ``.
-
-    Args:
-      x: any shape with at least one axis; ``axis`` (default −1) holds the ``D`` features.
-      gamma, beta: ``(D,)``.
-      eps: a Python number added to the variance.
-
-    Returns:
-      ``y`` of ``x``'s shape, in the promoted dtype of ``x``, ``gamma``, ``beta``.
-    """
-    for name, a in (("x", x), ("gamma", gamma), ("beta", beta)):
-        _checks.floating(name, a)
-    axis = _checks.axis("axis", axis, x)
-    _checks.shape("gamma", gamma, (x.shape[axis],), f"one entry per feature of x {tuple(x.shape)} along axis {axis}")
-    _checks.shape("beta", beta, (x.shape[axis],), f"one entry per feature of x {tuple(x.shape)} along axis {axis}")
-    eps = _checks.number("eps", eps)
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
-    return _layer_norm(*_checks.promote(x, gamma, beta), eps=eps, axis=axis)
-
-
-__all__ = ["batch_norm", "batch_norm_eval", "layer_norm"]
+__all__ = ["batch_norm", "batch_norm_eval"]
 CHECKS = {"batch_norm": Check("batch_norm", lambda n: n((3, 4, 6, 5), (4,), (4,)), (0, 1, 2)),
           "batch_norm NCL": Check("batch_norm", lambda n: n((3, 4, 5), (4,), (4,)), (0, 1, 2)),
           "batch_norm_eval": Check("batch_norm_eval", lambda n: n((3, 4, 6, 5), (4,), (4,), (4,))
-                                   + (1.0 + n((4,))[0] ** 2,), (0, 1, 2, 3, 4)),
-          "layer_norm": Check("layer_norm", lambda n: n((3, 4, 6, 5), (5,), (5,)), (0, 1, 2)),
-          "layer_norm axis 1": Check("layer_norm", lambda n: n((3, 4, 6), (4,), (4,)), (0, 1, 2), {"axis": 1})}
+                                   + (1.0 + n((4,))[0] ** 2,), (0, 1, 2, 3, 4))}
