@@ -36,7 +36,8 @@ def test_param_names_number_each_kind():
         "conv1", "bn1", "conv2", "bn2", "dense1", "dense2"]
 
 
-@pytest.mark.parametrize("build", [lambda g: layers.cnn(10, gradients=g), lambda g: layers.mlp(10, gradients=g)])
+@pytest.mark.parametrize("build", [lambda g: layers.cnn(10, (4, 8), gradients=g, dense=16),
+                                   lambda g: layers.mlp(10, (16, 16), gradients=g)], ids=["cnn", "mlp"])
 def test_custom_and_autodiff_models_agree(build):
     """The same parameters through both namespaces: same outputs, gradients
     within float64 rounding."""

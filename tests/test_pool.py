@@ -74,7 +74,7 @@ def test_gradient_keeps_dtype(kind, dtype):
     assert jax.grad(lambda x: POOLS[kind](x, 2).astype(jnp.float32).sum())(x).dtype == dtype
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(kind=st.sampled_from(list(POOLS)), kh=st.integers(1, 3), kw=st.integers(1, 3),
        sh=st.integers(1, 3), sw=st.integers(1, 3), ph=st.integers(0, 2), pw=st.integers(0, 2),
        h=st.integers(3, 8), w=st.integers(3, 8), layout=st.sampled_from(["NCHW", "NHWC"]))
@@ -87,7 +87,7 @@ def test_property_random_configurations(kind, kh, kw, sh, sw, ph, pw, h, w, layo
     assert_twin(case)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(kind=st.sampled_from(list(POOLS)), k=st.tuples(st.integers(1, 4), st.integers(1, 4)),
        s=st.tuples(st.integers(1, 3), st.integers(1, 3)),
        p=st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 3), st.integers(0, 3)),
