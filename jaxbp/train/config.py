@@ -13,28 +13,24 @@ from jaxbp.ops import DEFAULT_ALGORITHM
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 
 
-class Rule(tuple):
-    """``(accept, expected)``: a value is valid when ``accept(value)``; ``expected``
-    says what is valid, for the error message."""
+def _rule(cast, accept, expected):
+    """An option of type ``cast`` whose value is valid when ``accept(value)``;
+    ``expected`` says what is valid, for the error message (CLI and validate)."""
+    kinds = (int,) if cast is int else (int, float)
+    return {"type": cast, "rule": (lambda v: isinstance(v, kinds) and not isinstance(v, bool) and accept(v),
+                                   expected)}
 
 
-def _number(cast, accept, expected):
-    return {"type": cast, "rule": Rule((lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-                                         and accept(v), expected))}
-
-
-POSITIVE_INT = {"type": int, "rule": Rule((lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
-                                            "a positive integer"))}
-NONNEGATIVE_INT = {"type": int, "rule": Rule((lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-                                               "an integer >= 0"))}
-POSITIVE_FLOAT = _number(float, lambda v: 0 < v < math.inf, "a positive finite number")
-NONNEGATIVE_FLOAT = _number(float, lambda v: 0 <= v < math.inf, "a number >= 0")
-RATE = _number(float, lambda v: 0 <= v < 1, "in [0, 1)")
+POSITIVE_INT = _rule(int, lambda v: v > 0, "a positive integer")
+NONNEGATIVE_INT = _rule(int, lambda v: v >= 0, "an integer >= 0")
+POSITIVE_FLOAT = _rule(float, lambda v: 0 < v < math.inf, "a positive finite number")
+NONNEGATIVE_FLOAT = _rule(float, lambda v: 0 <= v < math.inf, "a number >= 0")
+RATE = _rule(float, lambda v: 0 <= v < 1, "in [0, 1)")
 
 
 def option(default, help, **meta):
     """A config field and its command-line option (``meta``: ``choices``, or a
-    ``type`` and ``rule``; ``cli=False`` for fields without an option)."""
+    ``type`` and ``rule``)."""
     return dataclasses.field(default=default, metadata={"help": help, **meta})
 
 
