@@ -102,23 +102,24 @@ def Dense(features, *, ops=custom_ops, init="he", bias=True):
 
 
 def Conv2D(features, kernel, stride=1, padding="SAME", *, ops=custom_ops, init="he",
-           layout="NCHW", algorithm=custom_ops.DEFAULT_ALGORITHM, bias=True):
+           layout="NCHW", algorithm=custom_ops.DEFAULT_ALGORITHM, bias=True, dilation=1, groups=1):
     """``(N, C, H, W) -> (N, features, H', W')`` (channels last with ``layout="NHWC"``);
-    params ``w (features, C, FH, FW)``, ``b (features,)``."""
+    params ``w (features, C / groups, FH, FW)``, ``b (features,)``."""
     kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
     ch = 1 if layout == "NCHW" else 3
 
+    def conv(x, w, b):
+        return ops.conv2d(x, w, b, stride, padding, dilation, groups, layout=layout, algorithm=algorithm)
+
     def init_params(key, shape):
-        c = shape[ch]
-        w = INITIALIZERS[init](key, (features, c, kh, kw), c * kh * kw, features * kh * kw)
+        c = shape[ch] // groups
+        w = INITIALIZERS[init](key, (features, c, kh, kw), c * kh * kw, features // groups * kh * kw)
         params = {"w": w, "b": jnp.zeros((features,), jnp.float32)} if bias else {"w": w}
-        dummy = jax.ShapeDtypeStruct(shape, jnp.float32)
-        out = jax.eval_shape(lambda x: ops.conv2d(x, w, None, stride, padding, layout=layout), dummy)
+        out = jax.eval_shape(lambda x: conv(x, w, None), jax.ShapeDtypeStruct(shape, jnp.float32))
         return out.shape, params
 
     def apply(p, x):
-        return ops.conv2d(x, p["w"], p["b"] if bias else None, stride, padding, layout=layout,
-                          algorithm=algorithm)
+        return conv(x, p["w"], p.get("b"))
 
     return _stateless(init_params, apply, "conv")
 
@@ -172,6 +173,39 @@ def _pool(fn, window, stride, padding, layout, kind):
         return out.shape, {}
 
     return _stateless(init_params, lambda p, x: fn(x, window, stride, padding, layout=layout), kind)
+
+
+def GlobalAvgPool2D(*, ops=custom_ops, layout="NCHW"):
+    """``(N, C, H, W) -> (N, C)``: ``ops.avg_pool2d`` with one window over the
+    whole image (its backward rule spreads ``δY / (H·W)`` back), then the
+    window axes dropped."""
+    (ah, aw), ch = ((2, 3), 1) if layout == "NCHW" else ((1, 2), 3)
+
+    def apply(p, x):
+        y = ops.avg_pool2d(x, (x.shape[ah], x.shape[aw]), layout=layout)
+        return y.reshape(y.shape[0], y.shape[ch])
+
+    return _stateless(lambda key, shape: ((shape[0], shape[ch]), {}), apply, "avg_pool")
+
+
+def Residual(main, shortcut=None, *, ops=custom_ops):
+    """``relu(main(x) + shortcut(x))``; the identity shortcut when ``shortcut`` is
+    ``None``. Params and state ``{"main": ..., "shortcut": ...}``; the sum's
+    gradient goes to both branches unchanged (its rule is JAX's: an addition)."""
+    def init(key, shape):
+        k_main, k_short = jax.random.split(key)
+        out, p_main, s_main = main.init(k_main, shape)
+        _, p_short, s_short = shortcut.init(k_short, shape) if shortcut else (shape, {}, {})
+        return out, {"main": p_main, "shortcut": p_short}, {"main": s_main, "shortcut": s_short}
+
+    def apply(params, state, x, *, train=False, key=None):
+        k_main, k_short = (None, None) if key is None else jax.random.split(key)
+        y, s_main = main.apply(params["main"], state["main"], x, train=train, key=k_main)
+        s, s_short = (shortcut.apply(params["shortcut"], state["shortcut"], x, train=train, key=k_short)
+                      if shortcut else (x, {}))
+        return ops.relu(y + s), {"main": s_main, "shortcut": s_short}
+
+    return Layer(init, apply, "block", (main,) + ((shortcut,) if shortcut else ()))
 
 
 def Flatten():
@@ -255,4 +289,47 @@ def cnn(num_classes=10, channels=(32, 64), *, gradients="custom", layout="NHWC",
     return serial(*body)
 
 
-MODELS = {"cnn": cnn, "mlp": mlp}
+def resnet(num_classes=10, widths=(16, 32, 64), blocks=3, *, gradients="custom", layout="NHWC",
+           algorithm=custom_ops.DEFAULT_ALGORITHM, stem=None):
+    """A CIFAR-style residual network (He et al. 2016): a 3×3 conv stem, then per
+    width ``blocks`` basic blocks ``conv 3×3, bn, relu, conv 3×3, bn`` added to a
+    shortcut and passed through relu — the first block of every stage after the
+    first halves the resolution (stride 2) with a 1×1 conv + bn projection
+    shortcut (also wherever the width changes) — then global average pooling and
+    one dense layer to the logits. Input NCHW.
+
+    ``resnet20``: widths 16/32/64, 3 blocks each (0.27 M parameters);
+    ``resnet18``: widths 64/128/256/512, 2 blocks each (11.2 M parameters).
+    """
+    ops = namespace(gradients)
+    axis = 3 if layout == "NHWC" else 1
+    conv = lambda c, k, s: Conv2D(c, k, s, "SAME" if k > 1 else 0, ops=ops, layout=layout,
+                                  algorithm=algorithm, bias=False)
+    bn = lambda: BatchNorm(ops=ops, axis=axis)
+    relu = lambda: Activation("relu", ops=ops)
+    stem = widths[0] if stem is None else stem
+    body = [Transpose((0, 2, 3, 1))] if layout == "NHWC" else []
+    body += [conv(stem, 3, 1), bn(), relu()]
+    width_in = stem
+    for stage, width in enumerate(widths):
+        for block in range(blocks):
+            stride = 2 if stage > 0 and block == 0 else 1
+            main = serial(conv(width, 3, stride), bn(), relu(), conv(width, 3, 1), bn())
+            project = stride != 1 or width != width_in
+            body.append(Residual(main, serial(conv(width, 1, stride), bn()) if project else None, ops=ops))
+            width_in = width
+    body += [GlobalAvgPool2D(ops=ops, layout=layout), Dense(num_classes, ops=ops, init="glorot")]
+    return serial(*body)
+
+
+def resnet20(num_classes=10, **kwargs):
+    """CIFAR ResNet-20: widths 16/32/64, 3 basic blocks each."""
+    return resnet(num_classes, (16, 32, 64), 3, **kwargs)
+
+
+def resnet18(num_classes=10, **kwargs):
+    """ResNet-18 widths (64/128/256/512, 2 basic blocks each) with the CIFAR stem (3×3, stride 1)."""
+    return resnet(num_classes, (64, 128, 256, 512), 2, **kwargs)
+
+
+MODELS = {"cnn": cnn, "mlp": mlp, "resnet20": resnet20, "resnet18": resnet18}

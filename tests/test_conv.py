@@ -14,10 +14,10 @@ from helpers import (TWIN_TOL, Case, assert_close_trees, assert_twin, gradient_t
                      sharded_test, vjp)
 
 
-def conv_case(seed, x_shape, w_shape, stride=1, padding=0, bias=True, **kw):
+def conv_case(seed, x_shape, w_shape, stride=1, padding=0, bias=True, dilation=1, groups=1, **kw):
     x, w, b = normal(seed, x_shape, w_shape, (w_shape[0],))
     kw.setdefault("algorithm", "explicit")  # the implicit cases name it
-    return Case(jaxbp.conv2d, (x, w, b if bias else None, stride, padding),
+    return Case(jaxbp.conv2d, (x, w, b if bias else None, stride, padding, dilation, groups),
                 (0, 1, 2) if bias else (0, 1), kw)
 
 
@@ -32,6 +32,16 @@ CASES.update({
     "kernel_fills_padded_input": conv_case(24, (2, 2, 4, 3), (3, 2, 6, 5), 1, 1),
     "one_by_one": conv_case(25, (2, 5, 4, 4), (3, 5, 1, 1), 1, 0),
 })
+# Dilation (a strided window) and groups (a block-diagonal F̃), both algorithms and layouts.
+CASES.update({
+    "explicit-NCHW-dilation(2, 1)-groups2": conv_case(26, (2, 4, 8, 7), (6, 2, 3, 2), 1, 1, dilation=(2, 1), groups=2),
+    "explicit-NHWC-dilation2-depthwise": conv_case(27, (2, 8, 7, 3), (6, 1, 2, 3), 2, "SAME", dilation=2, groups=3,
+                                                   layout="NHWC"),
+    "implicit-NCHW-dilation2-groups2-s2": conv_case(28, (2, 4, 9, 8), (4, 2, 3, 3), 2, 1, dilation=2, groups=2,
+                                                    algorithm="implicit"),
+    "implicit-NHWC-dilation(1, 2)-depthwise": conv_case(29, (2, 7, 8, 3), (3, 1, 3, 2), 1, "SAME", dilation=(1, 2),
+                                                        groups=3, algorithm="implicit", layout="NHWC"),
+})
 for alg, layout in (("explicit", "NHWC"), ("implicit", "NCHW"), ("implicit", "NHWC")):
     for i, (s, p) in enumerate(((1, "VALID"), (2, 1), (3, "SAME"), ((2, 1), ((1, 2), (0, 1))))):
         x_shape = (2, 7, 8, 3) if layout == "NHWC" else (2, 3, 7, 8)
@@ -39,19 +49,20 @@ for alg, layout in (("explicit", "NHWC"), ("implicit", "NCHW"), ("implicit", "NH
                                                       algorithm=alg, layout=layout)
 test_gradients = gradient_test(CASES, composition=[
     "s2-p1", "s3-pSAME", "batch1", "no_bias", "asym_padding", "kernel_fills_padded_input",
-    "explicit-NHWC-s2-p1", "implicit-NCHW-s2-p1", "implicit-NHWC-s3-pSAME"])
+    "explicit-NHWC-s2-p1", "implicit-NCHW-s2-p1", "implicit-NHWC-s3-pSAME",
+    "explicit-NCHW-dilation(2, 1)-groups2", "implicit-NHWC-dilation(1, 2)-depthwise"])
 test_sharded = sharded_test({
     f"{alg}-{layout}": conv_case(40, (8, 2, 5, 5) if layout == "NCHW" else (8, 5, 5, 2),
                                  (3, 2, 3, 3), 1, 1, algorithm=alg, layout=layout)
     for alg in ("explicit", "implicit") for layout in ("NCHW", "NHWC")})
 
 
-def lax_conv(x, w, b, stride, padding, layout="NCHW"):
-    stride = (stride, stride) if isinstance(stride, int) else stride
+def lax_conv(x, w, b, stride, padding, dilation=1, groups=1, layout="NCHW"):
+    stride, dilation = _checks.pair("stride", stride, 1), _checks.pair("dilation", dilation, 1)
     hw = x.shape[2:] if layout == "NCHW" else x.shape[1:3]
-    pads = _windows.resolve_padding(padding, hw, w.shape[2:], stride)
-    y = lax.conv_general_dilated(x, w, stride, pads, dimension_numbers=(layout, "OIHW", layout),
-                                 precision=lax.Precision.HIGHEST)
+    pads = _windows.resolve_padding(padding, hw, _windows.effective(w.shape[2:], dilation), stride)
+    y = lax.conv_general_dilated(x, w, stride, pads, rhs_dilation=dilation, feature_group_count=groups,
+                                 dimension_numbers=(layout, "OIHW", layout), precision=lax.Precision.HIGHEST)
     return y + (b.reshape(1, -1, 1, 1) if layout == "NCHW" else b.reshape(1, 1, 1, -1))
 
 
@@ -66,7 +77,8 @@ def test_forward_equals_lax_conv(name):
 # Strides 1–3, every padding form, both layouts, 1×1 and kernel-fills-input.
 EXPLICIT = ["s1-p0", "s2-pSAME", "s3-p2", "s2-pVALID", "no_bias", "stride_pair", "asym_padding",
             "kernel_fills_padded_input", "one_by_one", "explicit-NHWC-s2-p1",
-            "explicit-NHWC-s(2, 1)-p((1, 2), (0, 1))", "explicit-NHWC-s3-pSAME"]
+            "explicit-NHWC-s(2, 1)-p((1, 2), (0, 1))", "explicit-NHWC-s3-pSAME",
+            "explicit-NCHW-dilation(2, 1)-groups2", "explicit-NHWC-dilation2-depthwise"]
 
 
 @pytest.mark.parametrize("evaluation", [_conv._whole, _conv._blockwise], ids=["whole", "blockwise"])
@@ -74,23 +86,27 @@ EXPLICIT = ["s1-p0", "s2-pSAME", "s3-p2", "s2-pVALID", "no_bias", "stride_pair",
 def test_both_evaluations_of_the_explicit_backward_equal_the_twin(name, evaluation):
     """The backward pass picks one evaluation per platform; check both on every one."""
     case = CASES[name]
-    x, w, b, stride, padding = case.args
+    x, w, b, stride, padding, dilation, groups = case.args
     layout = case.kwargs.get("layout", "NCHW")
     (ah, aw), _ = _windows.LAYOUTS[layout]
-    stride = _checks.pair("stride", stride, 1)
-    pads = _windows.resolve_padding(padding, (x.shape[ah], x.shape[aw]), w.shape[2:], stride)
-    y, pullback = jax.vjp(lambda x, w: jaxbp.conv2d.autodiff(x, w, b, stride, pads, layout=layout), x, w)
+    stride, dilation = _checks.pair("stride", stride, 1), _checks.pair("dilation", dilation, 1)
+    pads = _windows.resolve_padding(padding, (x.shape[ah], x.shape[aw]),
+                                    _windows.effective(w.shape[2:], dilation), stride)
+    y, pullback = jax.vjp(lambda x, w: jaxbp.conv2d.autodiff(x, w, b, stride, pads, dilation, groups,
+                                                             layout=layout), x, w)
     g, = normal(7, y.shape)
-    got = jax.jit(functools.partial(evaluation, stride, pads, layout))(x, w, g)
+    got = jax.jit(functools.partial(evaluation, stride, pads, dilation, groups, layout))(x, w, g)
     assert_close_trees(got, pullback(g), TWIN_TOL)
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-@pytest.mark.parametrize("stride,padding", [(1, 0), (2, 1), (3, "SAME"), (2, ((0, 1), (2, 0)))])
-def test_implicit_equals_explicit(stride, padding, layout):
+@pytest.mark.parametrize("stride,padding,dilation,groups", [
+    (1, 0, 1, 1), (2, 1, 1, 1), (3, "SAME", 1, 1), (2, ((0, 1), (2, 0)), 1, 1), (1, "SAME", 2, 3), (2, 1, (2, 1), 1)])
+def test_implicit_equals_explicit(stride, padding, dilation, groups, layout):
     shape = (2, 3, 9, 7) if layout == "NCHW" else (2, 9, 7, 3)
-    explicit = conv_case(50, shape, (4, 3, 3, 2), stride, padding, layout=layout)
-    implicit = conv_case(50, shape, (4, 3, 3, 2), stride, padding, layout=layout, algorithm="implicit")
+    kw = dict(layout=layout, dilation=dilation, groups=groups)
+    explicit = conv_case(50, shape, (6, 3 // groups, 3, 2), stride, padding, **kw)
+    implicit = conv_case(50, shape, (6, 3 // groups, 3, 2), stride, padding, algorithm="implicit", **kw)
     y_e, g_e = vjp(explicit, jaxbp.conv2d)
     y_i, g_i = vjp(implicit, jaxbp.conv2d)
     assert_close_trees(y_i, y_e, 1e-13)
@@ -118,22 +134,25 @@ def test_gradients_keep_dtype_and_are_finite(dtype, algorithm):
 def conv_configs(draw):
     fh, fw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
     stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
     padding = draw(st.one_of(st.sampled_from(["SAME", "VALID"]),
                              st.tuples(st.integers(0, 2), st.integers(0, 2))))
-    h, w = draw(st.integers(fh, 9)), draw(st.integers(fw, 9))
-    return dict(n=draw(st.integers(1, 3)), c=draw(st.integers(1, 3)), o=draw(st.integers(1, 3)),
-                h=h, w=w, fh=fh, fw=fw, stride=stride, padding=padding,
+    h, w = draw(st.integers(dilation[0] * (fh - 1) + 1, 9)), draw(st.integers(dilation[1] * (fw - 1) + 1, 9))
+    groups = draw(st.integers(1, 2))
+    return dict(n=draw(st.integers(1, 3)), c=groups * draw(st.integers(1, 2)), o=groups * draw(st.integers(1, 2)),
+                groups=groups, dilation=dilation, h=h, w=w, fh=fh, fw=fw, stride=stride, padding=padding,
                 layout=draw(st.sampled_from(["NCHW", "NHWC"])),
                 algorithm=draw(st.sampled_from(["explicit", "implicit"])))
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=14, deadline=None)
 @given(conv_configs())
 def test_property_random_configurations(cfg):
     x_shape = ((cfg["n"], cfg["c"], cfg["h"], cfg["w"]) if cfg["layout"] == "NCHW"
                else (cfg["n"], cfg["h"], cfg["w"], cfg["c"]))
-    case = conv_case(60, x_shape, (cfg["o"], cfg["c"], cfg["fh"], cfg["fw"]), cfg["stride"],
-                     cfg["padding"], layout=cfg["layout"], algorithm=cfg["algorithm"])
+    case = conv_case(60, x_shape, (cfg["o"], cfg["c"] // cfg["groups"], cfg["fh"], cfg["fw"]), cfg["stride"],
+                     cfg["padding"], dilation=cfg["dilation"], groups=cfg["groups"], layout=cfg["layout"],
+                     algorithm=cfg["algorithm"])
     np.testing.assert_allclose(case.op(*case.args, **case.kwargs),
                                lax_conv(*case.args, layout=cfg["layout"]), rtol=1e-12, atol=1e-12)
     assert_twin(case)

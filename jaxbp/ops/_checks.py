@@ -51,6 +51,15 @@ def pair(name, v, minimum):
     return int(vals[0]), int(vals[1])
 
 
+def count(name, v):
+    """Require a Python int ``>= 1`` (a number of groups, of devices...)."""
+    if isinstance(v, bool) or not isinstance(v, (numbers.Integral, np.integer)):
+        raise TypeError(f"{name} must be an int, got {v!r}")
+    if v < 1:
+        raise ValueError(f"{name} must be >= 1, got {v}")
+    return int(v)
+
+
 def number(name, v):
     """Require a Python (static) real number, e.g. a slope or an epsilon."""
     if isinstance(v, bool) or not isinstance(v, numbers.Real):

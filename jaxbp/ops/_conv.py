@@ -36,16 +36,26 @@ from jaxbp.ops._recipe import Check, Rule, op
 # "explicit", measured faster on CPUs and GPUs (BENCHMARKS.md).
 DEFAULT_ALGORITHM = "implicit"
 
-# einsum subscripts of the patch tensor, the output and the kernel F̃, per layout.
-# The kernel's (i, k) order follows the patch's, so that no contraction output
-# needs a transpose of patch size: NCHW (O, I, FH·FW), NHWC (O, FH·FW, I).
-_SUBSCRIPTS = {"NCHW": ("nckhw", "nohw", "ock"), "NHWC": ("nhwkc", "nhwo", "okc")}
+# einsum subscripts of the patch tensor X̃, the output Ỹ and the kernel F̃, per
+# layout, with the channels split into groups g (a grouped convolution's F̃ is
+# block-diagonal: group g's output channels see only group g's input channels).
+# The kernel's (c, k) order follows the patch's, so that no contraction output
+# needs a transpose of patch size: NCHW F̃ (G, O/G, C/G, FH·FW), NHWC (G, O/G, FH·FW, C/G).
+_SUBSCRIPTS = {"NCHW": ("ngckhw", "ngohw", "gock"), "NHWC": ("nhwkgc", "nhwgo", "gokc")}
+_GROUP_AXIS = {"NCHW": (1, 1), "NHWC": (4, 3)}  # the channel axis of X̃, of Y
 
 
-def _kernel(w, layout):
+def _kernel(w, layout, groups):
+    """``F̃`` per group from ``w`` ``(O, C/G, FH, FW)``."""
     o, c, fh, fw = w.shape
-    return w.reshape(o, c, fh * fw) if layout == "NCHW" else w.transpose(0, 2, 3, 1).reshape(o, fh * fw, c)
+    if layout == "NCHW":
+        return w.reshape(groups, o // groups, c, fh * fw)
+    return w.transpose(0, 2, 3, 1).reshape(groups, o // groups, fh * fw, c)
 
+
+def _split(a, axis, groups):
+    """Axis ``axis`` of ``a`` as ``(groups, size // groups)``."""
+    return a.reshape(a.shape[:axis] + (groups, a.shape[axis] // groups) + a.shape[axis + 1:])
 
 
 # lax dimension numbers: forward, then the two backward convolutions.
@@ -61,24 +71,26 @@ def _bias_shape(layout, o):
     return (1, o, 1, 1) if layout == "NCHW" else (1, 1, 1, o)
 
 
-def _patches(x, window, stride, pads, layout):
+def _patches(x, window, stride, pads, dilation, layout):
     """``X̃`` (NCHW: ``N,C,K,H',W'``; NHWC: ``N,H',W',K,C``)."""
     (ah, aw), _ = _windows.LAYOUTS[layout]
-    out = _windows.out_hw((x.shape[ah], x.shape[aw]), window, stride, pads)
-    return _windows.im2col(_windows.pad(x, pads, layout), window, stride, out, layout)
+    out = _windows.out_hw((x.shape[ah], x.shape[aw]), _windows.effective(window, dilation), stride, pads)
+    return _windows.im2col(_windows.pad(x, pads, layout), window, stride, out, layout, dilation)
 
 
-def _explicit_forward(x, w, b, *, stride, pads, layout):
+def _explicit_forward(x, w, b, *, stride, pads, dilation, groups, layout):
     o = w.shape[0]
-    cols = _patches(x, w.shape[2:], stride, pads, layout)
-    if layout == "NHWC":
+    cols = _patches(x, w.shape[2:], stride, pads, dilation, layout)
+    if layout == "NHWC" and groups == 1:
         # Ỹ = X̃ F̃ as one 2-D matmul, rows (n, h', w'), columns (fh, fw, i): the
         # patch matrix is used as laid out (an einsum let XLA transpose it instead of F̃).
         n, ho, wo, kk, c = cols.shape
-        y = (cols.reshape(n * ho * wo, kk * c) @ _kernel(w, layout).reshape(o, kk * c).T).reshape(n, ho, wo, o)
+        y = (cols.reshape(n * ho * wo, kk * c) @ _kernel(w, layout, 1).reshape(o, kk * c).T).reshape(n, ho, wo, o)
     else:
         xs, ys, ks = _SUBSCRIPTS[layout]
-        y = jnp.einsum(f"{xs},{ks}->{ys}", cols, _kernel(w, layout))  # Ỹ = X̃ F̃
+        xg, yg = _GROUP_AXIS[layout]
+        y = jnp.einsum(f"{xs},{ks}->{ys}", _split(cols, xg, groups), _kernel(w, layout, groups))  # Ỹ = X̃ F̃
+        y = y.reshape(y.shape[:yg] + (o,) + y.shape[yg + 2:])
     # Residuals: x and w; the explicit backward pass rebuilds X̃ from x.
     return (y if b is None else y + b.reshape(_bias_shape(layout, o))), (x, w)
 
@@ -89,14 +101,14 @@ def _geometry(x, w, g, layout):
     return w.shape[2:], ch, (x.shape[ah], x.shape[aw]), (g.shape[ah], g.shape[aw])
 
 
-def _whole(stride, pads, layout, x, w, g):
+def _whole(stride, pads, dilation, groups, layout, x, w, g):
     """``δF̃ = X̃ᵀ δỸ`` and ``δX = col2im(δỸ F̃ᵀ)``, one matmul each, ``X̃`` and
     ``δX̃`` materialized whole (``X̃`` rebuilt from ``x``)."""
     (fh, fw), _, in_hw, _ = _geometry(x, w, g, layout)
     padded = tuple(n + lo + hi for n, (lo, hi) in zip(in_hw, pads))
-    cols = _patches(x, (fh, fw), stride, pads, layout)
-    kernel = _kernel(w, layout).astype(g.dtype)
-    if layout == "NHWC":
+    cols = _patches(x, (fh, fw), stride, pads, dilation, layout)
+    kernel = _kernel(w, layout, groups).astype(g.dtype)
+    if layout == "NHWC" and groups == 1:
         n, ho, wo, kk, c = cols.shape
         o = w.shape[0]
         g2 = g.reshape(n * ho * wo, o)
@@ -104,40 +116,50 @@ def _whole(stride, pads, layout, x, w, g):
         dcols = (g2 @ kernel.reshape(o, kk * c)).reshape(cols.shape)
     else:
         xs, ys, ks = _SUBSCRIPTS[layout]
-        dw = jnp.einsum(f"{xs},{ys}->{ks}", cols, g).reshape(w.shape)
-        dcols = jnp.einsum(f"{ys},{ks}->{xs}", g, kernel)
-    dx = _windows.unpad(_windows.col2im(dcols, (fh, fw), stride, padded, layout), pads, in_hw, layout)
-    return dx, dw
+        xg, yg = _GROUP_AXIS[layout]
+        gs = _split(g, yg, groups)
+        dk = jnp.einsum(f"{xs},{ys}->{ks}", _split(cols, xg, groups), gs)
+        dw = (dk.reshape(w.shape) if layout == "NCHW"
+              else dk.reshape(w.shape[0], fh, fw, w.shape[1]).transpose(0, 3, 1, 2))
+        dcols = jnp.einsum(f"{ys},{ks}->{xs}", gs, kernel).reshape(cols.shape)
+    dx = _windows.col2im(dcols, (fh, fw), stride, padded, layout, dilation)
+    return _windows.unpad(dx, pads, in_hw, layout), dw
 
 
-def _blockwise(stride, pads, layout, x, w, g):
+def _blockwise(stride, pads, dilation, groups, layout, x, w, g):
     """The same two products, one block of ``C`` columns of ``X̃`` (one window
     entry ``k``) at a time, so neither ``X̃`` nor ``δX̃`` exists whole:
     ``δF̃_k = X̃_kᵀ δỸ`` (``X̃_k`` is a strided slice of ``x``) and
     ``δX = Σ_k place_k(δỸ F̃_kᵀ)``."""
-    (fh, fw), _, in_hw, out = _geometry(x, w, g, layout)
+    (fh, fw), ch, in_hw, out = _geometry(x, w, g, layout)
     padded = tuple(n + lo + hi for n, (lo, hi) in zip(in_hw, pads))
     xs, ys, _ = _SUBSCRIPTS[layout]
     xk_s = xs.replace("k", "")  # one window entry: a block of C columns of X̃
+    _, yg = _GROUP_AXIS[layout]
+    gs = _split(g, yg, groups)
     xp = _windows.pad(x, pads, layout)
+    wk = w.reshape((groups, w.shape[0] // groups) + w.shape[1:])  # (G, O/G, C/G, FH, FW)
     dw, dxp = [], 0
     for _, (i, j) in _windows.entries((fh, fw)):
-        x_k = _windows.window_entry(xp, i, j, stride, out, layout)
-        dw.append(jnp.einsum(f"{xk_s},{ys}->oc", x_k, g))
-        dx_k = jnp.einsum(f"{ys},oc->{xk_s}", g, w[:, :, i, j].astype(g.dtype))
-        dxp = dxp + _windows.place_entry(dx_k, i, j, stride, padded, layout)
+        oi, oj = dilation[0] * i, dilation[1] * j
+        x_k = _split(_windows.window_entry(xp, oi, oj, stride, out, layout), ch, groups)
+        dw.append(jnp.einsum(f"{xk_s},{ys}->goc", x_k, gs))
+        dx_k = jnp.einsum(f"{ys},goc->{xk_s}", gs, wk[..., i, j].astype(g.dtype))
+        dx_k = dx_k.reshape(dx_k.shape[:ch] + (-1,) + dx_k.shape[ch + 2:])
+        dxp = dxp + _windows.place_entry(dx_k, oi, oj, stride, padded, layout)
     dw = jnp.stack(dw, axis=-1).reshape(w.shape)
     return _windows.unpad(dxp, pads, in_hw, layout), dw
 
 
-def _explicit_backward(res, g, *, stride, pads, layout):
+def _explicit_backward(res, g, *, stride, pads, dilation, groups, layout):
     x, w = res
     # Which evaluation is faster depends on the backend (BENCHMARKS.md): on CPUs
     # the whole matmuls (XLA shares the rebuilt X̃ with the forward pass's); on
     # GPUs the blocks (less memory traffic, no patch-sized buffers). Both are
     # tested against the twin on every backend (tests/test_conv.py).
-    dx, dw = lax.platform_dependent(x, w, g, cpu=functools.partial(_whole, stride, pads, layout),
-                                    default=functools.partial(_blockwise, stride, pads, layout))
+    static = (stride, pads, dilation, groups, layout)
+    dx, dw = lax.platform_dependent(x, w, g, cpu=functools.partial(_whole, *static),
+                                    default=functools.partial(_blockwise, *static))
     return dx, dw, _bias_grad(g, layout)
 
 
@@ -147,28 +169,37 @@ def _bias_grad(g, layout):
     return g.sum(axis=tuple(a for a in range(4) if a != ch))
 
 
-def _implicit_forward(x, w, b, *, stride, pads, layout):
-    y = lax.conv_general_dilated(x, w, stride, pads, dimension_numbers=_DIMS[layout]["fwd"])
+def _implicit_forward(x, w, b, *, stride, pads, dilation, groups, layout):
+    y = lax.conv_general_dilated(x, w, stride, pads, rhs_dilation=dilation, feature_group_count=groups,
+                                 dimension_numbers=_DIMS[layout]["fwd"])
     return (y if b is None else y + b.reshape(_bias_shape(layout, w.shape[0]))), (x, w)
 
 
-def _implicit_backward(res, g, *, stride, pads, layout):
+def _implicit_backward(res, g, *, stride, pads, dilation, groups, layout):
     x, w = res
-    (fh, fw), _, in_hw, out = _geometry(x, w, g, layout)
+    window, _, in_hw, out = _geometry(x, w, g, layout)
+    (eh, ew) = _windows.effective(window, dilation)
     # Rows/columns of the padded input that no window reaches (stride leftovers).
     rest = [n + lo + hi - k - s * (m - 1)
-            for n, (lo, hi), k, s, m in zip(in_hw, pads, (fh, fw), stride, out)]
+            for n, (lo, hi), k, s, m in zip(in_hw, pads, (eh, ew), stride, out)]
     # δX = col2im(δỸ F̃ᵀ): full correlation of the stride-dilated δY with the
     # flipped kernel, giving the padded input's gradient; then drop the padding.
+    # Per group, F̃ᵀ maps that group's O/G output channels back to its C/G
+    # inputs: the kernel as (O/G, G·C/G, FH, FW), read "IOHW".
+    o, c = w.shape[:2]
+    wt = w.reshape(groups, o // groups, c, *window).transpose(1, 0, 2, 3, 4).reshape(o // groups, groups * c, *window)
     dxp = lax.conv_general_dilated(
-        g, jnp.flip(w, (2, 3)).astype(g.dtype), (1, 1),
-        [(fh - 1, fh - 1 + rest[0]), (fw - 1, fw - 1 + rest[1])],
-        lhs_dilation=stride, dimension_numbers=_DIMS[layout]["dx"])
+        g, jnp.flip(wt, (2, 3)).astype(g.dtype), (1, 1),
+        [(eh - 1, eh - 1 + rest[0]), (ew - 1, ew - 1 + rest[1])],
+        lhs_dilation=stride, rhs_dilation=dilation, feature_group_count=groups,
+        dimension_numbers=_DIMS[layout]["dx"])
     dx = _windows.unpad(dxp, pads, in_hw, layout)
-    # δF̃ = X̃ᵀ δỸ: correlate X with δY (dilated by the stride), contracting the batch.
+    # δF̃ = X̃ᵀ δỸ: correlate X with δY (dilated by the stride), contracting the
+    # batch; the kernel's entries are d apart, so the correlation steps by d. With
+    # groups, x's channels (here the batch axis) pair with their group's outputs.
     dw = lax.conv_general_dilated(
-        x, g.astype(x.dtype), (1, 1), list(pads), rhs_dilation=stride,
-        dimension_numbers=_DIMS[layout]["dw"])[:, :, :fh, :fw]
+        x, g.astype(x.dtype), dilation, list(pads), rhs_dilation=stride, batch_group_count=groups,
+        dimension_numbers=_DIMS[layout]["dw"])[:, :, :window[0], :window[1]]
     return dx, dw, _bias_grad(g, layout)
 
 
@@ -177,7 +208,8 @@ _ALGORITHMS = {"explicit": Rule(_explicit_forward, _explicit_backward),
 
 
 @op
-def conv2d(x, w, b=None, stride=1, padding=0, *, algorithm=DEFAULT_ALGORITHM, layout="NCHW"):
+def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, algorithm=DEFAULT_ALGORITHM,
+           layout="NCHW"):
     """2-D convolution (cross-correlation): ``Y = X ⊗ F + b``, i.e. ``Ỹ = X̃ F̃ + B̃``.
 
     Backward (docs/derivation.md §3): ``δb = Σ_rows δỸ``,
@@ -185,21 +217,29 @@ def conv2d(x, w, b=None, stride=1, padding=0, *, algorithm=DEFAULT_ALGORITHM, la
     ``algorithm="explicit"`` builds the patch matrix ``X̃`` (im2col) in the
     forward pass and rebuilds it in the backward pass; ``"implicit"`` (the
     default) evaluates the same three products as XLA convolutions without
-    materializing ``X̃``.
+    materializing ``X̃``. In im2col terms dilation is a strided window (entry
+    ``(i, j)`` of a window reads ``(d·i, d·j)`` from its corner) and ``groups``
+    makes ``F̃`` block-diagonal (§3.4): the same rules, per block.
 
     Args:
-      x: ``(N, I, H, W)`` input (``(N, H, W, I)`` when ``layout="NHWC"``).
-      w: ``(O, I, FH, FW)`` kernel, in both layouts.
+      x: ``(N, C, H, W)`` input (``(N, H, W, C)`` when ``layout="NHWC"``).
+      w: ``(O, C / groups, FH, FW)`` kernel, in both layouts.
       b: ``(O,)`` bias, or ``None``.
       stride: int or ``(sh, sw)``, each ≥ 1.
       padding: int, ``(ph, pw)``, ``((top, bottom), (left, right))``, ``"SAME"``
         (output ``ceil(H / sh)``) or ``"VALID"``; zeros are padded.
+      dilation: int or ``(dh, dw)``, each ≥ 1: the spacing of the kernel's
+        entries (PyTorch's ``dilation``, lax's ``rhs_dilation``).
+      groups: ``C`` and ``O`` split into this many groups, group ``g`` of the
+        outputs computed from group ``g`` of the inputs only; ``groups = C`` is
+        a depthwise convolution.
       algorithm: ``"implicit"`` (default: the rules as XLA convolutions, ``X̃``
         never materialized) or ``"explicit"`` (im2col: build ``X̃``).
       layout: ``"NCHW"`` or ``"NHWC"`` for ``x`` and the result.
 
     Returns:
-      ``(N, O, H', W')`` (or ``(N, H', W', O)``), ``H' = (H + pads − FH) // sh + 1``.
+      ``(N, O, H', W')`` (or ``(N, H', W', O)``),
+      ``H' = (H + pads − d·(FH − 1) − 1) // sh + 1``.
     """
     (ah, aw), ch = _windows.check_layout(layout)
     if algorithm not in _ALGORITHMS:
@@ -208,16 +248,24 @@ def conv2d(x, w, b=None, stride=1, padding=0, *, algorithm=DEFAULT_ALGORITHM, la
         _checks.floating(name, a)
     _checks.rank("x", x, 4, " ".join(layout))
     _checks.rank("w", w, 4, "O I FH FW")
-    if w.shape[1] != x.shape[ch]:
-        raise ValueError(f"w must have {x.shape[ch]} input channels (axis 1) to match x of "
+    groups = _checks.count("groups", groups)
+    if x.shape[ch] % groups or w.shape[0] % groups:
+        raise ValueError(f"groups={groups} must divide the input channels of x (shape {tuple(x.shape)}, "
+                         f"{layout}) and the output channels of w (shape {tuple(w.shape)})")
+    if w.shape[1] * groups != x.shape[ch]:
+        per = f" / groups = {x.shape[ch] // groups}" if groups > 1 else ""
+        raise ValueError(f"w must have {x.shape[ch]}{per} input channels (axis 1) to match x of "
                          f"shape {tuple(x.shape)} ({layout}), got w of shape {tuple(w.shape)}")
     if b is not None:
         _checks.shape("b", b, (w.shape[0],), "one entry per output channel of w")
     stride = _checks.pair("stride", stride, 1)
-    in_hw, window = (x.shape[ah], x.shape[aw]), tuple(w.shape[2:])
+    dilation = _checks.pair("dilation", dilation, 1)
+    in_hw = (x.shape[ah], x.shape[aw])
+    window = _windows.effective(w.shape[2:], dilation)
     pads = _windows.resolve_padding(padding, in_hw, window, stride)
     _windows.out_hw(in_hw, window, stride, pads)
-    return _ALGORITHMS[algorithm](*_checks.promote(x, w, b), stride=stride, pads=pads, layout=layout)
+    return _ALGORITHMS[algorithm](*_checks.promote(x, w, b), stride=stride, pads=pads, dilation=dilation,
+                                  groups=groups, layout=layout)
 
 
 __all__ = ["conv2d"]
@@ -233,4 +281,9 @@ CHECKS = {
                                   {"algorithm": "implicit", "layout": "NHWC"}),
     "conv2d stride 2 SAME": Check("conv2d", lambda n: n(_X, _W, (4,)) + (2, "SAME"), (0, 1, 2),
                                   {"algorithm": "explicit"}),
+    # dilation 2, two groups of 2 input channels (w: 4 outputs, 2 inputs per group).
+    "conv2d dilated grouped explicit": Check("conv2d", lambda n: n(_XH[:3] + (4,), _W[:1] + (2,) + _W[2:], (4,))
+                                             + (1, 1, 2, 2), (0, 1, 2), {"algorithm": "explicit", "layout": "NHWC"}),
+    "conv2d dilated grouped implicit": Check("conv2d", lambda n: n(_X[:1] + (4,) + _X[2:], _W[:1] + (2,) + _W[2:], (4,))
+                                             + (1, 1, 2, 2), (0, 1, 2), {"algorithm": "implicit"}),
 }

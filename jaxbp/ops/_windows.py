@@ -105,17 +105,24 @@ def entries(window):
     return enumerate(itertools.product(range(window[0]), range(window[1])))
 
 
-def im2col(xp, window, stride, out, layout):
+def effective(window, dilation):
+    """The extent ``d·(k − 1) + 1`` of a window of ``k`` entries ``d`` apart."""
+    return tuple(d * (k - 1) + 1 for k, d in zip(window, dilation))
+
+
+def im2col(xp, window, stride, out, layout, dilation=(1, 1)):
     """Padded input -> every window, stacked on a new axis.
 
     NCHW: ``N,C,Hp,Wp -> N,C,K,H',W'``; NHWC: ``N,Hp,Wp,C -> N,H',W',K,C``;
-    entry ``k = fh·FW + fw`` holds ``xp[..., fh + s·h', fw + s·w', ...]``.
+    entry ``k = fh·FW + fw`` holds ``xp[..., d·fh + s·h', d·fw + s·w', ...]``
+    (dilation ``d``: the window's entries are ``d`` apart, a strided window).
     """
-    cols = [window_entry(xp, i, j, stride, out, layout) for _, (i, j) in entries(window)]
+    dh, dw = dilation
+    cols = [window_entry(xp, dh * i, dw * j, stride, out, layout) for _, (i, j) in entries(window)]
     return jnp.stack(cols, axis=WINDOW_AXIS[layout])
 
 
-def col2im(cols, window, stride, padded_hw, layout):
+def col2im(cols, window, stride, padded_hw, layout, dilation=(1, 1)):
     """Adjoint of :func:`im2col`: put each window entry back, *adding* overlaps.
 
     NCHW: ``N,C,K,H',W' -> N,C,Hp,Wp``; NHWC: ``N,H',W',K,C -> N,Hp,Wp,C``.
@@ -131,7 +138,8 @@ def col2im(cols, window, stride, padded_hw, layout):
     def entry(k):
         return lax.index_in_dim(cols, k, k_axis, keepdims=False)
 
-    rows = (sum(_place(entry(i * fw + j), ((aw, j, stride[1], padded_hw[1]),)) for j in range(fw))
+    dh, dw = dilation
+    rows = (sum(_place(entry(i * fw + j), ((aw, dw * j, stride[1], padded_hw[1]),)) for j in range(fw))
             for i in range(fh))
-    return sum(_place(row, ((ah, i, stride[0], padded_hw[0]),)) for i, row in enumerate(rows))
+    return sum(_place(row, ((ah, dh * i, stride[0], padded_hw[0]),)) for i, row in enumerate(rows))
 

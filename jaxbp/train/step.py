@@ -27,10 +27,13 @@ class TrainState(typing.NamedTuple):
 
 
 def build_model(cfg, num_classes):
+    """``cfg.model`` from :data:`layers.MODELS`; dropout exists in the cnn and mlp only."""
+    if cfg.model == "mlp":
+        return layers.mlp(num_classes, gradients=cfg.gradients, dropout=cfg.dropout)
+    conv = dict(gradients=cfg.gradients, layout=cfg.layout, algorithm=cfg.algorithm)
     if cfg.model == "cnn":
-        return layers.cnn(num_classes, gradients=cfg.gradients, layout=cfg.layout,
-                          algorithm=cfg.algorithm, dropout=cfg.dropout)
-    return layers.mlp(num_classes, gradients=cfg.gradients, dropout=cfg.dropout)
+        return layers.cnn(num_classes, dropout=cfg.dropout, **conv)
+    return layers.MODELS[cfg.model](num_classes, **conv)
 
 
 def is_weight(leaf):
