@@ -121,8 +121,6 @@ def _train(a):
     else:
         run_dir = a.run_dir or rundir.new_path(a.model, a.data)
         cfg = Config(**{**{k: v for k, v in vars(a).items() if k in fields}, "run_dir": run_dir})
-    if cfg.data in ("mnist", "fashion-mnist") and not cfg.data_dir:
-        raise _UsageError(f"--data {cfg.data} needs --data-dir DIR with the four IDX files")
     precision.enable(cfg.dtype)
     if a.debug_nans:
         jax.config.update("jax_debug_nans", True)

@@ -8,13 +8,19 @@ and int32 labels, split into train and test.
   inside this package; a fixed seeded 80/20 stratified split.
 * ``mnist`` / ``fashion-mnist``: the four standard IDX files (raw or ``.gz``,
   named ``train-images-idx3-ubyte`` or ``train-images.idx3-ubyte``) from a
-  directory the user provides.
+  directory the user provides, or downloaded and checked (:mod:`jaxbp.download`).
+* ``cifar10``: the Python-pickle batches (``data_batch_1`` … ``_5``,
+  ``test_batch``), from a directory holding them, their
+  ``cifar-10-batches-py/`` folder or ``cifar-10-python.tar.gz``; or downloaded.
 * ``synthetic``: random class-dependent images, for benchmarks and smoke tests.
 """
 from __future__ import annotations
 
 import gzip
+import io
 import os
+import pickle
+import tarfile
 import typing
 from importlib import resources
 
@@ -23,7 +29,10 @@ import numpy as np
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 IDX_FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
              "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
-DATASETS = ("digits", "mnist", "fashion-mnist", "synthetic")
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "synthetic")
+DOWNLOADABLE = ("mnist", "fashion-mnist", "cifar10")
+CIFAR_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 class DataError(ValueError):
@@ -101,6 +110,81 @@ def load_idx_dir(directory):
     return Dataset(x["train"], y["train"], x["test"], y["test"], int(max(y["train"].max(), y["test"].max())) + 1)
 
 
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR batch: a dict of bytes, lists and numpy arrays, and
+    nothing else — no other class can be constructed, so a hostile file cannot
+    run code."""
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"a CIFAR batch holds no {module}.{name}")
+        return super().find_class(module, name)
+
+
+def read_cifar_batch(f, where):
+    """One CIFAR-10 batch (an open binary file) -> ``(N, 3, 32, 32)`` uint8, ``(N,)`` int32.
+
+    Format: a pickled dict with ``b"data"`` (``N × 3072`` uint8: the red, green
+    and blue 32×32 planes of each image, row-major) and ``b"labels"`` (N ints).
+    """
+    try:
+        batch = _BatchUnpickler(f, encoding="bytes").load()
+    except Exception as e:
+        raise DataError(f"{where} is not a CIFAR-10 batch: {type(e).__name__}: {e}") from None
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise DataError(f"{where} is not a CIFAR-10 batch: expected a dict with b'data' and b'labels'")
+    data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (len(data),):
+        raise DataError(f"{where}: data {data.shape} {data.dtype} and labels {labels.shape} do not match "
+                        "(expected (N, 3072) uint8 and (N,))")
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.int32)
+
+
+def load_cifar10(directory):
+    """CIFAR-10 from ``directory``: the batch files, their ``cifar-10-batches-py``
+    folder, or ``cifar-10-python.tar.gz`` (read in place, not extracted)."""
+    if not directory or not os.path.isdir(directory):
+        raise DataError(f"data directory {directory!r} does not exist or is not a directory")
+    tar_path = os.path.join(directory, "cifar-10-python.tar.gz")
+    folders = [directory, os.path.join(directory, "cifar-10-batches-py")]
+    folder = next((d for d in folders if os.path.exists(os.path.join(d, "test_batch"))), None)
+    splits = {}
+    if folder is not None:
+        for split, names in CIFAR_BATCHES.items():
+            parts = []
+            for name in names:
+                path = os.path.join(folder, name)
+                if not os.path.exists(path):
+                    raise DataError(f"{folder} has test_batch but no {name}")
+                with open(path, "rb") as f:
+                    parts.append(read_cifar_batch(f, path))
+            splits[split] = parts
+    elif os.path.exists(tar_path):
+        try:
+            with tarfile.open(tar_path, "r:gz") as tar:
+                members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
+                for split, names in CIFAR_BATCHES.items():
+                    missing = [n for n in names if n not in members]
+                    if missing:
+                        raise DataError(f"{tar_path} has no {', '.join(missing)}")
+                    splits[split] = [read_cifar_batch(io.BytesIO(tar.extractfile(members[n]).read()),
+                                                      f"{tar_path}:{n}") for n in names]
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise DataError(f"cannot read {tar_path}: {e}") from None
+    else:
+        raise DataError(f"{directory} has neither the CIFAR-10 batches (data_batch_1 … test_batch, "
+                        "or a cifar-10-batches-py folder) nor cifar-10-python.tar.gz")
+    (xt, yt), (xv, yv) = [(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+                          for parts in (splits["train"], splits["test"])]
+    for labels in (yt, yv):
+        if labels.size and not 0 <= labels.min() <= labels.max() < 10:
+            raise DataError(f"CIFAR-10 labels in {directory} must be in [0, 10), got {labels.min()}..{labels.max()}")
+    return Dataset((xt / 255.0).astype(np.float32), yt, (xv / 255.0).astype(np.float32), yv, 10)
+
+
 def load_digits(seed=0, test_fraction=0.2):
     """The bundled 8×8 digits, split per class with a fixed seed."""
     with resources.files("jaxbp").joinpath("data/digits.npz").open("rb") as f:
@@ -133,8 +217,13 @@ def load(name, data_dir=None, seed=0):
     """Dispatch on a data set name (see :data:`DATASETS`)."""
     if name == "digits":
         return load_digits(seed=0)  # the split is fixed, whatever the training seed
+    if name in DOWNLOADABLE and data_dir is None:
+        from jaxbp import download
+        data_dir = download.fetch(name)
     if name in ("mnist", "fashion-mnist"):
         return load_idx_dir(data_dir)
+    if name == "cifar10":
+        return load_cifar10(data_dir)
     if name == "synthetic":
         return synthetic(seed=seed)
     raise DataError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")

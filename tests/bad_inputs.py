@@ -125,8 +125,19 @@ OP_CASES = {
 
 
 
+@__import__("contextlib").contextmanager
+def restored_environ():
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def cli_error_cases(workdir):
-    """name -> (argument factory, exit code, message regex); the factory writes any files it needs."""
+    """name -> (argument factory, exit code, message regex); the factory writes any
+    files it needs and may set environment variables (run it inside :func:`restored_environ`)."""
     import numpy as np
     from jaxbp.train import checkpoint
 
@@ -161,6 +172,13 @@ def cli_error_cases(workdir):
         rundir.write_metrics(run, [])
         return run
 
+    def offline():
+        """No file cached, the server unreachable (port 9: nothing listens). Sets
+        environment variables; the runners restore the environment."""
+        os.environ["JAXBP_DATA"] = os.path.join(workdir, "cache")
+        os.environ["JAXBP_DATA_MIRROR"] = "http://127.0.0.1:9"
+        return ["train", "--data", "mnist", "--run-dir", os.path.join(workdir, "offline_run")]
+
     def run_dir_file():
         path = os.path.join(workdir, "a_file")
         open(path, "w").close()
@@ -176,8 +194,8 @@ def cli_error_cases(workdir):
         "cli_unknown_model": (lambda: ["train", "--model", "resnet"], 2, "--model: invalid choice: 'resnet'"),
         "cli_unknown_optimizer": (lambda: ["train", "--optimizer", "lbfgs"], 2, "--optimizer: invalid choice"),
         "cli_unknown_option": (lambda: ["train", "--epochz", "3"], 2, "unrecognized arguments: --epochz"),
-        "cli_mnist_without_data_dir": (lambda: ["train", "--data", "mnist"], 2,
-                                       "--data mnist needs --data-dir DIR with the four IDX files"),
+        "cli_mnist_offline": (offline, 1, r"could not download train-images-idx3-ubyte.gz for --data mnist from "
+                                          r"http://127.0.0.1:9/mnist/train-images-idx3-ubyte.gz"),
         "cli_missing_data_dir": (lambda: ["train", "--data", "mnist", "--data-dir", os.path.join(workdir, "nope")],
                                  1, "data directory .*nope' does not exist"),
         "cli_truncated_idx_file": (corrupt_idx, 1, "train-images-idx3-ubyte is truncated"),

@@ -179,3 +179,24 @@ def write_mnist_dir(path, n_train=12, n_test=5, gz=False):
     for key, stem in jaxbp_data.IDX_FILES.items():
         jaxbp_data.write_idx(str(path / (stem + suffix)), arrays[key])
     return arrays
+
+
+def write_cifar_dir(path, n_per_batch=4, n_test=6, seed=0):
+    """CIFAR-10 in its exact published format, tiny: ``path/cifar-10-batches-py/``
+    with five training batches and a test batch, each a protocol-2 pickle of a
+    dict with byte-string keys, ``b"data"`` an ``(N, 3072)`` uint8 array (the R,
+    G, B planes of each 32×32 image) and ``b"labels"`` a list of ints."""
+    import pickle
+    rng = np.random.default_rng(seed)
+    folder = path / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name in jaxbp_data.CIFAR_BATCHES["train"] + jaxbp_data.CIFAR_BATCHES["test"]:
+        n = n_test if name == "test_batch" else n_per_batch
+        batch = {b"batch_label": name.encode(), b"labels": [int(v) for v in rng.integers(0, 10, n)],
+                 b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 b"filenames": [f"img{i}.png".encode() for i in range(n)]}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+        written[name] = batch
+    return written

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from bad_inputs import cli_error_cases
+from bad_inputs import cli_error_cases, restored_environ
 from helpers import write_mnist_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,7 +82,7 @@ def test_cli_error(name, tmp_path, capsys):
     import warnings
     from jaxbp import cli
     make_args, code, message = cli_error_cases(str(tmp_path))[name]
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), restored_environ():
         warnings.simplefilter("ignore")
         try:
             rc = cli.main(make_args())

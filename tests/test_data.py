@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from jaxbp import data
-from helpers import write_mnist_dir
+from helpers import write_cifar_dir, write_mnist_dir
 
 
 def test_idx_files_named_with_a_dot_are_accepted(tmp_path):
@@ -88,3 +88,73 @@ def test_digits_split_is_fixed_and_stratified():
 def test_unknown_dataset():
     with pytest.raises(data.DataError, match="unknown data set 'cifar'"):
         data.load("cifar")
+
+
+# --- CIFAR-10: the Python-pickle batches ---
+
+def _cifar_expected(batches, names):
+    x = np.concatenate([batches[n][b"data"] for n in names]).reshape(-1, 3, 32, 32) / 255.0
+    return x.astype(np.float32), np.concatenate([batches[n][b"labels"] for n in names]).astype(np.int32)
+
+
+@pytest.mark.parametrize("form", ["batches folder", "its parent", "tar.gz"])
+def test_cifar10_in_every_published_form(form, tmp_path):
+    import tarfile
+    batches = write_cifar_dir(tmp_path / "w")
+    folder = tmp_path / "w" / "cifar-10-batches-py"
+    if form == "batches folder":
+        where = folder
+    elif form == "its parent":
+        where = tmp_path / "w"
+    else:
+        where = tmp_path / "t"
+        where.mkdir()
+        with tarfile.open(where / "cifar-10-python.tar.gz", "w:gz") as tar:
+            tar.add(folder, arcname="cifar-10-batches-py")
+    ds = data.load("cifar10", str(where))
+    for (x, y), names in (((ds.x_train, ds.y_train), data.CIFAR_BATCHES["train"]),
+                          ((ds.x_test, ds.y_test), data.CIFAR_BATCHES["test"])):
+        ex, ey = _cifar_expected(batches, names)
+        np.testing.assert_array_equal(x, ex)
+        np.testing.assert_array_equal(y, ey)
+    assert ds.x_train.shape == (20, 3, 32, 32) and ds.num_classes == 10
+    # Pixel (row 0, column 1) of the green plane is byte 1024 + 1 of the row.
+    assert ds.x_test[0, 1, 0, 1] == np.float32(batches["test_batch"][b"data"][0, 1025] / 255.0)
+
+
+def test_cifar10_batch_that_would_run_code_is_refused(tmp_path):
+    import pickle
+    write_cifar_dir(tmp_path)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    with open(tmp_path / "cifar-10-batches-py" / "data_batch_3", "wb") as f:
+        pickle.dump({b"data": Evil(), b"labels": []}, f, protocol=2)
+    with pytest.raises(data.DataError, match=r"data_batch_3 is not a CIFAR-10 batch: UnpicklingError: "
+                                             r"a CIFAR batch holds no (posix|nt)\.system"):
+        data.load("cifar10", str(tmp_path))
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("short row", r"data \(4, 3071\) uint8 and labels \(4,\) do not match \(expected \(N, 3072\) uint8 and \(N,\)\)"),
+    ("missing batch", r"has test_batch but no data_batch_2"),
+    ("label 10", r"CIFAR-10 labels in .* must be in \[0, 10\), got 0..10"),
+])
+def test_cifar10_damaged_files_are_clear_errors(damage, message, tmp_path):
+    import pickle
+    batches = write_cifar_dir(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    batch = batches["data_batch_2"]
+    if damage == "missing batch":
+        os.remove(folder / "data_batch_2")
+    else:
+        if damage == "short row":
+            batch[b"data"] = batch[b"data"][:, :3071]
+        else:
+            batch[b"labels"][0] = 10
+        with open(folder / "data_batch_2", "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    with pytest.raises(data.DataError, match=message):
+        data.load("cifar10", str(tmp_path))

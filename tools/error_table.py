@@ -30,11 +30,11 @@ def op_rows():
 
 
 def cli_rows(workdir):
-    from bad_inputs import cli_error_cases
+    from bad_inputs import cli_error_cases, restored_environ
     from jaxbp import cli
     for name, (make_args, _, _) in cli_error_cases(workdir).items():
         err = io.StringIO()
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()), restored_environ():
             try:
                 rc = cli.main(make_args())
             except SystemExit as e:

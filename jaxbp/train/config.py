@@ -37,9 +37,10 @@ def option(default, help, **meta):
 @dataclasses.dataclass
 class Config:
     model: str = option("cnn", "the network", choices=tuple(layers.MODELS))
-    data: str = option("digits", "the data set (digits are bundled; mnist/fashion-mnist need --data-dir)",
-                       choices=data_lib.DATASETS)
-    data_dir: str | None = option(None, "directory with the four IDX files (for mnist/fashion-mnist)")
+    data: str = option("digits", "the data set (digits are bundled; mnist, fashion-mnist and cifar10 are "
+                                 "downloaded once, or read from --data-dir)", choices=data_lib.DATASETS)
+    data_dir: str | None = option(None, "directory with the data set's files (default: download them into "
+                                        "$JAXBP_DATA or the user cache directory)")
     epochs: int = option(60, "epochs of the whole run (with --resume: extends the run to this many)",
                          **POSITIVE_INT)
     batch_size: int = option(32, "examples per step", **POSITIVE_INT)

@@ -1,0 +1,90 @@
+"""Data files fetched on first use: downloaded, checked against SHA-256, cached.
+
+``pooch`` does the network part (a temporary file moved into place only after
+its SHA-256 matched, so an interrupted or corrupted transfer never leaves a
+file that looks complete; retries; a progress bar). This module knows which
+files each data set has, where they come from, and turns every failure into a
+:class:`jaxbp.data.DataError` that says what to download and where to put it.
+
+The cache directory is ``$JAXBP_DATA`` if set, else the platform's user cache
+directory (``~/.cache/jaxbp`` on Linux), one subdirectory per data set.
+``$JAXBP_DATA_MIRROR`` replaces the authors' servers: files are then fetched
+from ``$JAXBP_DATA_MIRROR/<data set>/<file>`` and checked against the same hashes.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import typing
+
+
+class Source(typing.NamedTuple):
+    url: str                 # base URL; the file names are appended
+    files: dict              # file name -> SHA-256 of the file as served
+
+
+# The files as their authors publish them (MNIST, Fashion-MNIST: gzip IDX;
+# CIFAR-10: the Python-pickle batches in one tar.gz).
+SOURCES = {
+    "mnist": Source("https://ossci-datasets.s3.amazonaws.com/mnist/", {
+        "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+        "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+        "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+        "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"}),
+    "fashion-mnist": Source("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", {
+        "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+        "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+        "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+        "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"}),
+    "cifar10": Source("https://www.cs.toronto.edu/~kriz/", {
+        "cifar-10-python.tar.gz": "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"}),
+}
+
+
+def cache_dir(name):
+    """Where data set ``name`` is cached: ``$JAXBP_DATA/name`` or the user cache dir."""
+    root = os.environ.get("JAXBP_DATA")
+    if not root:
+        import pooch
+        root = str(pooch.os_cache("jaxbp"))
+    return os.path.join(root, name)
+
+
+def fetch(name, directory=None, source=None):
+    """The files of data set ``name`` in ``directory`` (default :func:`cache_dir`),
+    downloading any that are missing; returns the directory.
+
+    A cached file is reused only if its SHA-256 matches (pooch checks it);
+    otherwise it is downloaded again. Every failure raises ``DataError`` naming
+    the file, the URL, the reason and the manual way out, and leaves nothing
+    half-written in ``directory``.
+    """
+    import pooch
+    from jaxbp.data import DataError
+
+    if source is None:
+        source = SOURCES[name]
+        mirror = os.environ.get("JAXBP_DATA_MIRROR")
+        if mirror:
+            source = source._replace(url=f"{mirror.rstrip('/')}/{name}/")
+    directory = cache_dir(name) if directory is None else directory
+    logging.getLogger("pooch").setLevel(logging.WARNING)  # jaxbp prints its own line
+    for fname, sha256 in source.files.items():
+        path = os.path.join(directory, fname)
+        if os.path.exists(path) and pooch.file_hash(path) == sha256:
+            continue
+        url = source.url + fname
+        print(f"downloading {url} -> {directory}", file=sys.stderr, flush=True)
+        try:
+            pooch.retrieve(url, known_hash=f"sha256:{sha256}", fname=fname, path=directory,
+                           progressbar=sys.stderr.isatty())
+        except Exception as e:  # network errors, HTTP errors, a wrong checksum: one message
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            files = ", ".join(source.files)
+            raise DataError(
+                f"could not download {fname} for --data {name} from {url}: {reason}\n"
+                f"Download {files} from {source.url} yourself (SHA-256 listed in jaxbp/download.py), "
+                f"put them in {directory} (or any directory and pass --data-dir), and run again."
+            ) from None
+    return directory

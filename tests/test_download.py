@@ -1,0 +1,106 @@
+"""Downloads (jaxbp.download) against a local HTTP server on 127.0.0.1: the
+files arrive checked and cached; a wrong checksum, a truncated transfer or a
+missing file is a clear error that leaves nothing half-written."""
+import gzip
+import hashlib
+import http.server
+import os
+import threading
+
+import numpy as np
+import pytest
+
+from jaxbp import data, download
+from helpers import write_mnist_dir
+
+
+class _Server:
+    """Serves ``files`` (name -> bytes); ``truncate`` names files whose transfer
+    stops halfway (the Content-Length promises the whole file)."""
+
+    def __init__(self):
+        self.files, self.truncate, self.requests = {}, set(), []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                name = self.path.rsplit("/", 1)[-1]
+                server.requests.append(name)
+                if name not in server.files:
+                    self.send_error(404)
+                    return
+                body = server.files[name]
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2] if name in server.truncate else body)
+                self.wfile.flush()
+                if name in server.truncate:
+                    self.close_connection = True
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def server():
+    s = _Server()
+    yield s
+    s.httpd.shutdown()
+
+
+def _source(server, files):
+    server.files.update(files)
+    return download.Source(server.url, {n: hashlib.sha256(b).hexdigest() for n, b in files.items()})
+
+
+def test_files_are_downloaded_checked_and_then_reused(server, tmp_path):
+    source = _source(server, {"a.gz": gzip.compress(b"a" * 1000), "b.gz": b"bb"})
+    assert download.fetch("x", str(tmp_path), source) == str(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["a.gz", "b.gz"] and sorted(server.requests) == ["a.gz", "b.gz"]
+    download.fetch("x", str(tmp_path), source)
+    assert len(server.requests) == 2  # the cache was used
+    (tmp_path / "b.gz").write_bytes(b"corrupted")  # a damaged cached file is fetched again
+    download.fetch("x", str(tmp_path), source)
+    assert server.requests[2:] == ["b.gz"] and (tmp_path / "b.gz").read_bytes() == b"bb"
+
+
+@pytest.mark.parametrize("fault", ["wrong checksum", "truncated", "missing"])
+def test_a_bad_transfer_is_a_clear_error_and_leaves_nothing(fault, server, tmp_path):
+    source = _source(server, {"good.gz": b"good", "bad.gz": b"x" * 5000})
+    if fault == "wrong checksum":
+        server.files["bad.gz"] = b"y" * 5000
+    elif fault == "truncated":
+        server.truncate.add("bad.gz")
+    else:
+        del server.files["bad.gz"]
+    with pytest.raises(data.DataError, match=rf"could not download bad.gz for --data x from {server.url}bad.gz: "
+                                             r".*\nDownload good.gz, bad.gz from .* put them in "):
+        download.fetch("x", str(tmp_path), source)
+    assert os.listdir(tmp_path) == ["good.gz"]  # no partial or temporary file
+
+
+def test_mnist_from_the_cache_directory_and_a_mirror(server, tmp_path, monkeypatch):
+    """`--data mnist` without --data-dir: $JAXBP_DATA_MIRROR serves, $JAXBP_DATA caches."""
+    src = tmp_path / "src"
+    src.mkdir()
+    arrays = write_mnist_dir(src, gz=True)
+    files = {p.name: p.read_bytes() for p in src.iterdir()}
+    server.files.update(files)
+    monkeypatch.setitem(download.SOURCES, "mnist", download.Source(
+        "unused", {n: hashlib.sha256(b).hexdigest() for n, b in files.items()}))
+    monkeypatch.setenv("JAXBP_DATA", str(tmp_path / "cache"))
+    monkeypatch.setenv("JAXBP_DATA_MIRROR", server.url.rstrip("/"))
+    ds = data.load("mnist")
+    np.testing.assert_array_equal(ds.y_train, arrays["train_labels"])
+    assert sorted(os.listdir(tmp_path / "cache" / "mnist")) == sorted(files)
+    assert all(r for r in server.requests)
+
+
+def test_the_published_hashes_are_sha256():
+    for source in download.SOURCES.values():
+        assert all(len(h) == 64 and int(h, 16) >= 0 for h in source.files.values())
