@@ -147,7 +147,31 @@ def build_parser():
 
 
 def _extra_commands():
-    return [_add_gradcheck, _add_bench]
+    return [_add_evaluate, _add_gradcheck, _add_bench]
+
+
+def _add_evaluate(sub):
+    p = sub.add_parser("evaluate", help="test loss, accuracy and confusion matrix of a run's newest checkpoint",
+                       description="Evaluate the newest usable checkpoint of a run on its data set's test "
+                                   "split in inference mode (batch norm with its running statistics, no "
+                                   "dropout); writes evaluation.json and confusion.png into the run directory.")
+    p.add_argument("--run-dir", default=None, help="the run (default: runs/latest)")
+    p.add_argument("--data-dir", default=None, help="where the data set is, if not where config.json says")
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="examples per evaluation batch (default: the run's --eval-batch-size)")
+    p.set_defaults(func=_evaluate)
+
+
+def _evaluate(a):
+    import os
+
+    from jaxbp.train import evaluate_run, rundir
+    run_dir = a.run_dir or os.path.join(rundir.ROOT, rundir.LATEST)
+    r = evaluate_run(run_dir, a.data_dir, a.batch_size)
+    print(f"{r.checkpoint} (epoch {r.epoch}, step {r.step}), inference mode:")
+    print(f"test loss {r.loss:.4f}  test accuracy {100 * r.accuracy:.2f}%  ({int(r.confusion.sum())} examples)")
+    print(f"confusion matrix: {os.path.join(run_dir, 'confusion.png')}")
+    return 0
 
 
 def _add_gradcheck(sub):

@@ -20,6 +20,12 @@ KEY = jax.random.PRNGKey(0)
     (layers.BatchNorm(axis=1), (4, 3, 2, 2), (4, 3, 2, 2), {"gamma": (3,), "beta": (3,)}),
     (layers.Flatten(), (2, 3, 4, 5), (2, 60), {}),
     (layers.Activation("leaky_relu", negative_slope=0.2), (2, 3), (2, 3), {}),
+    (layers.Conv2D(6, 3, dilation=2, groups=3, bias=False), (2, 3, 7, 6), (2, 6, 7, 6), {"w": (6, 1, 3, 3)}),
+    (layers.GlobalAvgPool2D(layout="NHWC"), (2, 5, 4, 3), (2, 3), {}),
+    (layers.Residual(layers.serial(layers.Conv2D(4, 3, 2), layers.BatchNorm()),
+                     layers.serial(layers.Conv2D(4, 1, 2, 0))), (2, 3, 6, 6), (2, 4, 3, 3),
+     {"main": [{"w": (4, 3, 3, 3), "b": (4,)}, {"gamma": (4,), "beta": (4,)}],
+      "shortcut": [{"w": (4, 3, 1, 1), "b": (4,)}]}),
 ])
 def test_init_shapes_match_apply(layer, in_shape, out_shape, params):
     shape, p, state = layer.init(KEY, in_shape)
@@ -30,18 +36,38 @@ def test_init_shapes_match_apply(layer, in_shape, out_shape, params):
     assert y.shape == out_shape
 
 
+@pytest.mark.parametrize("name,blocks,projections,params", [("resnet20", 9, 2, 272_474),
+                                                            ("resnet18", 8, 3, 11_173_962)])
+def test_resnets_have_their_published_shape(name, blocks, projections, params):
+    """ResNet-20: 0.27 M parameters (He et al. 2016, table 6); ResNet-18 with CIFAR stem: 11.2 M."""
+    model = layers.MODELS[name](10)
+    shapes = {}
+
+    def init():
+        shapes["out"], p, _ = model.init(KEY, (2, 3, 32, 32))
+        return p
+
+    p, out = jax.eval_shape(init), shapes["out"]  # traced only: no arrays allocated
+    residual = [l for l in model.children if l.kind == "block"]
+    assert out == (2, 10) and len(residual) == blocks
+    assert sum(len(l.children) == 2 for l in residual) == projections
+    assert sum(int(np.prod(a.shape)) for a in jax.tree.leaves(p)) == params
+
+
 def test_param_names_number_each_kind():
     model = layers.cnn(10)
     assert [n for n, p in zip(layers.param_names(model), model.init(KEY, (2, 1, 8, 8))[1]) if p] == [
         "conv1", "bn1", "conv2", "bn2", "dense1", "dense2"]
 
 
-@pytest.mark.parametrize("build", [lambda g: layers.cnn(10, (4, 8), gradients=g, dense=16),
-                                   lambda g: layers.mlp(10, (16, 16), gradients=g)], ids=["cnn", "mlp"])
-def test_custom_and_autodiff_models_agree(build):
+@pytest.mark.parametrize("build,channels", [
+    (lambda g: layers.cnn(10, (4, 8), gradients=g, dense=16), 1),
+    (lambda g: layers.mlp(10, (16, 16), gradients=g), 1),
+    (lambda g: layers.resnet(10, (4, 8), 1, gradients=g), 3)], ids=["cnn", "mlp", "resnet"])
+def test_custom_and_autodiff_models_agree(build, channels):
     """The same parameters through both namespaces: same outputs, gradients
     within float64 rounding."""
-    x = normal(2, (4, 1, 8, 8))[0]
+    x = normal(2, (4, channels, 8, 8))[0]
     custom, twin = build("custom"), build("autodiff")
     _, params, state = custom.init(KEY, x.shape)
     params = jax.tree.map(lambda p: p.astype(jnp.float64), params)

@@ -10,17 +10,20 @@ One module per job, imports pointing down (loop → step → pipeline → parall
     parallel.py    the device mesh, sharded batches, replicated state
     step.py        model, optimizer, loss and one jitted train/eval step
     loop.py        fit(): epochs, metrics, the non-finite guard, checkpoints, curves
+    evaluation.py  evaluate_run(): a run's newest checkpoint in inference mode, confusion matrix
     rundir.py      one run per directory; what --resume may change
     checkpoint.py  crash-safe checkpoints of any pytree
-    plot.py        curves.png
+    plot.py        curves.png, confusion.png
 """
 from jaxbp.train.config import OPTIMIZERS, Config
+from jaxbp.train.evaluation import EvalResult, evaluate_run
 from jaxbp.train.loop import NonFiniteError, TrainingInterrupted, TrainResult, fit
 from jaxbp.train.parallel import fetch, make_mesh, replicate, shard_batch
-from jaxbp.train.pipeline import epoch_batches, evaluate, random_shift
+from jaxbp.train.pipeline import epoch_batches, evaluate, random_flip, random_shift
 from jaxbp.train.step import (TrainState, build_model, build_optimizer, init_state, make_steps, new_state,
                               regularizer)
 
-__all__ = ["OPTIMIZERS", "Config", "NonFiniteError", "TrainResult", "TrainState", "TrainingInterrupted",
-           "build_model", "build_optimizer", "epoch_batches", "evaluate", "fetch", "fit", "init_state",
-           "make_mesh", "make_steps", "new_state", "random_shift", "regularizer", "replicate", "shard_batch"]
+__all__ = ["OPTIMIZERS", "Config", "EvalResult", "NonFiniteError", "TrainResult", "TrainState", "TrainingInterrupted",
+           "build_model", "build_optimizer", "epoch_batches", "evaluate", "evaluate_run", "fetch", "fit", "init_state",
+           "make_mesh", "make_steps", "new_state", "random_flip", "random_shift", "regularizer",
+           "replicate", "shard_batch"]

@@ -61,7 +61,9 @@ class Config:
     resume: bool = option(False, "continue the run in --run-dir from its newest checkpoint, with its config.json")
     overwrite: bool = option(False, "start a new run in a --run-dir that holds one, deleting the old run first")
     eval_batch_size: int = option(512, "examples per evaluation batch", **POSITIVE_INT)
-    augment: int = option(1, "random shifts of up to this many pixels (0: off)", **NONNEGATIVE_INT)
+    augment: int | None = option(None, "random shifts (crops of the zero-padded image) of up to this many pixels "
+                                       "(0: off; default: 4 for cifar10, else 1)", **NONNEGATIVE_INT)
+    flip: str = option("auto", "random horizontal flips (auto: for cifar10 only)", choices=("auto", "on", "off"))
     devices: int | None = option(None, "data-parallel over this many devices (default: all, of all processes)",
                                  **POSITIVE_INT)
     dropout: float = option(0.25, "dropout rate before the last dense layer", **RATE)
@@ -92,6 +94,12 @@ class Config:
 
     def policy(self):
         return precision.Policy.named(self.dtype)
+
+    def augmentation(self):
+        """``(max_shift, flip)``: the data set's standard unless given (CIFAR-10:
+        random 32×32 crops of the image padded by 4, and horizontal flips)."""
+        shift = (4 if self.data == "cifar10" else 1) if self.augment is None else self.augment
+        return shift, self.flip == "on" or (self.flip == "auto" and self.data == "cifar10")
 
     def weight_decay_terms(self):
         """``(decoupled, l2)``: AdamW decays weights itself; the other optimizers

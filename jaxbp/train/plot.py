@@ -6,9 +6,13 @@ import os
 
 def plot_curves(history, path, title=""):
     """Write the figure of :func:`figure` to ``path`` atomically."""
+    save(figure(history, title), path)
+
+
+def save(fig, path):
+    """``fig`` as a PNG at ``path``, atomically (a crash leaves the old file or none)."""
     import matplotlib.pyplot as plt
 
-    fig = figure(history, title)
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
@@ -34,5 +38,26 @@ def figure(history, title=""):
     for ax in (ax_loss, ax_acc):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(confusion, classes, title=""):
+    """The confusion matrix (rows: true class, columns: predicted), counts written in."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = len(classes)
+    fig, ax = plt.subplots(figsize=(1.5 + 0.6 * k, 1 + 0.6 * k))
+    ax.imshow(confusion, cmap="Blues")
+    ax.set(xticks=range(k), yticks=range(k), xticklabels=classes, yticklabels=classes,
+           xlabel="predicted", ylabel="true", title=title)
+    ax.tick_params(axis="x", labelrotation=45)
+    top = confusion.max() if confusion.size else 0
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if confusion[i, j] > top / 2 else "black")
     fig.tight_layout()
     return fig

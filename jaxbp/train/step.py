@@ -15,7 +15,7 @@ import optax
 
 from jaxbp import layers
 from jaxbp.train.parallel import replicated
-from jaxbp.train.pipeline import random_shift
+from jaxbp.train.pipeline import random_flip, random_shift
 
 
 class TrainState(typing.NamedTuple):
@@ -72,7 +72,8 @@ def init_state(model, cfg, input_shape):
 
 
 def make_steps(model, optimizer, cfg, mesh=None):
-    """``train_step(ts, x, y) -> (ts, metrics)`` and ``eval_step(params, state, x, y, mask)``.
+    """``train_step(ts, x, y) -> (ts, metrics)`` and ``eval_step(params, state, x, y, mask)
+    -> (loss sum, correct count, predicted classes)``, the latter in inference mode.
 
     With ``mesh``, the batch arrives sharded along ``"batch"`` and the state stays
     replicated; XLA inserts the all-reduces, so batch norm sees the global batch.
@@ -88,8 +89,12 @@ def make_steps(model, optimizer, cfg, mesh=None):
 
     def loss_fn(params, state, x, y, key):
         shift_key, key = jax.random.split(key)
-        if cfg.augment:
-            x = random_shift(shift_key, x, cfg.augment)
+        shift, flip = cfg.augmentation()
+        if shift:
+            x = random_shift(shift_key, x, shift)
+        if flip:
+            flip_key, key = jax.random.split(key)
+            x = random_flip(flip_key, x)
         logits, new_state = logits_of(params, state, x, True, key)
         loss = ops.softmax_cross_entropy(logits, y).mean()
         if l2:
@@ -113,8 +118,8 @@ def make_steps(model, optimizer, cfg, mesh=None):
     def eval_step(params, state, x, y, mask):
         logits, _ = logits_of(params, state, x, False)
         loss = ops.softmax_cross_entropy(logits, y)
-        correct = (jnp.argmax(logits, -1) == y)
-        return jnp.sum(loss * mask), jnp.sum(correct * mask)
+        predicted = jnp.argmax(logits, -1)
+        return jnp.sum(loss * mask), jnp.sum((predicted == y) * mask), predicted
 
     return train_step, eval_step
 
