@@ -206,7 +206,7 @@ def _add_bench(sub):
     p.add_argument("--width", type=_positive_int, default=256, help="hidden width of the mlp")
     p.add_argument("--no-batch-norm", dest="batch_norm", action="store_false",
                    help="mlp without batch norm: dense + relu only (the matmul-bound case)")
-    p.add_argument("--layout", choices=["NCHW", "NHWC"], default="NHWC", help="layout inside the CNN")
+    p.add_argument("--layout", choices=["NCHW", "NHWC"], default="NHWC", help="layout inside the CNN and ResNets")
     p.add_argument("--algorithm", choices=["explicit", "implicit"], default=DEFAULT_ALGORITHM,
                    help="conv2d algorithm, as jaxbp train's")
     p.add_argument("--rounds", type=_positive_int, default=20, help="timed rounds (one call of each candidate)")
@@ -228,7 +228,7 @@ def _bench(a):
                           "layout": a.layout, "algorithm": a.algorithm, "batch_norm": a.batch_norm,
                           "results": results}, indent=2))
     else:
-        extra = f", {a.layout}, {a.algorithm}" if a.model == "cnn" else \
+        extra = f", {a.layout}, {a.algorithm}" if a.model != "mlp" else \
             f", width {a.width}" + ("" if a.batch_norm else ", no batch norm")
         print(bench.table(results, a.model, a.batch_size, a.dtype, extra))
     return 0

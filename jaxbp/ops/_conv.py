@@ -219,7 +219,7 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, algorithm
     default) evaluates the same three products as XLA convolutions without
     materializing ``X̃``. In im2col terms dilation is a strided window (entry
     ``(i, j)`` of a window reads ``(d·i, d·j)`` from its corner) and ``groups``
-    makes ``F̃`` block-diagonal (§3.4): the same rules, per block.
+    makes ``F̃`` block-diagonal: the same rules, per block (§3, "Dilation and groups").
 
     Args:
       x: ``(N, C, H, W)`` input (``(N, H, W, C)`` when ``layout="NHWC"``).

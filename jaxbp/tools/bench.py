@@ -21,13 +21,14 @@ from jaxbp import ops, train
 from jaxbp.tools.timing import machine, paired_ratio, temp_bytes, timings
 
 FLAX_MISSING = "not measured: Flax is not installed (pip install -e '.[flax]')"
-INPUT_SHAPE = (1, 28, 28)  # MNIST-sized images, NCHW
+INPUT_SHAPE = (1, 28, 28)  # MNIST-sized images, NCHW (CIFAR-sized for the ResNets)
+INPUT_SHAPES = {"mlp": INPUT_SHAPE, "cnn": INPUT_SHAPE, "resnet20": (3, 32, 32), "resnet18": (3, 32, 32)}
 NUM_CLASSES = 10
 
 
-def _batch(batch_size, seed=0):
+def _batch(batch_size, model="cnn", seed=0):
     rng = np.random.default_rng(seed)
-    x = rng.uniform(size=(batch_size,) + INPUT_SHAPE).astype(np.float32)
+    x = rng.uniform(size=(batch_size,) + INPUT_SHAPES[model]).astype(np.float32)
     y = rng.integers(0, NUM_CLASSES, batch_size).astype(np.int32)
     return jnp.asarray(x), jnp.asarray(y)
 
@@ -35,7 +36,7 @@ def _batch(batch_size, seed=0):
 def jaxbp_step(model, gradients, dtype, width, layout, algorithm, x, batch_norm=True):
     """(step function, initial carry) of jaxbp's train step; step(carry) -> carry."""
     cfg = train.Config(model=model, gradients=gradients, dtype=dtype, optimizer="adam", lr=1e-3,
-                       weight_decay=0.0, augment=0, dropout=0.0, layout=layout, algorithm=algorithm)
+                       weight_decay=0.0, augment=0, flip="off", dropout=0.0, layout=layout, algorithm=algorithm)
     if model == "mlp":
         from jaxbp import layers
         net = layers.mlp(NUM_CLASSES, hidden=(width, width), gradients=gradients, batch_norm=batch_norm)
@@ -85,7 +86,38 @@ def flax_step(model, dtype, width, x, batch_norm=True):
                 x = nnx.relu(getattr(self, bn)(x) if batch_norm else x)
             return self.l3(x)
 
-    net = (CNN if model == "cnn" else MLP)(nnx.Rngs(0))
+    class ResNet(nnx.Module):
+        """jaxbp.layers.resnet in Flax: the same stem, basic blocks, projections,
+        pooling and head (layers.resnet's docstring), NHWC inside."""
+
+        def __init__(self, rngs, widths, blocks):
+            kw = dict(dtype=compute, rngs=rngs)
+            conv = lambda i, o, k, s: nnx.Conv(i, o, (k, k), (s, s), padding="SAME" if k > 1 else "VALID",
+                                               use_bias=False, **kw)
+            bn = lambda c: nnx.BatchNorm(c, momentum=0.9, **kw)
+            self.stem, self.stem_bn = conv(3, widths[0], 3, 1), bn(widths[0])
+            self.blocks, c_in = nnx.List(), widths[0]
+            for stage, width in enumerate(widths):
+                for block in range(blocks):
+                    stride = 2 if stage > 0 and block == 0 else 1
+                    project = stride != 1 or width != c_in
+                    self.blocks.append(nnx.List([
+                        conv(c_in, width, 3, stride), bn(width), conv(width, width, 3, 1), bn(width),
+                        nnx.List([conv(c_in, width, 1, stride), bn(width)] if project else [])]))
+                    c_in = width
+            self.head = nnx.Linear(c_in, NUM_CLASSES, **kw)
+
+        def __call__(self, x):
+            x = nnx.relu(self.stem_bn(self.stem(x.transpose(0, 2, 3, 1))))
+            for c1, b1, c2, b2, short in self.blocks:
+                s = short[1](short[0](x)) if len(short) else x
+                x = nnx.relu(b2(c2(nnx.relu(b1(c1(x))))) + s)
+            return self.head(x.mean(axis=(1, 2)))
+
+    if model in ("resnet20", "resnet18"):
+        net = ResNet(nnx.Rngs(0), *({"resnet20": ((16, 32, 64), 3), "resnet18": ((64, 128, 256, 512), 2)}[model]))
+    else:
+        net = (CNN if model == "cnn" else MLP)(nnx.Rngs(0))
     optimizer = nnx.Optimizer(net, optax.adam(1e-3), wrt=nnx.Param)
     graphdef, state = nnx.split((net, optimizer))
 
@@ -115,7 +147,7 @@ def run(model="cnn", batch_size=128, dtype="float32", width=256, rounds=20, layo
         algorithm=ops.DEFAULT_ALGORITHM, flax=True, batch_norm=True):
     """Time the train step of each candidate; returns a list of result dicts.
     ``batch_norm=False`` drops the MLP's batch norm (dense + relu only)."""
-    x, y = _batch(batch_size)
+    x, y = _batch(batch_size, model)
     candidates = {f"jaxbp {g}": jaxbp_step(model, g, dtype, width, layout, algorithm, x, batch_norm)
                   for g in ("custom", "autodiff")}
     skipped = []
