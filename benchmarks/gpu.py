@@ -124,6 +124,16 @@ def main():
                 + " of the measured TF32 matmul rate (matmul FLOPs only)")
         log(out, "")
 
+    # Issue targets: the ResNet train step at batch 256 (custom ≤ 1.0× twin time,
+    # ≤ 0.8× twin memory, ≤ 0.9× Flax NNX time), and the largest batch in 8 GiB.
+    for model in ("resnet20", "resnet18"):
+        r = bench.run(model, 64 if quick else 256, "float32", 256, rounds, "NHWC", "implicit")
+        log(out, bench.table(r, model, 64 if quick else 256, "float32", ", NHWC, implicit") + "\n")
+    import subprocess
+    largest = subprocess.run([sys.executable, "benchmarks/largest_batch.py", "--model", "resnet20",
+                              "--budget-mib", "1024" if quick else "8192"], capture_output=True, text=True)
+    log(out, largest.stdout + largest.stderr[-2000:])
+
     bn = batch_norm_bandwidth(rounds, copy_bw, quick)
     log(out, "Batch norm fwd+bwd (256×64×56×56 float32, 5 passes counted): " + "; ".join(
         f"{k} {v[0] / 1e12:.2f} TB/s = {v[1]:.0%} of copy ({v[2] * 1e3:.2f} ms)" for k, v in bn.items()) + "\n")

@@ -16,6 +16,6 @@ echo "benchmarks exit $?" >> "$log"
 # Tests on the GPU (tests/conftest.py sets matmul precision 'highest').
 timeout ${TEST_TIMEOUT:-200} python3 -m pytest -q -x -n 8 -p no:cacheprovider \
   tests/test_dense.py tests/test_conv.py tests/test_pool.py tests/test_norm.py tests/test_loss.py \
-  tests/test_activation.py tests/test_gradcheck.py tests/test_train.py >> "$log" 2>&1
+  tests/test_activation.py tests/test_gradcheck.py tests/test_train.py tests/test_evaluation.py >> "$log" 2>&1
 echo "tests exit $?" >> "$log"
 tail -5 "$log"

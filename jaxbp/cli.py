@@ -183,6 +183,9 @@ def _add_gradcheck(sub):
                    help="the model whose parameters are checked")
     p.add_argument("--dtype", choices=[n for n in precision.NAMES if n in TOLERANCES], default="float64",
                    help="precision of the check (float64 is the tight one)")
+    from jaxbp.ops import __all__ as op_names
+    p.add_argument("--op", action="append", choices=op_names, metavar="NAME",
+                   help="check only this op (repeatable; default: every op)")
     p.set_defaults(func=_gradcheck)
 
 
@@ -190,7 +193,7 @@ def _gradcheck(a):
     from jaxbp import precision
     precision.enable(a.dtype)
     from jaxbp.tools import gradcheck
-    ok = gradcheck.main(a.model, a.dtype)
+    ok = gradcheck.main(a.model, a.dtype, a.op)
     return 0 if ok else EXIT_FAILURE
 
 

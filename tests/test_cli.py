@@ -53,9 +53,12 @@ def test_usage_errors_are_one_line_with_exit_2(args, message):
 
 
 def test_gradcheck_cli(tmp_path):
-    r = jaxbp("gradcheck", "--model", "mlp")
+    """The command's wiring (every op's problem runs in tests/test_gradcheck.py)."""
+    r = jaxbp("gradcheck", "--model", "mlp", "--op", "conv2d", "--op", "relu")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "conv2d NHWC implicit" in r.stdout and "PASS" in r.stdout and "dense1.w" in r.stdout
+    assert "conv2d NHWC implicit" in r.stdout and "conv2d dilated grouped explicit" in r.stdout
+    assert "\nrelu " in r.stdout and "leaky_relu" not in r.stdout
+    assert "PASS" in r.stdout and "dense1.w" in r.stdout
 
 
 @pytest.mark.parametrize("flags", [[], ["--no-batch-norm"]])
@@ -68,12 +71,12 @@ def test_bench_cli_json(flags):
     names = [x["candidate"] for x in out["results"]]
     assert names == ["jaxbp custom", "jaxbp autodiff", "flax nnx"]
     assert all(x["step_ms"] > 0 and x["temp_mib"] >= 0 for x in out["results"] if "skipped" not in x)
-    flax = out["results"][2]  # measured, or said why not: never silently dropped
+    baseline = out["results"][2]  # measured, or said why not: never silently dropped
     try:
         import flax  # noqa: F401
-        assert "step_ms" in flax
+        assert "step_ms" in baseline
     except ImportError:
-        assert "Flax is not installed" in flax["skipped"]
+        assert "Flax is not installed" in baseline["skipped"]
 
 
 @pytest.mark.parametrize("name", list(cli_error_cases("/unused")))
