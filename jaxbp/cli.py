@@ -91,11 +91,32 @@ def _argument_type(meta):
     return _number(meta["type"], accept, expected)
 
 
+def _compilation_cache():
+    """JAX's persistent compilation cache, so that a second run does not compile
+    again: ``$JAXBP_COMPILATION_CACHE`` (``off`` disables it), else JAX's own
+    ``JAX_COMPILATION_CACHE_DIR`` if set, else ``xla/`` in jaxbp's user cache
+    directory (next to the downloaded data)."""
+    import os
+
+    import jax
+    where = os.environ.get("JAXBP_COMPILATION_CACHE")
+    if where == "off" or (where is None and os.environ.get("JAX_COMPILATION_CACHE_DIR")):
+        return
+    if where is None:
+        from jaxbp import download
+        where = os.path.join(os.path.dirname(download.cache_dir("xla")), "xla")
+    jax.config.update("jax_compilation_cache_dir", where)
+    if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+        # The train and eval steps, not each small eager op.
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
 def _train(a):
     import dataclasses
     import os
 
     import jax
+    _compilation_cache()
     if a.num_processes > 1:
         if not a.coordinator:
             raise _UsageError("--num-processes > 1 needs --coordinator HOST:PORT")
@@ -166,6 +187,7 @@ def _evaluate(a):
     import os
 
     from jaxbp.train import evaluate_run, rundir
+    _compilation_cache()
     run_dir = a.run_dir or os.path.join(rundir.ROOT, rundir.LATEST)
     r = evaluate_run(run_dir, a.data_dir, a.batch_size)
     print(f"{r.checkpoint} (epoch {r.epoch}, step {r.step}), inference mode:")

@@ -11,8 +11,9 @@ from helpers import write_mnist_dir
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def jaxbp(*args, cwd=None):
+def jaxbp(*args, cwd=None, **extra_env):
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_ENABLE_X64")}
+    env.update(extra_env)
     return subprocess.run([sys.executable, "-m", "jaxbp.cli", *args], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=300)
 
@@ -129,9 +130,16 @@ def test_two_runs_in_one_directory_never_destroy_each_other(tmp_path):
 
 
 def test_default_run_directory_is_new_per_run_and_latest_points_at_it(tmp_path):
+    """Also: the second run compiles nothing (JAX's persistent compilation cache)."""
     fast = ["train", "--model", "mlp", "--data", "synthetic", "--epochs", "1", "--quiet"]
-    a, b = jaxbp(*fast, cwd=tmp_path), jaxbp(*fast, "--seed", "1", cwd=tmp_path)
+    cache = tmp_path / "xla"
+    entries = lambda: sorted(p.name for p in cache.iterdir() if not p.name.endswith("-atime"))
+    every = dict(JAXBP_COMPILATION_CACHE=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    a = jaxbp(*fast, cwd=tmp_path, **every)
+    compiled = entries()
+    b = jaxbp(*fast, "--seed", "1", cwd=tmp_path, **every)
     assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    assert any("train_step" in e for e in compiled) and entries() == compiled
     runs = sorted(p for p in os.listdir(tmp_path / "runs") if p != "latest")
     assert len(runs) == 2 and all(p.endswith("-mlp-synthetic") for p in runs)
     assert os.readlink(tmp_path / "runs" / "latest") == runs[1]

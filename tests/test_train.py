@@ -67,13 +67,31 @@ def test_run_directory_contents(tmp_path):
     train.fit(Config(model="mlp", epochs=2, run_dir=str(tmp_path)), dataset=ds, quiet=True)
     records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 2
-    assert {"epoch", "train_loss", "test_loss", "test_accuracy", "seconds"} <= set(records[0])
+    assert {"epoch", "train_loss", "test_loss", "test_accuracy", "seconds", "elapsed", "compile_seconds"} <= \
+        set(records[0]) and "compile_seconds" not in records[1]
+    # elapsed: wall seconds since the process started, so more than this epoch's own seconds.
+    assert records[0]["elapsed"] > records[0]["seconds"] > records[0]["compile_seconds"] > 0
+    assert records[1]["elapsed"] > records[0]["elapsed"]
     assert json.loads((tmp_path / "config.json").read_text())["model"] == "mlp"
     png = (tmp_path / "curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     import matplotlib.image
     assert matplotlib.image.imread(str(tmp_path / "curves.png")).shape[:2] == (400, 1000)
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["ckpt-000000004", "ckpt-000000008"]
+
+
+def test_stop_at_accuracy_ends_the_run_at_the_first_evaluation_reaching_it(tmp_path, capsys):
+    ds = small_digits(n_train=128)
+    cfg = dict(model="mlp", epochs=30, batch_size=32, lr=1e-2)
+    full = train.fit(Config(**cfg), dataset=ds, quiet=True)
+    accuracies = [r["test_accuracy"] for r in full.history]
+    target = sorted(accuracies)[len(accuracies) // 2]  # reached part-way through
+    first = next(i for i, a in enumerate(accuracies) if a >= target) + 1
+    capsys.readouterr()
+    stopped = train.fit(Config(stop_at_accuracy=target, run_dir=str(tmp_path), **cfg), dataset=ds, quiet=True)
+    assert len(stopped.history) == first < 30 and stopped.test_accuracy >= target
+    assert f"at epoch {first}: " in capsys.readouterr().out  # said even with quiet
+    assert [r["train_loss"] for r in stopped.history] == [r["train_loss"] for r in full.history[:first]]
 
 
 @pytest.mark.parametrize("model", ["cnn", "mlp"])
@@ -108,7 +126,8 @@ def test_regularizer_reaches_weights_not_logits():
 
 @pytest.mark.parametrize("field,value", [("epochs", 0), ("batch_size", -1), ("lr", 0.0), ("lr", float("nan")),
                                          ("model", "resnet"), ("optimizer", "lbfgs"), ("gradients", "numeric"),
-                                         ("dropout", 1.0)])
+                                         ("dropout", 1.0), ("stop_at_accuracy", 1.5), ("stop_at_accuracy", 0.0),
+                                         ("flip", "yes"), ("augment", -1)])
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=f"{field} must be"):
         Config(**{field: value}).validate()

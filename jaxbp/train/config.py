@@ -26,6 +26,7 @@ NONNEGATIVE_INT = _rule(int, lambda v: v >= 0, "an integer >= 0")
 POSITIVE_FLOAT = _rule(float, lambda v: 0 < v < math.inf, "a positive finite number")
 NONNEGATIVE_FLOAT = _rule(float, lambda v: 0 <= v < math.inf, "a number >= 0")
 RATE = _rule(float, lambda v: 0 <= v < 1, "in [0, 1)")
+ACCURACY = _rule(float, lambda v: 0 < v <= 1, "in (0, 1]")
 
 
 def option(default, help, **meta):
@@ -67,6 +68,8 @@ class Config:
     devices: int | None = option(None, "data-parallel over this many devices (default: all, of all processes)",
                                  **POSITIVE_INT)
     dropout: float = option(0.25, "dropout rate before the last dense layer", **RATE)
+    stop_at_accuracy: float | None = option(None, "end the run at the first evaluation with test accuracy >= this "
+                                                  "(e.g. 0.99), and say how long it took", **ACCURACY)
 
     def validate(self):
         """Raise ValueError naming the first bad field."""

@@ -47,6 +47,28 @@ class TrainingInterrupted(Exception):
         super().__init__(f"interrupted; saved: {what}")
 
 
+def _process_start():
+    """Wall-clock time (``time.time()``) at which this process started: from
+    /proc on Linux, else when jaxbp was imported (a fraction of a second later)."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: start time since boot
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return _IMPORTED
+
+
+_IMPORTED = time.time()
+PROCESS_START = _process_start()
+
+
+def elapsed():
+    """Wall seconds since this process started (imports, data and compilation included)."""
+    return time.time() - PROCESS_START
+
+
 def _log(quiet, *args):
     if not quiet:
         print(*args, flush=True)
@@ -117,7 +139,7 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
     end_epoch = cfg.epochs if max_epochs is None else min(cfg.epochs, start_epoch + max_epochs)
     # The bar is for a person at a terminal; a log gets the per-epoch lines only.
     bar_off = quiet or not sys.stderr.isatty()
-    step_losses = []
+    step_losses, compile_s, reached = [], None, None
     try:
         for epoch in range(start_epoch, end_epoch):
             t0 = time.perf_counter()
@@ -126,7 +148,12 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
                        file=sys.stderr, dynamic_ncols=True)
             losses, finite = [], []
             for i, idx in enumerate(bar):
+                t_step = time.perf_counter()
                 ts, m = train_step(ts, *shard_batch(mesh, ds.x_train[idx], ds.y_train[idx]))
+                if compile_s is None:  # the first call compiles: time it once (one host sync)
+                    jax.block_until_ready(m["loss"])
+                    compile_s = time.perf_counter() - t_step
+                    _log(quiet, f"compiled the train step in {compile_s:.1f}s (first step included)")
                 losses.append(m["loss"])
                 finite.append((m["loss_finite"], m["grads_finite"]))
                 if i % 10 == 9 or i == len(batches) - 1:  # one host sync per 10 steps
@@ -138,7 +165,9 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
                                            cfg.eval_batch_size, mesh)
             record = {"epoch": epoch + 1, "step": int(fetch(ts.step)), "train_loss": train_loss,
                       "test_loss": test_loss, "test_accuracy": test_acc,
-                      "seconds": time.perf_counter() - t0}
+                      "seconds": time.perf_counter() - t0, "elapsed": elapsed()}
+            if epoch == start_epoch:
+                record["compile_seconds"] = compile_s
             history.append(record)
             _log(quiet, f"epoch {epoch + 1:3d}/{cfg.epochs}  train_loss {train_loss:.4f}  "
                         f"test_loss {test_loss:.4f}  test_acc {100 * test_acc:6.2f}%  {record['seconds']:.1f}s")
@@ -147,6 +176,12 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
                                        {"epoch": epoch})
                 saved = {"epoch": epoch + 1, "path": path}
                 rundir.write_metrics(cfg.run_dir, history)
+            if cfg.stop_at_accuracy is not None and test_acc >= cfg.stop_at_accuracy:
+                reached = record
+                _log(not chief, f"reached test accuracy {100 * test_acc:.2f}% >= {100 * cfg.stop_at_accuracy:g}% "
+                            f"at epoch {epoch + 1}: {record['elapsed']:.1f}s since the process started, "
+                            f"{time.perf_counter() - t_start:.1f}s of training (compilation included)")
+                break
     except KeyboardInterrupt:
         raise TrainingInterrupted(cfg.run_dir, saved) from None
     finally:
@@ -155,6 +190,8 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
             plot_curves(history, os.path.join(cfg.run_dir, "curves.png"),
                         title=f"{cfg.model} on {cfg.data}, {cfg.gradients} gradients")
     final = history[-1] if history else {}
+    if cfg.stop_at_accuracy is not None and reached is None and chief and history:
+        _log(quiet, f"test accuracy {100 * cfg.stop_at_accuracy:g}% not reached in {len(history)} epochs")
     if chief:
         print(f"final test accuracy {100 * final.get('test_accuracy', float('nan')):.2f}% "
               f"({time.perf_counter() - t_start:.1f}s)", flush=True)
