@@ -104,7 +104,7 @@ def _compilation_cache():
         return
     if where is None:
         from jaxbp import download
-        where = os.path.join(os.path.dirname(download.cache_dir("xla")), "xla")
+        where = download.cache_dir("xla")
     jax.config.update("jax_compilation_cache_dir", where)
     if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
         # The train and eval steps, not each small eager op.

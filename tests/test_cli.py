@@ -182,7 +182,11 @@ def test_ctrl_c_says_what_was_saved_and_the_command_that_resumes(tmp_path):
     import time
     run = str(tmp_path / "r")
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_ENABLE_X64")}
-    proc = subprocess.Popen([sys.executable, "-m", "jaxbp.cli", "train", "--model", "mlp", "--data", "synthetic",
+    # Ctrl-C as at a terminal: a test runner started in the background ignores
+    # SIGINT and its children inherit that, so the child restores Python's handler.
+    ctrl_c = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+              "sys.argv[0] = 'jaxbp'; runpy.run_module('jaxbp.cli', run_name='__main__')")
+    proc = subprocess.Popen([sys.executable, "-c", ctrl_c, "train", "--model", "mlp", "--data", "synthetic",
                              "--epochs", "200", "--run-dir", run, "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 120
