@@ -151,34 +151,35 @@ def load_cifar10(directory):
     tar_path = os.path.join(directory, "cifar-10-python.tar.gz")
     folders = [directory, os.path.join(directory, "cifar-10-batches-py")]
     folder = next((d for d in folders if os.path.exists(os.path.join(d, "test_batch"))), None)
-    splits = {}
+
+    def splits(read):
+        """``read(batch name) -> (x, y)`` over every batch, concatenated per split."""
+        parts = {split: [read(n) for n in names] for split, names in CIFAR_BATCHES.items()}
+        return [tuple(np.concatenate(a) for a in zip(*parts[split])) for split in ("train", "test")]
+
     if folder is not None:
-        for split, names in CIFAR_BATCHES.items():
-            parts = []
-            for name in names:
-                path = os.path.join(folder, name)
-                if not os.path.exists(path):
-                    raise DataError(f"{folder} has test_batch but no {name}")
-                with open(path, "rb") as f:
-                    parts.append(read_cifar_batch(f, path))
-            splits[split] = parts
+        def read(name):
+            path = os.path.join(folder, name)
+            if not os.path.exists(path):
+                raise DataError(f"{folder} has test_batch but no {name}")
+            with open(path, "rb") as f:
+                return read_cifar_batch(f, path)
+        (xt, yt), (xv, yv) = splits(read)
     elif os.path.exists(tar_path):
         try:
             with tarfile.open(tar_path, "r:gz") as tar:
                 members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
-                for split, names in CIFAR_BATCHES.items():
-                    missing = [n for n in names if n not in members]
-                    if missing:
-                        raise DataError(f"{tar_path} has no {', '.join(missing)}")
-                    splits[split] = [read_cifar_batch(io.BytesIO(tar.extractfile(members[n]).read()),
-                                                      f"{tar_path}:{n}") for n in names]
+
+                def read(name):
+                    if name not in members:
+                        raise DataError(f"{tar_path} has no {name}")
+                    return read_cifar_batch(io.BytesIO(tar.extractfile(members[name]).read()), f"{tar_path}:{name}")
+                (xt, yt), (xv, yv) = splits(read)
         except (tarfile.TarError, OSError, EOFError) as e:
             raise DataError(f"cannot read {tar_path}: {e}") from None
     else:
         raise DataError(f"{directory} has neither the CIFAR-10 batches (data_batch_1 … test_batch, "
                         "or a cifar-10-batches-py folder) nor cifar-10-python.tar.gz")
-    (xt, yt), (xv, yv) = [(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
-                          for parts in (splits["train"], splits["test"])]
     for labels in (yt, yv):
         if labels.size and not 0 <= labels.min() <= labels.max() < 10:
             raise DataError(f"CIFAR-10 labels in {directory} must be in [0, 10), got {labels.min()}..{labels.max()}")
