@@ -113,6 +113,30 @@ def test_implicit_equals_explicit(stride, padding, dilation, groups, layout):
     assert_close_trees(g_i, g_e, 1e-13)
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_implicit_convolutions_are_stated_in_xla_cpus_fast_order_inside_a_scan(layout):
+    """Inside a loop XLA:CPU runs a convolution through its fast kernels only in
+    the order NHWC, HWIO -> NHWC (BENCHMARKS.md: 10-40x slower otherwise, which
+    made the compiled epoch slower than step by step). All three convolutions of
+    the implicit rules (forward, dX, dW), compiled for the CPU inside lax.scan."""
+    x, w = normal(52, (2, 3, 6, 5) if layout == "NCHW" else (2, 6, 5, 3), (4, 3, 3, 3))
+
+    def loss(w, x):
+        return jnp.sum(jaxbp.conv2d(x, w, None, 2, 1, algorithm="implicit", layout=layout) ** 2)
+
+    def epoch(w, xs):
+        def step(w, x):
+            dw, dx = jax.grad(loss, (0, 1))(w, x)
+            return w - 0.1 * dw, dx
+        return lax.scan(step, w, xs)
+
+    text = jax.jit(epoch).trace(w, jnp.stack([x, x])).lower(lowering_platforms=("cpu",)).as_text()
+    convolutions = [line for line in text.splitlines() if "stablehlo.convolution" in line]
+    assert len(convolutions) == 3  # forward, dX, dW
+    for line in convolutions:
+        assert "dim_numbers = [b, 0, 1, f]x[0, 1, i, o]->[b, 0, 1, f]" in line, line
+
+
 def test_nhwc_is_nchw_transposed():
     x, w, b = normal(51, (2, 3, 6, 5), (4, 3, 3, 3), (4,))
     nchw = jaxbp.conv2d(x, w, b, 2, 1)

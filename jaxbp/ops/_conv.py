@@ -67,6 +67,27 @@ _DIMS = {
 }
 
 
+def _conv(lhs, rhs, dims, **kwargs):
+    """``lax.conv_general_dilated`` with dimension numbers ``dims``; on CPUs
+    stated in the one order XLA:CPU runs through its fast convolution kernels
+    wherever the convolution sits (``NHWC``, ``HWIO``, ``NHWC``), by transposing
+    the operands and the result. At the top level of a program XLA:CPU picks
+    such layouts itself, but inside a loop (``lax.scan``: the compiled epoch) it
+    keeps the stated ones and falls back to a generic loop nest, measured 10–40×
+    slower per convolution (BENCHMARKS.md). Other backends get ``dims`` as is."""
+    def stated(lhs, rhs):
+        return lax.conv_general_dilated(lhs, rhs, dimension_numbers=dims, **kwargs)
+
+    def canonical(lhs, rhs):
+        (ls, rs, os_), canon = dims, ("NHWC", "HWIO", "NHWC")
+        out = lax.conv_general_dilated(lhs.transpose([ls.index(a) for a in canon[0]]),
+                                       rhs.transpose([rs.index(a) for a in canon[1]]),
+                                       dimension_numbers=canon, **kwargs)
+        return out.transpose([canon[2].index(a) for a in os_])
+
+    return lax.platform_dependent(lhs, rhs, cpu=canonical, default=stated)
+
+
 def _bias_shape(layout, o):
     return (1, o, 1, 1) if layout == "NCHW" else (1, 1, 1, o)
 
@@ -170,8 +191,8 @@ def _bias_grad(g, layout):
 
 
 def _implicit_forward(x, w, b, *, stride, pads, dilation, groups, layout):
-    y = lax.conv_general_dilated(x, w, stride, pads, rhs_dilation=dilation, feature_group_count=groups,
-                                 dimension_numbers=_DIMS[layout]["fwd"])
+    y = _conv(x, w, _DIMS[layout]["fwd"], window_strides=stride, padding=pads, rhs_dilation=dilation,
+              feature_group_count=groups)
     return (y if b is None else y + b.reshape(_bias_shape(layout, w.shape[0]))), (x, w)
 
 
@@ -188,18 +209,15 @@ def _implicit_backward(res, g, *, stride, pads, dilation, groups, layout):
     # inputs: the kernel as (O/G, G·C/G, FH, FW), read "IOHW".
     o, c = w.shape[:2]
     wt = w.reshape(groups, o // groups, c, *window).transpose(1, 0, 2, 3, 4).reshape(o // groups, groups * c, *window)
-    dxp = lax.conv_general_dilated(
-        g, jnp.flip(wt, (2, 3)).astype(g.dtype), (1, 1),
-        [(eh - 1, eh - 1 + rest[0]), (ew - 1, ew - 1 + rest[1])],
-        lhs_dilation=stride, rhs_dilation=dilation, feature_group_count=groups,
-        dimension_numbers=_DIMS[layout]["dx"])
+    dxp = _conv(g, jnp.flip(wt, (2, 3)).astype(g.dtype), _DIMS[layout]["dx"], window_strides=(1, 1),
+                padding=[(eh - 1, eh - 1 + rest[0]), (ew - 1, ew - 1 + rest[1])],
+                lhs_dilation=stride, rhs_dilation=dilation, feature_group_count=groups)
     dx = _windows.unpad(dxp, pads, in_hw, layout)
     # δF̃ = X̃ᵀ δỸ: correlate X with δY (dilated by the stride), contracting the
     # batch; the kernel's entries are d apart, so the correlation steps by d. With
     # groups, x's channels (here the batch axis) pair with their group's outputs.
-    dw = lax.conv_general_dilated(
-        x, g.astype(x.dtype), dilation, list(pads), rhs_dilation=stride, batch_group_count=groups,
-        dimension_numbers=_DIMS[layout]["dw"])[:, :, :window[0], :window[1]]
+    dw = _conv(x, g.astype(x.dtype), _DIMS[layout]["dw"], window_strides=dilation, padding=list(pads),
+               rhs_dilation=stride, batch_group_count=groups)[:, :, :window[0], :window[1]]
     return dx, dw, _bias_grad(g, layout)
 
 
