@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jaxbp
 from jaxbp import data, layers, train
 from jaxbp.train import Config, TrainState
 from jaxbp.train.loop import _check_finite
@@ -22,13 +23,52 @@ def trajectory(cfg, ds, steps):
     opt = train.build_optimizer(cfg, len(ds.x_train) // cfg.batch_size)
     params, state, key = train.init_state(model, cfg, ds.x_train.shape[1:])
     ts = TrainState(params, state, opt.init(params), jnp.zeros((), jnp.int32), key)
-    step, _ = train.make_steps(model, opt, cfg)
+    step = train.make_steps(model, opt, cfg).train
     losses, batches = [], train.epoch_batches(len(ds.x_train), cfg.batch_size, cfg.seed, 0)
     for idx in batches[:steps]:
         x = ds.x_train[idx].astype(np.float64 if cfg.dtype == "float64" else np.float32)
         ts, m = step(ts, x, ds.y_train[idx])
         losses.append(float(m["loss"]))
     return np.array(losses), ts.params
+
+
+@pytest.mark.parametrize("steps", [10, 13], ids=["one chunk", "chunks of 8 + 5"])
+def test_a_compiled_epoch_equals_its_steps_one_at_a_time(steps, monkeypatch):
+    """fit() runs an epoch as compiled chunks of steps (lax.scan over batches
+    gathered from the device-resident data); the same batches given to the
+    train step one at a time give the same losses and parameters."""
+    from jaxbp.train import loop
+    monkeypatch.setattr(loop, "chunk_size", lambda n: 8)
+    ds = small_digits(n_train=16 * steps)
+    cfg = Config(model="cnn", dtype="float64", batch_size=16, epochs=1, devices=1)
+    result = train.fit(cfg, dataset=ds, quiet=True)
+    losses, params = trajectory(cfg, ds, steps)
+    np.testing.assert_allclose(result.step_losses, losses, rtol=1e-12)
+    for a, b in zip(jax.tree.leaves(result.state.params), jax.tree.leaves(params)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_chunks_divide_the_epoch_when_they_can():
+    from jaxbp.train.loop import chunk_size
+    assert [chunk_size(n) for n in (44, 1875, 390, 67, 5, 469)] == [44, 25, 39, 64, 5, 64]
+
+
+def test_evaluation_is_one_call_over_padded_batches():
+    """eval_set pads the last batch and masks it: the totals are those of the
+    real rows only, for any batch size."""
+    ds = small_digits(n_train=64, n_test=37)
+    cfg = Config(model="mlp", dtype="float64", epochs=1)
+    model = train.build_model(cfg, 10)
+    params, state, _ = train.init_state(model, cfg, ds.x_train.shape[1:])
+    steps = train.make_steps(model, train.build_optimizer(cfg, 1), cfg)
+    results = [train.evaluate(steps.eval, params, state, train.eval_set(ds.x_test, ds.y_test, b), predictions=True)
+               for b in (37, 10, 64)]
+    logits, _ = model.apply(params, state, ds.x_test.astype(np.float64), train=False)
+    loss = float(np.mean(jaxbp.softmax_cross_entropy(logits, ds.y_test)))
+    for got_loss, got_acc, predicted in results:
+        np.testing.assert_allclose(got_loss, loss, rtol=1e-12)
+        np.testing.assert_array_equal(predicted, np.argmax(logits, -1))
+        assert got_acc == np.mean(np.argmax(logits, -1) == ds.y_test)
 
 
 @pytest.mark.parametrize("model", ["cnn", "mlp"])

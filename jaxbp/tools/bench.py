@@ -43,7 +43,7 @@ def jaxbp_step(model, gradients, dtype, width, layout, algorithm, x, batch_norm=
     else:
         net = train.build_model(cfg, NUM_CLASSES)
     opt = optax.adam(1e-3)
-    step, _ = train.make_steps(net, opt, cfg)
+    step = train.make_steps(net, opt, cfg).train
     return step, train.new_state(net, cfg, opt, x.shape[1:])
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from jaxbp import data as data_lib
 from jaxbp.train import checkpoint, rundir
 from jaxbp.train.config import Config
-from jaxbp.train.pipeline import evaluate
+from jaxbp.train.pipeline import eval_set, evaluate
 from jaxbp.train.step import build_model, build_optimizer, make_steps, new_state
 
 
@@ -55,9 +55,9 @@ def evaluate_run(run_dir, data_dir=None, batch_size=None, picture=True):
     optimizer = build_optimizer(cfg, max(len(ds.x_train) // cfg.batch_size, 1))
     template = jax.tree.map(np.asarray, new_state(model, cfg, optimizer, ds.x_train.shape[1:]))
     ts, meta, path = checkpoint.restore_latest(os.path.join(run_dir, "checkpoints"), template)
-    _, eval_step = make_steps(model, optimizer, cfg)
-    loss, accuracy, predicted = evaluate(eval_step, ts.params, ts.state, ds.x_test, ds.y_test,
-                                         batch_size or cfg.eval_batch_size, predictions=True)
+    test = eval_set(ds.x_test, ds.y_test, batch_size or cfg.eval_batch_size)
+    loss, accuracy, predicted = evaluate(make_steps(model, optimizer, cfg).eval, ts.params, ts.state, test,
+                                         predictions=True)
     k = ds.num_classes
     confusion = np.zeros((k, k), np.int64)
     np.add.at(confusion, (ds.y_test, predicted), 1)

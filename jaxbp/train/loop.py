@@ -1,10 +1,17 @@
-"""The training loop: epochs of jitted steps, evaluation, metrics, checkpoints.
+"""The training loop: epochs of compiled chunks of steps, evaluation, metrics, checkpoints.
 
     result = jaxbp.train.fit(jaxbp.train.Config(model="cnn", epochs=10))
     result.history[-1]["test_accuracy"]
 
 The data order is a function of ``(seed, epoch)`` and each step's randomness of
 ``(seed, step)``, so a resumed run repeats an uninterrupted one exactly.
+
+The training and test sets are put on the device(s) once. An epoch is a few
+calls of one compiled program that runs a chunk of steps (``lax.scan``), each
+step gathering its batch on the device from indices the host sends (the
+epoch's permutation, a few hundred kilobytes); the host waits once per chunk,
+to move the progress bar and check that every step was finite. Evaluation is
+one compiled call over the whole test set.
 """
 from __future__ import annotations
 
@@ -19,8 +26,8 @@ import numpy as np
 
 from jaxbp import data as data_lib
 from jaxbp.train import checkpoint, rundir
-from jaxbp.train.parallel import fetch, make_mesh, replicate, shard_batch
-from jaxbp.train.pipeline import epoch_batches, evaluate
+from jaxbp.train.parallel import fetch, make_mesh, replicate
+from jaxbp.train.pipeline import epoch_batches, eval_set, evaluate
 from jaxbp.train.step import build_model, build_optimizer, make_steps, new_state
 
 
@@ -119,7 +126,7 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
     optimizer = build_optimizer(cfg, steps_per_epoch)
     ts = new_state(model, cfg, optimizer, ds.x_train.shape[1:])
     mesh = make_mesh(cfg)
-    train_step, eval_step = make_steps(model, optimizer, cfg, mesh)
+    steps = make_steps(model, optimizer, cfg, mesh)
 
     ckpt_dir = os.path.join(cfg.run_dir, "checkpoints") if cfg.run_dir else None
     history, start_epoch, saved = [], 0, None
@@ -130,6 +137,22 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
         history = rundir.read_metrics(cfg.run_dir)[:start_epoch]
         _log(quiet, f"resumed from {path} (epoch {start_epoch}, step {int(fetch(ts.step))})")
     ts = replicate(ts, mesh)
+    # The data sets live on the device(s) for the whole run.
+    x_all, y_all = replicate((ds.x_train, ds.y_train), mesh)
+    test = eval_set(ds.x_test, ds.y_test, cfg.eval_batch_size, mesh)
+    chunk = chunk_size(steps_per_epoch)
+    programs, compile_s = {}, 0.0
+
+    def compiled(fn, *args):
+        """``fn`` compiled ahead of time for ``args``' shapes (once each), the time counted."""
+        nonlocal compile_s
+        key = (fn, tuple(a.shape for a in jax.tree.leaves(args[-1])))
+        if key not in programs:
+            t = time.perf_counter()
+            programs[key] = fn.lower(*args).compile()
+            compile_s += time.perf_counter() - t
+        return programs[key]
+
     if cfg.run_dir and chief:
         rundir.write_json(os.path.join(cfg.run_dir, "config.json"), dataclasses.asdict(cfg))
         rundir.write_metrics(cfg.run_dir, history)
@@ -139,35 +162,35 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
     end_epoch = cfg.epochs if max_epochs is None else min(cfg.epochs, start_epoch + max_epochs)
     # The bar is for a person at a terminal; a log gets the per-epoch lines only.
     bar_off = quiet or not sys.stderr.isatty()
-    step_losses, compile_s, reached = [], None, None
+    step_losses, reached = [], None
     try:
         for epoch in range(start_epoch, end_epoch):
             t0 = time.perf_counter()
-            batches = epoch_batches(n, cfg.batch_size, cfg.seed, epoch)
-            bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=bar_off,
+            batches = epoch_batches(n, cfg.batch_size, cfg.seed, epoch).astype(np.int32)
+            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=bar_off,
                        file=sys.stderr, dynamic_ncols=True)
-            losses, finite = [], []
-            for i, idx in enumerate(bar):
-                t_step = time.perf_counter()
-                ts, m = train_step(ts, *shard_batch(mesh, ds.x_train[idx], ds.y_train[idx]))
-                if compile_s is None:  # the first call compiles: time it once (one host sync)
-                    jax.block_until_ready(m["loss"])
-                    compile_s = time.perf_counter() - t_step
-                    _log(quiet, f"compiled the train step in {compile_s:.1f}s (first step included)")
-                losses.append(m["loss"])
-                finite.append((m["loss_finite"], m["grads_finite"]))
-                if i % 10 == 9 or i == len(batches) - 1:  # one host sync per 10 steps
-                    _check_finite(finite, epoch * steps_per_epoch, saved)
-                    bar.set_postfix(loss=f"{np.mean([fetch(l) for l in losses[-10:]]):.4f}")
-            step_losses += [float(fetch(l)) for l in losses]
-            train_loss = float(np.mean(step_losses[-len(losses):]))
-            test_loss, test_acc = evaluate(eval_step, ts.params, ts.state, ds.x_test, ds.y_test,
-                                           cfg.eval_batch_size, mesh)
+            losses = []
+            for start in range(0, steps_per_epoch, chunk):
+                part = replicate(batches[start:start + chunk], mesh)
+                run = compiled(steps.chunk, ts, x_all, y_all, part)
+                if epoch == start_epoch and start == 0:
+                    _log(quiet, f"compiled the training program in {compile_s:.1f}s")
+                ts, m = run(ts, x_all, y_all, part)
+                finite = np.stack([fetch(m["loss_finite"]), fetch(m["grads_finite"])], 1)  # waits for the chunk
+                _check_finite(finite, epoch * steps_per_epoch + start, saved)
+                losses += fetch(m["loss"]).tolist()
+                bar.update(len(finite))
+                bar.set_postfix(loss=f"{np.mean(losses[-len(finite):]):.4f}")
+            bar.close()
+            step_losses += losses
+            train_loss = float(np.mean(losses))
+            test_loss, test_acc = evaluate(compiled(steps.eval, ts.params, ts.state, test.xs, test.ys, test.masks),
+                                           ts.params, ts.state, test)
             record = {"epoch": epoch + 1, "step": int(fetch(ts.step)), "train_loss": train_loss,
                       "test_loss": test_loss, "test_accuracy": test_acc,
                       "seconds": time.perf_counter() - t0, "elapsed": elapsed()}
             if epoch == start_epoch:
-                record["compile_seconds"] = compile_s
+                record["compile_seconds"] = compile_s  # the training and evaluation programs
             history.append(record)
             _log(quiet, f"epoch {epoch + 1:3d}/{cfg.epochs}  train_loss {train_loss:.4f}  "
                         f"test_loss {test_loss:.4f}  test_acc {100 * test_acc:6.2f}%  {record['seconds']:.1f}s")
@@ -198,10 +221,19 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
     return TrainResult(history, ts, final.get("test_accuracy"), model, step_losses)
 
 
+def chunk_size(steps, most=64):
+    """Steps per compiled chunk: the largest divisor of an epoch's steps up to
+    ``most`` (one program for the run), unless all are below 8: then ``most``
+    (and a shorter last chunk, a second program)."""
+    best = max(d for d in range(1, min(steps, most) + 1) if steps % d == 0)
+    return best if best >= 8 or steps <= most else most
+
+
 def _check_finite(finite, first_step, saved=None):
     """Raise at the first step (1-based, counted over the run) whose loss or
-    gradients are not finite, naming which and what was saved before it."""
-    flags = np.array([[fetch(a), fetch(b)] for a, b in finite], bool)  # (steps, 2): loss, gradients finite
+    gradients are not finite, naming which and what was saved before it.
+    ``finite``: ``(steps, 2)`` booleans, loss and gradients finite."""
+    flags = np.asarray(finite, bool)
     bad = np.flatnonzero(~flags.all(axis=1))
     if bad.size:
         step = first_step + int(bad[0]) + 1

@@ -22,15 +22,21 @@ def replicate(tree, mesh):
                                                                lambda i, a=np.asarray(fetch(a)): a[i]), tree)
 
 
-def shard_batch(mesh, *arrays):
-    """Global arrays split along axis 0 over the mesh. Every process passes the same
-    global batch and contributes only its own rows (its shard of the data)."""
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("batch"))
+def batched(mesh, axis=0):
+    """Arrays split along ``axis`` over the mesh's ``"batch"`` axis."""
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*[None] * axis, "batch"))
+
+
+def shard_batch(mesh, *arrays, axis=0):
+    """Global arrays split along ``axis`` over the mesh. Every process passes the
+    same global batch and contributes only its own rows (its shard of the data)."""
+    sharding = batched(mesh, axis)
     p, count = jax.process_index(), jax.process_count()
     out = []
     for a in arrays:
-        rows = len(a) // count
-        out.append(jax.make_array_from_process_local_data(sharding, a[p * rows:(p + 1) * rows], a.shape))
+        rows = a.shape[axis] // count
+        local = np.take(a, np.arange(p * rows, (p + 1) * rows), axis=axis)
+        out.append(jax.make_array_from_process_local_data(sharding, local, a.shape))
     return out
 
 

@@ -1,6 +1,8 @@
 """The data pipeline: the batches of an epoch, augmentation, evaluation batches."""
 from __future__ import annotations
 
+import typing
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,28 +32,37 @@ def random_flip(key, x):
     return jnp.where(flip, x[..., ::-1], x)
 
 
-def evaluate(eval_step, params, state, x, y, batch_size, mesh=None, predictions=False):
-    """Mean loss and accuracy over (x, y), in fixed-size batches (the last one
-    masked); with ``predictions``, also the predicted class of every example."""
+class EvalSet(typing.NamedTuple):
+    """An evaluation set on the device(s), in ``M`` batches of ``B`` (the last
+    one padded and masked), ready for ``Steps.eval``."""
+    xs: jax.Array     # (M, B, ...)
+    ys: jax.Array     # (M, B)
+    masks: jax.Array  # (M, B): 1 for real rows, 0 for padding
+    n: int            # real rows
+
+
+def eval_set(x, y, batch_size, mesh=None):
+    """Put ``(x, y)`` on the device(s) once, as :class:`EvalSet` batches of at most
+    ``batch_size`` (a multiple of the mesh's size), each sharded over the mesh."""
     n = len(x)
     per = 1 if mesh is None else mesh.size
     batch_size = -(-min(batch_size, n) // per) * per
-    total_loss, total_correct, predicted = 0.0, 0.0, []
-    for start in range(0, n, batch_size):
-        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-        mask = np.ones(batch_size, np.float32)
-        if len(xb) < batch_size:  # pad to one compiled shape
-            pad = batch_size - len(xb)
-            mask[-pad:] = 0
-            xb = np.concatenate([xb, np.zeros((pad,) + xb.shape[1:], xb.dtype)])
-            yb = np.concatenate([yb, np.zeros(pad, yb.dtype)])
-        if mesh is not None:
-            xb, yb, mask = shard_batch(mesh, xb, yb, mask)
-        loss, correct, pred = eval_step(params, state, xb, yb, mask)
-        total_loss += float(fetch(loss))
-        total_correct += float(fetch(correct))
-        if predictions:
-            predicted.append(np.asarray(fetch(pred))[: len(x) - start])
+    m = -(-n // batch_size)
+    pad = m * batch_size - n
+    mask = np.concatenate([np.ones(n, np.float32), np.zeros(pad, np.float32)])
+    x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+    y = np.concatenate([y, np.zeros(pad, y.dtype)])
+    arrays = [a.reshape((m, batch_size) + a.shape[1:]) for a in (x, y, mask)]
+    if mesh is not None:
+        arrays = shard_batch(mesh, *arrays, axis=1)
+    return EvalSet(*arrays, n)
+
+
+def evaluate(eval_fn, params, state, data, predictions=False):
+    """Mean loss and accuracy over an :class:`EvalSet`, one compiled call
+    (``Steps.eval``); with ``predictions``, also the predicted class of every example."""
+    loss, correct, predicted = eval_fn(params, state, data.xs, data.ys, data.masks)
+    result = float(fetch(loss)) / data.n, float(fetch(correct)) / data.n
     if predictions:
-        return total_loss / n, total_correct / n, np.concatenate(predicted)
-    return total_loss / n, total_correct / n
+        return result + (np.asarray(fetch(predicted)).reshape(-1)[:data.n],)
+    return result

@@ -1,7 +1,8 @@
 """One train step and one evaluation step: model, optimizer, loss, update.
 
 A train step is one XLA computation: forward, the hand-derived (or autodiff)
-backward, and the optax update, with the state donated. Randomness is a
+backward, and the optax update, with the state donated; a chunk of steps is one
+too (``lax.scan``), and so is an evaluation. Randomness is a
 function of ``(seed, step)``, so a resumed run repeats an uninterrupted one.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxbp import layers
-from jaxbp.train.parallel import replicated
+from jaxbp.train.parallel import batched, replicated
 from jaxbp.train.pipeline import random_flip, random_shift
 
 
@@ -71,16 +72,37 @@ def init_state(model, cfg, input_shape):
     return policy.stored(params), policy.stored(state), train_key
 
 
-def make_steps(model, optimizer, cfg, mesh=None):
-    """``train_step(ts, x, y) -> (ts, metrics)`` and ``eval_step(params, state, x, y, mask)
-    -> (loss sum, correct count, predicted classes)``, the latter in inference mode.
+class Steps(typing.NamedTuple):
+    """The compiled programs of a run (:func:`make_steps`)."""
+    train: typing.Callable   # (ts, x, y) -> (ts, metrics): one step
+    chunk: typing.Callable   # (ts, x_all, y_all, batches) -> (ts, metrics per step): len(batches) steps
+    eval: typing.Callable    # (params, state, xs, ys, masks) -> (loss sum, correct count, predictions)
 
-    With ``mesh``, the batch arrives sharded along ``"batch"`` and the state stays
+
+def make_steps(model, optimizer, cfg, mesh=None):
+    """The train step, a chunk of train steps as one program, and the evaluation.
+
+    ``train(ts, x, y) -> (ts, metrics)``: one step on one batch (forward, the
+    hand-derived or autodiff backward, the optax update), ``ts`` donated.
+
+    ``chunk(ts, x_all, y_all, batches) -> (ts, metrics)``: ``K = len(batches)``
+    steps as one ``lax.scan``. The training set stays on the device(s); step
+    ``i`` gathers its batch ``x_all[batches[i]]`` there. The metrics come back
+    stacked, one entry per step, so the host waits once per chunk, not per
+    step. The same K calls of ``train`` give the same result (tested).
+
+    ``eval(params, state, xs, ys, masks) -> (loss sum, correct count,
+    predicted classes)``: a whole evaluation set in inference mode, as one
+    program (a scan over its ``M`` batches: ``xs`` ``(M, B, ...)``, rows with
+    ``masks == 0`` are padding).
+
+    With ``mesh``, every batch is sharded along ``"batch"`` and the state
     replicated; XLA inserts the all-reduces, so batch norm sees the global batch.
     """
     ops = layers.namespace(cfg.gradients)
     policy = cfg.policy()
     _, l2 = cfg.weight_decay_terms()
+    shard = (lambda *a: a) if mesh is None else (lambda *a: jax.lax.with_sharding_constraint(a, batched(mesh)))
 
     def logits_of(params, state, x, train, key=None):
         logits, new_state = model.apply(policy.computed(params), state, policy.computed(x),
@@ -101,7 +123,6 @@ def make_steps(model, optimizer, cfg, mesh=None):
             loss = loss + regularizer(params, l2)
         return loss, new_state
 
-    @partial(jax.jit, donate_argnums=0)
     def train_step(ts, x, y):
         key = jax.random.fold_in(ts.key, ts.step)
         (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(ts.params, ts.state, x, y, key)
@@ -114,14 +135,21 @@ def make_steps(model, optimizer, cfg, mesh=None):
                    "grads_finite": jnp.all(jnp.array([jnp.isfinite(g).all() for g in jax.tree.leaves(grads)]))}
         return TrainState(params, state, opt_state, ts.step + 1, ts.key), metrics
 
-    @jax.jit
-    def eval_step(params, state, x, y, mask):
-        logits, _ = logits_of(params, state, x, False)
-        loss = ops.softmax_cross_entropy(logits, y)
-        predicted = jnp.argmax(logits, -1)
-        return jnp.sum(loss * mask), jnp.sum((predicted == y) * mask), predicted
+    def train_steps(ts, x_all, y_all, batches):
+        return jax.lax.scan(lambda ts, idx: train_step(ts, *shard(x_all[idx], y_all[idx])), ts, batches)
 
-    return train_step, eval_step
+    def evaluate(params, state, xs, ys, masks):
+        def batch(totals, xym):
+            x, y, mask = shard(*xym)
+            logits, _ = logits_of(params, state, x, False)
+            loss = ops.softmax_cross_entropy(logits, y)
+            predicted = jnp.argmax(logits, -1)
+            return (totals[0] + jnp.sum(loss * mask), totals[1] + jnp.sum((predicted == y) * mask)), predicted
+        zero = jnp.zeros((), policy.output)
+        (loss, correct), predicted = jax.lax.scan(batch, (zero, zero), (xs, ys, masks))
+        return loss, correct, predicted
+
+    return Steps(jax.jit(train_step, donate_argnums=0), jax.jit(train_steps, donate_argnums=0), jax.jit(evaluate))
 
 
 def new_state(model, cfg, optimizer, input_shape):
