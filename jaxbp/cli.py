@@ -60,13 +60,17 @@ def _add_train(sub):
     import dataclasses
 
     from jaxbp.train import Config
+    from jaxbp.train.config import RECIPES
     p = sub.add_parser("train", help="train a model (default: the CNN on the bundled digits)",
                        description="Train a model whose gradients come from the hand-derived rules "
                                    "(or, with --gradients autodiff, from JAX). Each run gets its own "
                                    "run directory; --resume continues the run saved there.")
     # One option per Config field: names, choices, defaults and help come from the config.
     for f in dataclasses.fields(Config):
-        meta, flag = f.metadata, "--" + f.name.replace("_", "-")
+        meta, flag = dict(f.metadata), "--" + f.name.replace("_", "-")
+        changed = [f"{data}: {recipe[f.name]}" for data, recipe in RECIPES.items() if f.name in recipe]
+        if changed:  # a data set's recipe changes this default
+            meta["help"] += f" ({'; '.join(changed)})"
         if f.type == "bool":
             p.add_argument(flag, action="store_true", help=meta["help"])
         elif "choices" in meta:
@@ -141,7 +145,7 @@ def _train(a):
                         "run_dir": run_dir, "resume": True, "overwrite": False})
     else:
         run_dir = a.run_dir or rundir.new_path(a.model, a.data)
-        cfg = Config(**{**{k: v for k, v in vars(a).items() if k in fields}, "run_dir": run_dir})
+        cfg = Config.for_data(**{**given, "data": a.data, "run_dir": run_dir})
     precision.enable(cfg.dtype)
     if a.debug_nans:
         jax.config.update("jax_debug_nans", True)

@@ -37,8 +37,12 @@ def test_train_output_and_run_directory(tmp_path):
 def test_train_on_idx_files(tmp_path):
     write_mnist_dir(tmp_path, n_train=64, n_test=16, gz=True)
     r = jaxbp("train", "--data", "mnist", "--data-dir", str(tmp_path), "--epochs", "1", "--batch-size", "16",
-              "--run-dir", str(tmp_path / "run"), "--quiet")
+              "--run-dir", str(tmp_path / "run"), "--quiet", "--dropout", "0.1")
     assert r.returncode == 0, r.stderr
+    # MNIST's recipe replaces the defaults it names; options given still win.
+    config = json.load(open(tmp_path / "run" / "config.json"))
+    assert (config["width"], config["warmup_epochs"]) == (16, 0.1)
+    assert (config["epochs"], config["batch_size"], config["dropout"]) == (1, 16, 0.1)
 
 
 @pytest.mark.parametrize("args,message", [

@@ -173,6 +173,14 @@ def test_config_rejects_bad_values(field, value):
         Config(**{field: value}).validate()
 
 
+def test_a_data_sets_recipe_changes_only_the_defaults():
+    from jaxbp.train.config import RECIPES
+    assert Config.for_data("digits") == Config() and Config.for_data("cifar10") == Config(data="cifar10")
+    cfg = Config.for_data("mnist", epochs=5)
+    assert cfg.epochs == 5 and cfg.data == "mnist"
+    assert all(getattr(cfg, k) == v for k, v in RECIPES["mnist"].items() if k != "epochs")
+
+
 def test_batch_larger_than_data_is_an_error():
     with pytest.raises(ValueError, match="batch_size 504 is larger than the training set \\(128 examples\\)"):
         train.fit(Config(batch_size=504), dataset=small_digits(n_train=128), quiet=True)

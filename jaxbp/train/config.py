@@ -35,6 +35,15 @@ def option(default, help, **meta):
     return dataclasses.field(default=default, metadata={"help": help, **meta})
 
 
+# What a data set changes in the defaults (``jaxbp train --data mnist``, or
+# ``Config.for_data("mnist")``), options given explicitly still win. MNIST: a
+# narrower CNN without dropout and a short warm-up, chosen for time to 99 %
+# test accuracy on a CPU (BENCHMARKS.md, "Time to accuracy").
+RECIPES = {
+    "mnist": dict(width=16, epochs=2, dropout=0.0, warmup_epochs=0.1),
+}
+
+
 @dataclasses.dataclass
 class Config:
     model: str = option("cnn", "the network", choices=tuple(layers.MODELS))
@@ -67,9 +76,17 @@ class Config:
     flip: str = option("auto", "random horizontal flips (auto: for cifar10 only)", choices=("auto", "on", "off"))
     devices: int | None = option(None, "data-parallel over this many devices (default: all, of all processes)",
                                  **POSITIVE_INT)
+    width: int = option(32, "channels of the cnn's first conv layer; the second has 2×, the dense layer 4×",
+                        **POSITIVE_INT)
     dropout: float = option(0.25, "dropout rate before the last dense layer", **RATE)
     stop_at_accuracy: float | None = option(None, "end the run at the first evaluation with test accuracy >= this "
                                                   "(e.g. 0.99), and say how long it took", **ACCURACY)
+
+    @classmethod
+    def for_data(cls, data="digits", **given):
+        """The config for ``data``: the defaults, then the data set's
+        :data:`RECIPES` entry, then ``given``."""
+        return cls(**{"data": data, **RECIPES.get(data, {}), **given})
 
     def validate(self):
         """Raise ValueError naming the first bad field."""

@@ -33,7 +33,8 @@ def build_model(cfg, num_classes):
         return layers.mlp(num_classes, gradients=cfg.gradients, dropout=cfg.dropout)
     conv = dict(gradients=cfg.gradients, layout=cfg.layout, algorithm=cfg.algorithm)
     if cfg.model == "cnn":
-        return layers.cnn(num_classes, dropout=cfg.dropout, **conv)
+        w = cfg.width
+        return layers.cnn(num_classes, (w, 2 * w), dense=4 * w, dropout=cfg.dropout, **conv)
     return layers.MODELS[cfg.model](num_classes, **conv)
 
 

@@ -1,0 +1,109 @@
+"""Time to accuracy on real MNIST, whole processes, measured side by side.
+
+    python benchmarks/time_to_accuracy.py --data-dir DIR recipe --seeds 0 1 2 3 4
+    python benchmarks/time_to_accuracy.py --data-dir DIR same-work --rounds 2
+
+``recipe``: ``jaxbp train --data mnist --stop-at-accuracy 0.99`` with the
+defaults otherwise: the first seed with an empty compilation cache (cold),
+then every seed with the cache that run filled (warm). Reports per run the
+accuracy reached, the epoch, and the wall time of the whole process (start-up,
+data, compilation, training, evaluation), measured from outside.
+
+``same-work``: the CNN of issue #13's table (widths 32/64, dense 128, dropout
+0.25, AdamW 3e-3 with one epoch of warm-up, batch 32, 2 epochs, shifts of 1
+pixel) in jaxbp and in PyTorch (``benchmarks/pytorch_mnist.py``), alternated
+``--rounds`` times in this one run, so that both meet the same machine state;
+the ratio is jaxbp's whole-process time over PyTorch's, per round.
+"""
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SAME_WORK = ["--width", "32", "--dropout", "0.25", "--warmup-epochs", "1", "--epochs", "2", "--batch-size", "32",
+             "--lr", "3e-3", "--augment", "1"]
+
+
+def run(cmd, env=None):
+    t = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    wall = time.perf_counter() - t
+    if out.returncode:
+        sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
+    return wall, out.stdout
+
+
+def jaxbp_train(data_dir, args, cache):
+    with tempfile.TemporaryDirectory() as runs:
+        wall, _ = run([sys.executable, "-m", "jaxbp.cli", "train", "--data", "mnist", "--data-dir", data_dir,
+                       "--run-dir", os.path.join(runs, "run"), "--quiet", *args],
+                      env={"JAXBP_COMPILATION_CACHE": cache})
+        with open(os.path.join(runs, "run", "metrics.jsonl")) as f:
+            history = [json.loads(line) for line in f]
+    return wall, history
+
+
+def recipe(a):
+    rows = []
+    with tempfile.TemporaryDirectory() as cache:  # empty: the first run compiles, the others reuse it
+        plan = [(a.seeds[0], "cold")] + [(s, "warm") for s in a.seeds]
+        for seed, kind in plan:
+            wall, history = jaxbp_train(a.data_dir, ["--stop-at-accuracy", str(a.target), "--seed", str(seed)],
+                                        cache)
+            last = history[-1]
+            rows.append({"seed": seed, "cache": kind, "process_seconds": wall, "epochs": last["epoch"],
+                         "test_accuracy": last["test_accuracy"], "compile_seconds": history[0]["compile_seconds"],
+                         "training_seconds": sum(h["seconds"] for h in history)})
+            print(json.dumps(rows[-1]), flush=True)
+    print(f"\n| seed | cache | epochs | test accuracy | whole process s | in epochs s (compile incl.) | compile s |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['seed']} | {r['cache']} | {r['epochs']} | {100 * r['test_accuracy']:.2f} % | "
+              f"{r['process_seconds']:.1f} | {r['training_seconds']:.1f} | {r['compile_seconds']:.1f} |")
+
+
+def same_work(a):
+    rows = []
+    with tempfile.TemporaryDirectory() as cache:
+        for r in range(a.rounds):
+            order = ("jaxbp", "pytorch") if r % 2 == 0 else ("pytorch", "jaxbp")
+            got = {}
+            for who in order:
+                if who == "jaxbp":
+                    wall, history = jaxbp_train(a.data_dir, SAME_WORK + ["--seed", str(r)], cache)
+                    got[who] = (wall, history[-1]["test_accuracy"])
+                else:
+                    wall, out = run([sys.executable, os.path.join(HERE, "pytorch_mnist.py"), "--data-dir",
+                                     a.data_dir, "--seed", str(r), "--epochs", "2", "--batch-size", "32"])
+                    got[who] = (wall, json.loads(out.strip().splitlines()[-1])["history"][-1]["test_accuracy"])
+            rows.append(got)
+            print(json.dumps(got), flush=True)
+    print("\n| round | jaxbp s | jaxbp acc | PyTorch s | PyTorch acc | jaxbp ÷ PyTorch |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for i, g in enumerate(rows):
+        print(f"| {i} | {g['jaxbp'][0]:.1f} | {100 * g['jaxbp'][1]:.2f} % | {g['pytorch'][0]:.1f} | "
+              f"{100 * g['pytorch'][1]:.2f} % | {g['jaxbp'][0] / g['pytorch'][0]:.2f} |")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", required=True, help="the four MNIST files (gzip IDX)")
+    sub = p.add_subparsers(dest="mode", required=True)
+    r = sub.add_parser("recipe")
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    r.add_argument("--target", type=float, default=0.99)
+    s = sub.add_parser("same-work")
+    s.add_argument("--rounds", type=int, default=2)
+    a = p.parse_args()
+    import platform
+    print(f"{platform.machine()}, {os.cpu_count()} cores, {datetime.date.today()}", flush=True)
+    recipe(a) if a.mode == "recipe" else same_work(a)
+
+
+if __name__ == "__main__":
+    main()
