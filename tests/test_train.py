@@ -32,11 +32,12 @@ def trajectory(cfg, ds, steps):
     return np.array(losses), ts.params
 
 
-@pytest.mark.parametrize("steps", [10, 13], ids=["one chunk", "chunks of 8 + 5"])
-def test_a_compiled_epoch_equals_its_steps_one_at_a_time(steps, monkeypatch):
+def test_a_compiled_epoch_equals_its_steps_one_at_a_time(monkeypatch):
     """fit() runs an epoch as compiled chunks of steps (lax.scan over batches
-    gathered from the device-resident data); the same batches given to the
-    train step one at a time give the same losses and parameters."""
+    gathered from the device-resident data; here a chunk of 8, then one of 5);
+    the same batches given to the train step one at a time give the same
+    losses and parameters."""
+    steps = 13
     from jaxbp.train import loop
     monkeypatch.setattr(loop, "chunk_size", lambda n: 8)
     ds = small_digits(n_train=16 * steps)
@@ -62,7 +63,7 @@ def test_evaluation_is_one_call_over_padded_batches():
     params, state, _ = train.init_state(model, cfg, ds.x_train.shape[1:])
     steps = train.make_steps(model, train.build_optimizer(cfg, 1), cfg)
     results = [train.evaluate(steps.eval, params, state, train.eval_set(ds.x_test, ds.y_test, b), predictions=True)
-               for b in (37, 10, 64)]
+               for b in (10, 64)]
     logits, _ = model.apply(params, state, ds.x_test.astype(np.float64), train=False)
     loss = float(np.mean(jaxbp.softmax_cross_entropy(logits, ds.y_test)))
     for got_loss, got_acc, predicted in results:
