@@ -169,7 +169,7 @@ def conv_configs(draw):
                 algorithm=draw(st.sampled_from(["explicit", "implicit"])))
 
 
-@settings(max_examples=7, deadline=None)
+@settings(max_examples=5, deadline=None)
 @given(conv_configs())
 def test_property_random_configurations(cfg):
     x_shape = ((cfg["n"], cfg["c"], cfg["h"], cfg["w"]) if cfg["layout"] == "NCHW"
