@@ -18,24 +18,12 @@ def epoch_batches(n, batch_size, seed, epoch):
 
 
 def random_shift(key, x, max_shift):
-    """Translate each NCHW image by up to ``max_shift`` pixels (zero fill): a random
-    ``H × W`` crop of the image padded by ``max_shift``, its corner drawn
-    uniformly per image. The crop is chosen among the ``2·max_shift + 1`` row
-    offsets, then the column offsets, by selection (exact, and measured 7× faster
-    on CPU than gathering a window per image, which cost 12 % of a CNN step)."""
+    """Translate each NCHW image by up to ``max_shift`` pixels (zero fill)."""
     n, c, h, w = x.shape
     m = max_shift
     xp = jnp.pad(x, ((0, 0), (0, 0), (m, m), (m, m)))
     offsets = jax.random.randint(key, (n, 2), 0, 2 * m + 1)
-
-    def crop(a, axis, size, offset):
-        pick = offset.reshape((n,) + (1,) * (a.ndim - 1))
-        out = jax.lax.slice_in_dim(a, 0, size, axis=axis)
-        for o in range(1, 2 * m + 1):
-            out = jnp.where(pick == o, jax.lax.slice_in_dim(a, o, o + size, axis=axis), out)
-        return out
-
-    return crop(crop(xp, 2, h, offsets[:, 0]), 3, w, offsets[:, 1])
+    return jax.vmap(lambda img, o: jax.lax.dynamic_slice(img, (0, o[0], o[1]), (c, h, w)))(xp, offsets)
 
 
 def random_flip(key, x):

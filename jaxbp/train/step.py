@@ -8,7 +8,6 @@ function of ``(seed, step)``, so a resumed run repeats an uninterrupted one.
 from __future__ import annotations
 
 import typing
-from functools import partial
 
 import jax
 import jax.numpy as jnp
