@@ -117,7 +117,7 @@ def test_implicit_equals_explicit(stride, padding, dilation, groups, layout):
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 def test_implicit_convolutions_are_stated_in_xla_cpus_fast_order_inside_a_scan(layout):
     """Inside a loop XLA:CPU runs a convolution through its fast kernels only in
-    the order NHWC, HWIO -> NHWC (BENCHMARKS.md: 10-40x slower otherwise, which
+    the order NHWC, HWIO -> NHWC (BENCHMARKS.md: 7-40x slower otherwise, which
     made the compiled epoch slower than step by step). All three convolutions of
     the implicit rules (forward, dX, dW), compiled for the CPU inside lax.scan."""
     x, w = normal(52, (2, 3, 6, 5) if layout == "NCHW" else (2, 6, 5, 3), (4, 3, 3, 3))

@@ -73,7 +73,7 @@ def _conv(lhs, rhs, dims, **kwargs):
     wherever the convolution sits (``NHWC``, ``HWIO``, ``NHWC``), by transposing
     the operands and the result. At the top level of a program XLA:CPU picks
     such layouts itself, but inside a loop (``lax.scan``: the compiled epoch) it
-    keeps the stated ones and falls back to a generic loop nest, measured 10–40×
+    keeps the stated ones and falls back to a generic loop nest, measured 7–40×
     slower per convolution (BENCHMARKS.md). Other backends get ``dims`` as is."""
     def stated(lhs, rhs):
         return lax.conv_general_dilated(lhs, rhs, dimension_numbers=dims, **kwargs)
