@@ -21,10 +21,9 @@ def trajectory(cfg, ds, steps):
     """Losses of the first ``steps`` train steps, and the final params."""
     model = train.build_model(cfg, ds.num_classes)
     opt = train.build_optimizer(cfg, len(ds.x_train) // cfg.batch_size)
-    params, state, key = train.init_state(model, cfg, ds.x_train.shape[1:])
-    ts = TrainState(params, state, opt.init(params), jnp.zeros((), jnp.int32), key)
+    ts = train.new_state(model, cfg, opt, ds.x_train.shape[1:])
     step = train.make_steps(model, opt, cfg).train
-    losses, batches = [], train.epoch_batches(len(ds.x_train), cfg.batch_size, cfg.seed, 0)
+    losses, batches = [], np.asarray(train.epoch_batches(len(ds.x_train), cfg.batch_size, ts.key, 0))
     for idx in batches[:steps]:
         x = ds.x_train[idx].astype(np.float64 if cfg.dtype == "float64" else np.float32)
         ts, m = step(ts, x, ds.y_train[idx])

@@ -8,10 +8,10 @@ The data order is a function of ``(seed, epoch)`` and each step's randomness of
 
 The training and test sets are put on the device(s) once. An epoch is a few
 calls of one compiled program that runs a chunk of steps (``lax.scan``), each
-step gathering its batch on the device from indices the host sends (the
-epoch's permutation, a few hundred kilobytes); the host waits once per chunk,
-to move the progress bar and check that every step was finite. Evaluation is
-one compiled call over the whole test set.
+step gathering its batch on the device from the epoch's permutation, which is
+drawn there too; the host waits once per chunk, to move the progress bar and
+check that every step was finite. Evaluation is one compiled call over the
+whole test set.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import numpy as np
 from jaxbp import data as data_lib
 from jaxbp.train import checkpoint, rundir
 from jaxbp.train.parallel import fetch, make_mesh, replicate
-from jaxbp.train.pipeline import epoch_batches, eval_set, evaluate
+from jaxbp.train.pipeline import epoch_order, eval_set, evaluate
 from jaxbp.train.step import build_model, build_optimizer, make_steps, new_state
 
 
@@ -143,15 +143,17 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
     chunk = chunk_size(steps_per_epoch)
     programs, compile_s = {}, 0.0
 
-    def compiled(fn, *args):
-        """``fn`` compiled ahead of time for ``args``' shapes (once each), the time counted."""
+    def compiled(fn, *args, **static):
+        """``fn`` compiled ahead of time (once for each ``static``), the time counted."""
         nonlocal compile_s
-        key = (fn, tuple(a.shape for a in jax.tree.leaves(args[-1])))
+        key = (fn, tuple(static.items()))
         if key not in programs:
             t = time.perf_counter()
-            programs[key] = fn.lower(*args).compile()
+            programs[key] = fn.lower(*args, **static).compile()
             compile_s += time.perf_counter() - t
         return programs[key]
+
+    order_of = jax.jit(lambda key, step: epoch_order(key, step, n, cfg.batch_size))
 
     if cfg.run_dir and chief:
         rundir.write_json(os.path.join(cfg.run_dir, "config.json"), dataclasses.asdict(cfg))
@@ -166,16 +168,16 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
     try:
         for epoch in range(start_epoch, end_epoch):
             t0 = time.perf_counter()
-            batches = epoch_batches(n, cfg.batch_size, cfg.seed, epoch).astype(np.int32)
+            order = order_of(ts.key, ts.step)  # drawn on the device(s), from (key, epoch)
             bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=bar_off,
                        file=sys.stderr, dynamic_ncols=True)
             losses = []
             for start in range(0, steps_per_epoch, chunk):
-                part = replicate(batches[start:start + chunk], mesh)
-                run = compiled(steps.chunk, ts, x_all, y_all, part)
+                length = min(chunk, steps_per_epoch - start)
+                run = compiled(steps.chunk, ts, x_all, y_all, order, length=length)
                 if epoch == start_epoch and start == 0:
                     _log(quiet, f"compiled the training program in {compile_s:.1f}s")
-                ts, m = run(ts, x_all, y_all, part)
+                ts, m = run(ts, x_all, y_all, order)
                 finite = np.stack([fetch(m["loss_finite"]), fetch(m["grads_finite"])], 1)  # waits for the chunk
                 _check_finite(finite, epoch * steps_per_epoch + start, saved)
                 losses += fetch(m["loss"]).tolist()

@@ -10,11 +10,26 @@ import numpy as np
 from jaxbp.train.parallel import fetch, shard_batch
 
 
-def epoch_batches(n, batch_size, seed, epoch):
-    """Indices of each batch of an epoch: a permutation fixed by (seed, epoch); the
-    last partial batch is dropped so every step has one compiled shape."""
-    order = np.random.default_rng([seed, epoch]).permutation(n)
-    return order[: n // batch_size * batch_size].reshape(-1, batch_size)
+# fold_in data of the data-order stream: a step's key is fold_in(key, step), and
+# steps are int32, so they never reach it.
+ORDER_STREAM = np.uint32(2**32 - 1)
+
+
+def epoch_order(key, step, n, batch_size):
+    """The batches of the epoch that ``step`` is in, as indices ``(n // batch_size,
+    batch_size)`` int32: a permutation of ``0..n-1`` drawn on the device from the
+    run's key and the epoch (``step // steps_per_epoch``); the last partial batch
+    is dropped so every step has one compiled shape. Traceable (``key`` and
+    ``step`` may be arrays), so a resumed run draws the same order."""
+    steps = n // batch_size
+    k = jax.random.fold_in(jax.random.fold_in(key, ORDER_STREAM), step // steps)
+    return jax.random.permutation(k, n)[: steps * batch_size].reshape(steps, batch_size).astype(jnp.int32)
+
+
+def epoch_batches(n, batch_size, key, epoch):
+    """:func:`epoch_order` of epoch ``epoch`` (0-based), computed now: the batches
+    ``fit`` trains on, for replaying them step by step."""
+    return jax.jit(epoch_order, static_argnums=(2, 3))(key, epoch * (n // batch_size), n, batch_size)
 
 
 def random_shift(key, x, max_shift):

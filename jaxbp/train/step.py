@@ -63,9 +63,10 @@ def regularizer(params, weight_decay):
     return 0.5 * weight_decay * sum(jnp.sum(p * p) for p in jax.tree.leaves(params) if is_weight(p))
 
 
-def init_state(model, cfg, input_shape):
-    """Parameters and state in the policy's parameter dtype, and the training key."""
-    key = jax.random.PRNGKey(cfg.seed)
+def init_state(model, cfg, input_shape, key=None):
+    """Parameters and state in the policy's parameter dtype, and the training key,
+    from ``key`` (default ``PRNGKey(cfg.seed)``)."""
+    key = jax.random.PRNGKey(cfg.seed) if key is None else key
     init_key, train_key = jax.random.split(key)
     _, params, state = model.init(init_key, (1,) + tuple(input_shape))
     policy = cfg.policy()
@@ -75,7 +76,7 @@ def init_state(model, cfg, input_shape):
 class Steps(typing.NamedTuple):
     """The compiled programs of a run (:func:`make_steps`)."""
     train: typing.Callable   # (ts, x, y) -> (ts, metrics): one step
-    chunk: typing.Callable   # (ts, x_all, y_all, batches) -> (ts, metrics per step): len(batches) steps
+    chunk: typing.Callable   # (ts, x_all, y_all, order, length) -> (ts, metrics per step): length steps
     eval: typing.Callable    # (params, state, xs, ys, masks) -> (loss sum, correct count, predictions)
 
 
@@ -85,11 +86,14 @@ def make_steps(model, optimizer, cfg, mesh=None):
     ``train(ts, x, y) -> (ts, metrics)``: one step on one batch (forward, the
     hand-derived or autodiff backward, the optax update), ``ts`` donated.
 
-    ``chunk(ts, x_all, y_all, batches) -> (ts, metrics)``: ``K = len(batches)``
-    steps as one ``lax.scan``. The training set stays on the device(s); step
-    ``i`` gathers its batch ``x_all[batches[i]]`` there. The metrics come back
-    stacked, one entry per step, so the host waits once per chunk, not per
-    step. The same K calls of ``train`` give the same result (tested).
+    ``chunk(ts, x_all, y_all, order, length) -> (ts, metrics)``: ``length``
+    (static) steps as one ``lax.scan``. The training set stays on the
+    device(s), and so does the epoch's ``order`` (``(steps_per_epoch, B)``
+    indices, :func:`~jaxbp.train.pipeline.epoch_order`); the step numbered
+    ``s`` gathers its batch ``x_all[order[s % steps_per_epoch]]`` there. The
+    metrics come back stacked, one entry per step, so the host waits once per
+    chunk, not per step. The same steps made by calls of ``train`` on the same
+    batches give the same result (tested).
 
     ``eval(params, state, xs, ys, masks) -> (loss sum, correct count,
     predicted classes)``: a whole evaluation set in inference mode, as one
@@ -135,8 +139,11 @@ def make_steps(model, optimizer, cfg, mesh=None):
                    "grads_finite": jnp.all(jnp.array([jnp.isfinite(g).all() for g in jax.tree.leaves(grads)]))}
         return TrainState(params, state, opt_state, ts.step + 1, ts.key), metrics
 
-    def train_steps(ts, x_all, y_all, batches):
-        return jax.lax.scan(lambda ts, idx: train_step(ts, *shard(x_all[idx], y_all[idx])), ts, batches)
+    def train_steps(ts, x_all, y_all, order, length):
+        def one(ts, _):
+            idx = order[ts.step % order.shape[0]]  # this step's batch of the epoch
+            return train_step(ts, *shard(x_all[idx], y_all[idx]))
+        return jax.lax.scan(one, ts, length=length)
 
     def evaluate(params, state, xs, ys, masks):
         def batch(totals, xym):
@@ -149,10 +156,20 @@ def make_steps(model, optimizer, cfg, mesh=None):
         (loss, correct), predicted = jax.lax.scan(batch, (zero, zero), (xs, ys, masks))
         return loss, correct, predicted
 
-    return Steps(jax.jit(train_step, donate_argnums=0), jax.jit(train_steps, donate_argnums=0), jax.jit(evaluate))
+    return Steps(jax.jit(train_step, donate_argnums=0),
+                 jax.jit(train_steps, donate_argnums=0, static_argnames="length"), jax.jit(evaluate))
 
 
 def new_state(model, cfg, optimizer, input_shape):
-    """The initial :class:`TrainState` (what ``jaxbp bench`` and ``fit`` start from)."""
-    params, state, key = init_state(model, cfg, input_shape)
-    return TrainState(params, state, optimizer.init(params), jnp.zeros((), jnp.int32), key)
+    """The initial :class:`TrainState` (what ``jaxbp bench`` and ``fit`` start from).
+
+    Built by one program compiled without backend optimization: it runs once,
+    and op by op (or optimized) the random initializers alone compiled for ~2 s
+    on a 2-core CPU, every run; this takes ~0.4 s, and JAX's persistent cache
+    keeps it (one program for every seed: the key is its argument). The values
+    are the same random draws (within an ulp of op by op)."""
+    def build(key):
+        params, state, key = init_state(model, cfg, input_shape, key)
+        return TrainState(params, state, optimizer.init(params), jnp.zeros((), jnp.int32), key)
+    key = jax.random.PRNGKey(cfg.seed)
+    return jax.jit(build).lower(key).compile(compiler_options={"xla_backend_optimization_level": 0})(key)
