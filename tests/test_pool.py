@@ -67,6 +67,27 @@ def test_overlapping_windows_add_their_gradients():
     assert g[0, 0].tolist() == [[0.25, 0.5, 0.25], [0.5, 1.0, 0.5], [0.25, 0.5, 0.25]]
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("window,hw", [((2, 2), (7, 8)), ((3, 2), (9, 5)), ((1, 1), (3, 4))])
+def test_tiling_windows_are_cut_and_put_back_without_sums(monkeypatch, layout, window, hw):
+    """Windows that tile the input (stride = window: 2×2 pooling) take im2col's and
+    col2im's reshape-and-transpose path; it equals the general entry-by-entry
+    path, the rows and columns no window reaches (7 = 3·2 + 1) included."""
+    (ah, aw), _ = _windows.LAYOUTS[layout]
+    shape = [2, 3, 3, 3]
+    shape[ah], shape[aw] = hw
+    x = normal(0, tuple(shape))[0]
+    out = _windows.out_hw(hw, window, window, ((0, 0), (0, 0)))
+    paths = []
+    for tiles in (True, False):
+        monkeypatch.setattr(_windows, "_tiles", lambda *a, tiles=tiles: tiles)
+        cols = _windows.im2col(x, window, window, out, layout)
+        paths.append((cols, _windows.col2im(2 * cols + 1, window, window, hw, layout)))
+    for fast, general in zip(*paths):
+        assert fast.shape == general.shape
+        np.testing.assert_array_equal(fast, general)
+
+
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
 @pytest.mark.parametrize("kind", list(POOLS))
 def test_gradient_keeps_dtype(kind, dtype):

@@ -73,6 +73,48 @@ def unpad(xp, pads, in_hw, layout):
     return lax.slice(xp, start, limit)
 
 
+def _tiles(window, stride, dilation):
+    """Whether the windows tile the input: stride = window, no dilation (e.g. 2×2
+    pooling), so that every position is in at most one window."""
+    return tuple(stride) == tuple(window) and tuple(dilation) == (1, 1)
+
+
+# Axis orders between the windows (``N,H',W',FH,FW,C`` / ``N,C,FH,FW,H',W'``) and
+# the image cut into tiles (``N,H',FH,W',FW,C`` / ``N,C,H',FH,W',FW``).
+_TILE_ORDER = {"NHWC": (0, 1, 3, 2, 4, 5), "NCHW": (0, 1, 4, 2, 5, 3)}
+
+
+def _tile(xp, window, out, layout):
+    """:func:`im2col` of tiling windows: the image, less the rows and columns no
+    window reaches, cut into tiles by a reshape and one transpose."""
+    (ah, aw), _ = LAYOUTS[layout]
+    (fh, fw), (ho, wo) = window, out
+    x = lax.slice(xp, [0] * 4, [ho * fh if a == ah else wo * fw if a == aw else n for a, n in enumerate(xp.shape)])
+    if layout == "NHWC":
+        n, _, _, c = x.shape
+        tiles = x.reshape(n, ho, fh, wo, fw, c).transpose(_TILE_ORDER[layout])  # N,H',W',FH,FW,C
+    else:
+        n, c = x.shape[:2]
+        tiles = x.reshape(n, c, ho, fh, wo, fw).transpose(0, 1, 3, 5, 2, 4)  # N,C,FH,FW,H',W'
+    k_axis = WINDOW_AXIS[layout]
+    return tiles.reshape(tiles.shape[:k_axis] + (fh * fw,) + tiles.shape[k_axis + 2:])
+
+
+def _untile(cols, window, padded_hw, layout):
+    """:func:`col2im` of tiling windows: each position gets at most one entry, so
+    putting them back is a reshape and one transpose — no sums — then zeros for
+    the rows and columns no window reaches."""
+    (ah, aw), _ = LAYOUTS[layout]
+    fh, fw = window
+    k_axis = WINDOW_AXIS[layout]
+    split = cols.reshape(cols.shape[:k_axis] + (fh, fw) + cols.shape[k_axis + 1:])
+    x = split.transpose(_TILE_ORDER[layout])
+    x = x.reshape(x.shape[:ah] + (x.shape[ah] * fh, x.shape[ah + 2] * fw) + x.shape[ah + 4:])
+    config = [(0, 0)] * 4
+    config[ah], config[aw] = (0, padded_hw[0] - x.shape[ah]), (0, padded_hw[1] - x.shape[aw])
+    return jnp.pad(x, config)
+
+
 def window_entry(xp, i, j, stride, out, layout):
     """Entry ``(i, j)`` of every window: ``xp[..., i + s·h', j + s·w', ...]``, shape like the
     output with the input's channels — one block of ``C`` columns of ``X̃``."""
@@ -117,6 +159,8 @@ def im2col(xp, window, stride, out, layout, dilation=(1, 1)):
     entry ``k = fh·FW + fw`` holds ``xp[..., d·fh + s·h', d·fw + s·w', ...]``
     (dilation ``d``: the window's entries are ``d`` apart, a strided window).
     """
+    if _tiles(window, stride, dilation):
+        return _tile(xp, window, out, layout)
     dh, dw = dilation
     cols = [window_entry(xp, dh * i, dw * j, stride, out, layout) for _, (i, j) in entries(window)]
     return jnp.stack(cols, axis=WINDOW_AXIS[layout])
@@ -131,6 +175,8 @@ def col2im(cols, window, stride, padded_hw, layout, dilation=(1, 1)):
     ``max(FH, FW)`` terms (XLA keeps each term of a long sum of pads as its own
     padded buffer).
     """
+    if _tiles(window, stride, dilation):
+        return _untile(cols, window, padded_hw, layout)
     (ah, aw), _ = LAYOUTS[layout]
     k_axis = WINDOW_AXIS[layout]
     fh, fw = window
