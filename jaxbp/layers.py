@@ -272,17 +272,28 @@ def mlp(num_classes=10, hidden=(256, 256), *, gradients="custom", activation="re
     return serial(*body, Dense(num_classes, ops=ops, init="glorot"))
 
 
+# The two orders of a cnn block: pooling last (the classic), or right after the
+# convolution, so that batch norm and relu see a quarter of the values. relu and
+# max commute, and so does batch norm with a positive scale given its
+# statistics; the difference is that these are taken after pooling.
+CNN_BLOCKS = ("conv-bn-relu-pool", "conv-pool-bn-relu")
+
+
 def cnn(num_classes=10, channels=(32, 64), *, gradients="custom", layout="NHWC",
-        algorithm=custom_ops.DEFAULT_ALGORITHM, dense=128, dropout=0.0):
-    """``[conv 3×3 SAME, batch norm, relu, max pool 2×2]`` per channel count, then
+        algorithm=custom_ops.DEFAULT_ALGORITHM, dense=128, dropout=0.0, block=CNN_BLOCKS[0]):
+    """``[conv 3×3 SAME, batch norm, relu, max pool 2×2]`` per channel count
+    (``block="conv-pool-bn-relu"``: the pooling right after the conv), then
     flatten, dense + relu, (dropout), dense to logits. Input NCHW."""
+    if block not in CNN_BLOCKS:
+        raise ValueError(f"block must be one of {', '.join(CNN_BLOCKS)}, got {block!r}")
     ops = namespace(gradients)
     body = [Transpose((0, 2, 3, 1))] if layout == "NHWC" else []
     axis = 3 if layout == "NHWC" else 1
     for c in channels:
-        body += [Conv2D(c, 3, 1, "SAME", ops=ops, layout=layout, algorithm=algorithm, bias=False),
-                 BatchNorm(ops=ops, axis=axis), Activation("relu", ops=ops),
-                 MaxPool2D(2, ops=ops, layout=layout)]
+        conv = Conv2D(c, 3, 1, "SAME", ops=ops, layout=layout, algorithm=algorithm, bias=False)
+        bn, relu = BatchNorm(ops=ops, axis=axis), Activation("relu", ops=ops)
+        pool = MaxPool2D(2, ops=ops, layout=layout)
+        body += [conv, bn, relu, pool] if block == CNN_BLOCKS[0] else [conv, pool, bn, relu]
     body += [Flatten(), Dense(dense, ops=ops), Activation("relu", ops=ops)]
     body += [Dropout(dropout, ops=ops)] if dropout else []
     body += [Dense(num_classes, ops=ops, init="glorot")]

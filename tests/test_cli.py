@@ -41,7 +41,7 @@ def test_train_on_idx_files(tmp_path):
     assert r.returncode == 0, r.stderr
     # MNIST's recipe replaces the defaults it names; options given still win.
     config = json.load(open(tmp_path / "run" / "config.json"))
-    assert (config["width"], config["warmup_epochs"]) == (16, 0.1)
+    assert (config["width"], config["block"], config["warmup_epochs"]) == (12, "conv-pool-bn-relu", 0.1)
     assert (config["epochs"], config["batch_size"], config["dropout"]) == (1, 16, 0.1)
 
 
@@ -173,7 +173,9 @@ def test_version_help_and_debug_after_the_subcommand(tmp_path):
                 continue
             assert action.help, f"{name} {action.option_strings} has no help line"
             if action.nargs != 0 and action.default not in (None, "==SUPPRESS=="):
-                assert f"(default: {action.default})" in " ".join(text.split()), (name, action.dest)
+                # (argparse may wrap a line after a hyphen of a default: "conv-bn- relu-pool")
+                assert f"(default: {action.default})" in " ".join(text.split()).replace("- ", "-"), \
+                    (name, action.dest)
     r = jaxbp("train", "--epochs", "0", "--debug")  # --debug after the subcommand: the traceback
     assert r.returncode == 2 and "--epochs: expected a positive integer" in r.stderr
     r = jaxbp("train", "--data", "mnist", "--data-dir", str(tmp_path / "nope"), "--run-dir",

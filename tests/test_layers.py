@@ -54,6 +54,14 @@ def test_resnets_have_their_published_shape(name, blocks, projections, params):
     assert sum(int(np.prod(a.shape)) for a in jax.tree.leaves(p)) == params
 
 
+def test_cnn_block_orders():
+    kinds = lambda model: [l.kind for l in model.children]
+    assert kinds(layers.cnn(10, (4,)))[1:5] == ["conv", "bn", "relu", "max_pool"]
+    assert kinds(layers.cnn(10, (4,), block="conv-pool-bn-relu"))[1:5] == ["conv", "max_pool", "bn", "relu"]
+    with pytest.raises(ValueError, match="block must be one of conv-bn-relu-pool, conv-pool-bn-relu, got 'x'"):
+        layers.cnn(10, block="x")
+
+
 def test_param_names_number_each_kind():
     model = layers.cnn(10)
     assert [n for n, p in zip(layers.param_names(model), model.init(KEY, (2, 1, 8, 8))[1]) if p] == [
@@ -62,8 +70,9 @@ def test_param_names_number_each_kind():
 
 @pytest.mark.parametrize("build,channels", [
     (lambda g: layers.cnn(10, (4, 8), gradients=g, dense=16), 1),
+    (lambda g: layers.cnn(10, (4, 8), gradients=g, dense=16, block="conv-pool-bn-relu", algorithm="explicit"), 1),
     (lambda g: layers.mlp(10, (16, 16), gradients=g), 1),
-    (lambda g: layers.resnet(10, (4, 8), 1, gradients=g), 3)], ids=["cnn", "mlp", "resnet"])
+    (lambda g: layers.resnet(10, (4, 8), 1, gradients=g), 3)], ids=["cnn", "cnn-pool-first", "mlp", "resnet"])
 def test_custom_and_autodiff_models_agree(build, channels):
     """The same parameters through both namespaces: same outputs, gradients
     within float64 rounding."""

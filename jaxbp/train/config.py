@@ -40,7 +40,8 @@ def option(default, help, **meta):
 # narrower CNN without dropout and a short warm-up, chosen for time to 99 %
 # test accuracy on a CPU (BENCHMARKS.md, "Time to accuracy").
 RECIPES = {
-    "mnist": dict(width=16, epochs=2, dropout=0.0, warmup_epochs=0.1),
+    "mnist": dict(width=12, block="conv-pool-bn-relu", algorithm="explicit", epochs=2, dropout=0.0,
+                  warmup_epochs=0.1, eval_batch_size=128),
 }
 
 
@@ -78,6 +79,9 @@ class Config:
                                  **POSITIVE_INT)
     width: int = option(32, "channels of the cnn's first conv layer; the second has 2×, the dense layer 4×",
                         **POSITIVE_INT)
+    block: str = option(layers.CNN_BLOCKS[0], "order of each cnn block (conv-pool-bn-relu: pooling first, so "
+                                              "batch norm and relu see a quarter of the values)",
+                        choices=layers.CNN_BLOCKS)
     # 0.5: on the 1,438 training digits, 0.25 left seeds 0-9 at 97.5-99.2 % (BENCHMARKS.md).
     dropout: float = option(0.5, "dropout rate before the last dense layer", **RATE)
     stop_at_accuracy: float | None = option(None, "end the run at the first evaluation with test accuracy >= this "

@@ -1,4 +1,5 @@
-"""Loss and accuracy curves as a PNG (matplotlib, no display needed)."""
+"""Loss and accuracy curves as a PNG (matplotlib's object API: no display, no
+pyplot, whose import alone costs ~0.2 s of every run)."""
 from __future__ import annotations
 
 import os
@@ -11,23 +12,19 @@ def plot_curves(history, path, title=""):
 
 def save(fig, path):
     """``fig`` as a PNG at ``path``, atomically (a crash leaves the old file or none)."""
-    import matplotlib.pyplot as plt
-
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=100)
-    plt.close(fig)
     os.replace(tmp, path)
 
 
 def figure(history, title=""):
     """Loss (train, test) and test accuracy per epoch; epochs on integer ticks."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
     ax_loss.plot(epochs, [r["test_loss"] for r in history], "s-", label="test")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", yscale="log", title="loss")
@@ -44,12 +41,11 @@ def figure(history, title=""):
 
 def confusion_figure(confusion, classes, title=""):
     """The confusion matrix (rows: true class, columns: predicted), counts written in."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     k = len(classes)
-    fig, ax = plt.subplots(figsize=(1.5 + 0.6 * k, 1 + 0.6 * k))
+    fig = Figure(figsize=(1.5 + 0.6 * k, 1 + 0.6 * k))
+    ax = fig.subplots()
     ax.imshow(confusion, cmap="Blues")
     ax.set(xticks=range(k), yticks=range(k), xticklabels=classes, yticklabels=classes,
            xlabel="predicted", ylabel="true", title=title)

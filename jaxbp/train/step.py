@@ -33,7 +33,7 @@ def build_model(cfg, num_classes):
     conv = dict(gradients=cfg.gradients, layout=cfg.layout, algorithm=cfg.algorithm)
     if cfg.model == "cnn":
         w = cfg.width
-        return layers.cnn(num_classes, (w, 2 * w), dense=4 * w, dropout=cfg.dropout, **conv)
+        return layers.cnn(num_classes, (w, 2 * w), dense=4 * w, dropout=cfg.dropout, block=cfg.block, **conv)
     return layers.MODELS[cfg.model](num_classes, **conv)
 
 
