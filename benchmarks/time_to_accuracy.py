@@ -56,7 +56,8 @@ def recipe(a):
     with tempfile.TemporaryDirectory() as cache:  # empty: the first run compiles, the others reuse it
         plan = [(a.seeds[0], "cold")] + [(s, "warm") for s in a.seeds]
         for seed, kind in plan:
-            wall, history = jaxbp_train(a.data_dir, ["--stop-at-accuracy", str(a.target), "--seed", str(seed)],
+            wall, history = jaxbp_train(a.data_dir, ["--stop-at-accuracy", str(a.target), "--seed", str(seed),
+                                                     *a.train_args.split()],
                                         cache)
             last = history[-1]
             rows.append({"seed": seed, "cache": kind, "process_seconds": wall, "epochs": last["epoch"],
@@ -100,6 +101,7 @@ def main():
     r = sub.add_parser("recipe")
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     r.add_argument("--target", type=float, default=0.99)
+    r.add_argument("--train-args", default="", help="more options for jaxbp train, e.g. '--algorithm implicit'")
     s = sub.add_parser("same-work")
     s.add_argument("--rounds", type=int, default=2)
     a = p.parse_args()
