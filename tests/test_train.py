@@ -8,7 +8,7 @@ import pytest
 
 import jaxbp
 from jaxbp import data, layers, train
-from jaxbp.train import Config, TrainState
+from jaxbp.train import Config
 from jaxbp.train.loop import _check_finite
 
 
@@ -46,6 +46,18 @@ def test_a_compiled_epoch_equals_its_steps_one_at_a_time(monkeypatch):
     np.testing.assert_allclose(result.step_losses, losses, rtol=1e-12)
     for a, b in zip(jax.tree.leaves(result.state.params), jax.tree.leaves(params)):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_the_epoch_order_is_a_permutation_per_epoch_drawn_from_the_key():
+    key, n, b = jax.random.PRNGKey(3), 103, 10  # 10 batches; 3 examples left out each epoch
+    first, second = (np.asarray(train.epoch_batches(n, b, key, e)) for e in (0, 1))
+    for order in (first, second):
+        assert order.shape == (10, 10) and order.dtype == np.int32
+        assert len(set(order.ravel())) == 100 and 0 <= order.min() and order.max() < n
+    assert not np.array_equal(first, second)
+    # What the chunk program sees mid-epoch: the epoch is step // steps_per_epoch.
+    np.testing.assert_array_equal(train.pipeline.epoch_order(key, 17, n, b), second)
+    assert not np.array_equal(train.epoch_batches(n, b, jax.random.PRNGKey(4), 0), first)
 
 
 def test_chunks_divide_the_epoch_when_they_can():
