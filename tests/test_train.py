@@ -56,7 +56,7 @@ def test_the_epoch_order_is_a_permutation_per_epoch_drawn_from_the_key():
         assert len(set(order.ravel())) == 100 and 0 <= order.min() and order.max() < n
     assert not np.array_equal(first, second)
     # What the chunk program sees mid-epoch: the epoch is step // steps_per_epoch.
-    np.testing.assert_array_equal(train.pipeline.epoch_order(key, 17, n, b), second)
+    np.testing.assert_array_equal(train.epoch_order(key, 17, n, b), second)
     assert not np.array_equal(train.epoch_batches(n, b, jax.random.PRNGKey(4), 0), first)
 
 
