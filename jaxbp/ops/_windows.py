@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxbp.ops import _checks
@@ -86,18 +87,15 @@ _TILE_ORDER = {"NHWC": (0, 1, 3, 2, 4, 5), "NCHW": (0, 1, 4, 2, 5, 3)}
 
 def _tile(xp, window, out, layout):
     """:func:`im2col` of tiling windows: the image, less the rows and columns no
-    window reaches, cut into tiles by a reshape and one transpose."""
+    window reaches, cut into tiles by a reshape and one transpose (the inverse
+    of :func:`_untile`'s)."""
     (ah, aw), _ = LAYOUTS[layout]
     (fh, fw), (ho, wo) = window, out
     x = lax.slice(xp, [0] * 4, [ho * fh if a == ah else wo * fw if a == aw else n for a, n in enumerate(xp.shape)])
-    if layout == "NHWC":
-        n, _, _, c = x.shape
-        tiles = x.reshape(n, ho, fh, wo, fw, c).transpose(_TILE_ORDER[layout])  # N,H',W',FH,FW,C
-    else:
-        n, c = x.shape[:2]
-        tiles = x.reshape(n, c, ho, fh, wo, fw).transpose(0, 1, 3, 5, 2, 4)  # N,C,FH,FW,H',W'
+    tiles = x.reshape(x.shape[:ah] + (ho, fh, wo, fw) + x.shape[aw + 1:])
+    cols = tiles.transpose(np.argsort(_TILE_ORDER[layout]))
     k_axis = WINDOW_AXIS[layout]
-    return tiles.reshape(tiles.shape[:k_axis] + (fh * fw,) + tiles.shape[k_axis + 2:])
+    return cols.reshape(cols.shape[:k_axis] + (fh * fw,) + cols.shape[k_axis + 2:])
 
 
 def _untile(cols, window, padded_hw, layout):
