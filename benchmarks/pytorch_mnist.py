@@ -1,5 +1,5 @@
 """The PyTorch reference for time to accuracy: the network, optimizer, schedule,
-augmentation and data order that ``jaxbp train --data mnist`` uses, written as a
+augmentation and kind of data order that ``jaxbp train --data mnist`` uses, written as a
 PyTorch user would (eager mode, the data set as tensors in memory, no
 DataLoader workers), so that the two can be timed side by side.
 
@@ -16,8 +16,10 @@ The same recipe as jaxbp's (``jaxbp/layers.py`` ``cnn``, ``jaxbp/train``):
 dense + relu, dropout, dense; He-normal weights (Glorot-uniform for the last
 layer), zero biases; AdamW (decay on the weights only) with a linear warm-up
 then cosine decay to 1 % of the peak; shifts of up to ``--augment`` pixels
-(zero fill); evaluation with the running statistics. The permutation of each
-epoch is NumPy's ``default_rng([seed, epoch])``, as in jaxbp.
+(zero fill); evaluation with the running statistics. Each epoch is a fresh
+random permutation, here NumPy's ``default_rng([seed, epoch])`` (jaxbp draws
+its own on the device with ``jax.random``: the same kind of order, not the
+same one, as the random initial weights are not the same either).
 """
 import argparse
 import importlib.util
