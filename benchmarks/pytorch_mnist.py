@@ -52,7 +52,10 @@ def load_mnist(directory):
     spec = importlib.util.spec_from_file_location("jaxbp_data", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.load_idx_dir(directory)
+    ds = module.load_idx_dir(directory)
+    # Floats in [0, 1] once, at load, as a PyTorch user would (torchvision's
+    # ToTensor); jaxbp keeps the uint8 pixels and converts each batch on the device.
+    return ds._replace(x_train=module.to_unit(ds.x_train), x_test=module.to_unit(ds.x_test))
 
 
 def cnn(widths, dense, dropout, num_classes=10):

@@ -19,8 +19,9 @@ def test_idx_files_named_with_a_dot_are_accepted(tmp_path):
 def test_idx_directory_round_trip(tmp_path, gz):
     arrays = write_mnist_dir(tmp_path, gz=gz)
     ds = data.load_idx_dir(str(tmp_path))
-    assert ds.x_train.shape == (12, 1, 6, 5) and ds.x_train.dtype == np.float32
-    np.testing.assert_array_equal(ds.x_train[:, 0], arrays["train_images"] / np.float32(255))
+    assert ds.x_train.shape == (12, 1, 6, 5) and ds.x_train.dtype == np.uint8  # pixels kept as stored
+    np.testing.assert_array_equal(ds.x_train[:, 0], arrays["train_images"])
+    np.testing.assert_array_equal(data.to_unit(ds.x_train)[:, 0], arrays["train_images"] / np.float32(255))
     np.testing.assert_array_equal(ds.y_test, arrays["test_labels"])
 
 
@@ -93,8 +94,8 @@ def test_unknown_dataset():
 # --- CIFAR-10: the Python-pickle batches ---
 
 def _cifar_expected(batches, names):
-    x = np.concatenate([batches[n][b"data"] for n in names]).reshape(-1, 3, 32, 32) / 255.0
-    return x.astype(np.float32), np.concatenate([batches[n][b"labels"] for n in names]).astype(np.int32)
+    x = np.concatenate([batches[n][b"data"] for n in names]).reshape(-1, 3, 32, 32)
+    return x, np.concatenate([batches[n][b"labels"] for n in names]).astype(np.int32)  # uint8 pixels as stored
 
 
 @pytest.mark.parametrize("form", ["batches folder", "its parent", "tar.gz"])
@@ -115,11 +116,12 @@ def test_cifar10_in_every_published_form(form, tmp_path):
     for (x, y), names in (((ds.x_train, ds.y_train), data.CIFAR_BATCHES["train"]),
                           ((ds.x_test, ds.y_test), data.CIFAR_BATCHES["test"])):
         ex, ey = _cifar_expected(batches, names)
+        assert x.dtype == np.uint8
         np.testing.assert_array_equal(x, ex)
         np.testing.assert_array_equal(y, ey)
     assert ds.x_train.shape == (20, 3, 32, 32) and ds.num_classes == 10
     # Pixel (row 0, column 1) of the green plane is byte 1024 + 1 of the row.
-    assert ds.x_test[0, 1, 0, 1] == np.float32(batches["test_batch"][b"data"][0, 1025] / 255.0)
+    assert ds.x_test[0, 1, 0, 1] == batches["test_batch"][b"data"][0, 1025]
 
 
 def test_cifar10_batch_that_would_run_code_is_refused(tmp_path):
@@ -158,3 +160,18 @@ def test_cifar10_damaged_files_are_clear_errors(damage, message, tmp_path):
             pickle.dump(batch, f, protocol=2)
     with pytest.raises(data.DataError, match=message):
         data.load("cifar10", str(tmp_path))
+
+
+def test_to_unit_gives_v_over_255_on_the_host_and_on_the_device():
+    """Every 8-bit value maps to float32(v) / float32(255), correctly rounded, the
+    values the loaders used to store; the same under jit; floats pass through."""
+    import jax
+    v = np.arange(256, dtype=np.uint8).reshape(4, 64)
+    expected = v.astype(np.float32) / np.float32(255)
+    assert expected.dtype == np.float32
+    np.testing.assert_array_equal(data.to_unit(v), expected)
+    on_device = jax.jit(data.to_unit)(v)
+    assert on_device.dtype == np.float32
+    np.testing.assert_array_equal(np.asarray(on_device), expected)
+    x = np.linspace(0, 1, 5)
+    assert data.to_unit(x) is x

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxbp import layers
+from jaxbp.data import to_unit
 from jaxbp.train.parallel import batched, replicated
 from jaxbp.train.pipeline import random_flip, random_shift
 
@@ -109,7 +110,8 @@ def make_steps(model, optimizer, cfg, mesh=None):
     shard = (lambda *a: a) if mesh is None else (lambda *a: jax.lax.with_sharding_constraint(a, batched(mesh)))
 
     def logits_of(params, state, x, train, key=None):
-        logits, new_state = model.apply(policy.computed(params), state, policy.computed(x),
+        # uint8 pixels become floats here, batch by batch, on the device (data.to_unit).
+        logits, new_state = model.apply(policy.computed(params), state, policy.computed(to_unit(x)),
                                         train=train, key=key)
         return logits.astype(policy.output), new_state
 
