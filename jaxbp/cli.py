@@ -285,6 +285,7 @@ def main(argv=None):
     from jaxbp.train.checkpoint import CheckpointError
     from jaxbp.data import DataError
     from jaxbp.train import NonFiniteError, TrainingInterrupted
+    from jaxbp.train.loop import describe
     try:
         return args.func(args)
     except _UsageError as e:
@@ -295,8 +296,8 @@ def main(argv=None):
         return EXIT_FAILURE
     except TrainingInterrupted as e:
         if e.saved:
-            print(f"jaxbp: interrupted; saved: the checkpoint after epoch {e.saved['epoch']} "
-                  f"({e.saved['path']}); resume with: jaxbp train --run-dir {e.run_dir} --resume",
+            print(f"jaxbp: interrupted; saved: {describe(e.saved)}; "
+                  f"resume with: jaxbp train --run-dir {e.run_dir} --resume",
                   file=sys.stderr)
         else:
             print(f"jaxbp: interrupted before the first checkpoint: nothing to resume in {e.run_dir}",

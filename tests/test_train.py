@@ -130,6 +130,45 @@ def test_resume_equals_straight_run_bitwise(tmp_path):
     assert [json.loads(l)["train_loss"] for l in lines] == [r["train_loss"] for r in straight.history]
 
 
+def test_resume_from_a_checkpoint_written_mid_epoch_equals_a_straight_run_bitwise(tmp_path, monkeypatch, capsys):
+    """With checkpoint_every, a checkpoint is also written after the chunk that
+    reaches each multiple of it (here chunks of 4 steps, every 6: after steps 8
+    and 12 of the 12-step epochs; not at an epoch's end, which has its own).
+    Resumed from the run directory as a kill right after the one at step 20
+    leaves it, the run continues mid-epoch and ends bitwise where an
+    uninterrupted one does, the interrupted epoch's mean loss included."""
+    import shutil
+    from jaxbp.train import checkpoint, loop
+    monkeypatch.setattr(loop, "chunk_size", lambda n: 4)
+    ds = small_digits(n_train=12 * 16)
+    cfg = dict(epochs=2, batch_size=16, checkpoint_every=6)
+    real_save, written = checkpoint.save, []
+
+    def save_and_snapshot(directory, step, tree, metadata=None, **kw):
+        path = real_save(directory, step, tree, metadata, **kw)
+        written.append((step, metadata))
+        if step == 20:  # the directory as the kill would leave it
+            shutil.copytree(tmp_path / "a", tmp_path / "killed")
+        return path
+
+    monkeypatch.setattr(checkpoint, "save", save_and_snapshot)
+    straight = train.fit(Config(run_dir=str(tmp_path / "a"), **cfg), dataset=ds, quiet=True)
+    assert [s for s, _ in written] == [8, 12, 20, 24]
+    assert written[2][1] == {"epoch": 0, "in_epoch": 8, "losses": straight.step_losses[12:20]}
+    assert sorted(os.listdir(tmp_path / "a" / "checkpoints")) == ["ckpt-000000020", "ckpt-000000024"]
+    monkeypatch.setattr(checkpoint, "save", real_save)
+    capsys.readouterr()
+    resumed = train.fit(Config(run_dir=str(tmp_path / "killed"), resume=True, **cfg), dataset=ds)
+    assert "resumed from the checkpoint at step 20, 8 steps into epoch 2" in capsys.readouterr().out
+    assert resumed.step_losses == straight.step_losses[20:]  # the epoch's last 4 steps only
+    for a, b in zip(jax.tree.leaves(straight.state), jax.tree.leaves(resumed.state), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    lines = [json.loads(l) for l in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert [l["epoch"] for l in lines] == [1, 2]
+    for key in ("train_loss", "test_loss", "step"):
+        assert [l[key] for l in lines] == [r[key] for r in straight.history]
+
+
 def test_run_directory_contents(tmp_path):
     ds = small_digits(n_train=128)
     train.fit(Config(model="mlp", epochs=2, run_dir=str(tmp_path)), dataset=ds, quiet=True)

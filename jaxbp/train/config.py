@@ -70,6 +70,9 @@ class Config:
                                        "must be new or empty (default: a new runs/<time>-<model>-<data>, with "
                                        "runs/latest pointing at it; with --resume: runs/latest)")
     resume: bool = option(False, "continue the run in --run-dir from its newest checkpoint, with its config.json")
+    checkpoint_every: int = option(0, "also write a checkpoint every this many steps inside an epoch (after the "
+                                      "compiled chunk of steps that reaches the count); --resume continues "
+                                      "from it mid-epoch, exactly (0: after each epoch only)", **NONNEGATIVE_INT)
     overwrite: bool = option(False, "start a new run in a --run-dir that holds one, deleting the old run first")
     eval_batch_size: int = option(512, "examples per evaluation batch", **POSITIVE_INT)
     augment: int | None = option(None, "random shifts (crops of the zero-padded image) of up to this many pixels "

@@ -4,7 +4,9 @@
     result.history[-1]["test_accuracy"]
 
 The data order is a function of ``(seed, epoch)`` and each step's randomness of
-``(seed, step)``, so a resumed run repeats an uninterrupted one exactly.
+``(seed, step)``, so a resumed run repeats an uninterrupted one exactly, also
+from a checkpoint written mid-epoch (``checkpoint_every``: it keeps the losses
+of the epoch's steps so far, for the epoch's mean).
 
 The training and test sets are put on the device(s) once. An epoch is a few
 calls of one compiled program that runs a chunk of steps (``lax.scan``), each
@@ -49,9 +51,17 @@ class TrainingInterrupted(Exception):
 
     def __init__(self, run_dir, saved):
         self.run_dir, self.saved = run_dir, saved
-        what = (f"the checkpoint after epoch {saved['epoch']} ({saved['path']})" if saved
-                else "no checkpoint yet")
-        super().__init__(f"interrupted; saved: {what}")
+        super().__init__(f"interrupted; saved: {describe(saved) if saved else 'no checkpoint yet'}")
+
+
+def describe(saved):
+    """The newest checkpoint written, in words: ``saved`` is ``{"epoch": epochs
+    completed, "path": ...}``, with ``"in_epoch"`` (steps into the next epoch)
+    and ``"step"`` for one written mid-epoch (``checkpoint_every``)."""
+    if saved.get("in_epoch"):
+        return (f"the checkpoint at step {saved['step']}, {saved['in_epoch']} steps into epoch "
+                f"{saved['epoch'] + 1} ({saved['path']})")
+    return f"the checkpoint after epoch {saved['epoch']} ({saved['path']})"
 
 
 def _process_start():
@@ -105,7 +115,8 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
     spans ``cfg.epochs``), so a run can be done in pieces with ``resume``.
 
     With ``cfg.run_dir``: writes ``config.json``, ``metrics.jsonl`` (one object
-    per epoch), ``curves.png`` and ``checkpoints/`` (after every epoch). The
+    per epoch), ``curves.png`` and ``checkpoints/`` (after every epoch, and every
+    ``cfg.checkpoint_every`` steps inside one, at the end of a chunk). The
     directory must be new or empty (``cfg.overwrite`` replaces what is there).
     With ``cfg.resume``: continues the run in ``cfg.run_dir`` from its newest
     usable checkpoint; ``cfg`` must equal its ``config.json`` except in
@@ -130,12 +141,17 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
 
     ckpt_dir = os.path.join(cfg.run_dir, "checkpoints") if cfg.run_dir else None
     history, start_epoch, saved = [], 0, None
+    # Where the first epoch of this call begins: its step, and its losses so far.
+    begin, begin_losses = 0, []
     if cfg.resume:
         ts, meta, path = checkpoint.restore_latest(ckpt_dir, jax.tree.map(fetch, ts))
-        start_epoch = meta["epoch"] + 1
+        start_epoch = meta["epoch"] + 1  # epochs completed
         saved = {"epoch": start_epoch, "path": path}
+        if "in_epoch" in meta:  # written mid-epoch
+            begin, begin_losses = meta["in_epoch"], meta["losses"]
+            saved.update(in_epoch=begin, step=int(fetch(ts.step)))
         history = rundir.read_metrics(cfg.run_dir)[:start_epoch]
-        _log(quiet, f"resumed from {path} (epoch {start_epoch}, step {int(fetch(ts.step))})")
+        _log(quiet, f"resumed from {describe(saved)}")
     ts = replicate(ts, mesh)
     # The data sets live on the device(s) for the whole run.
     x_all, y_all = replicate((ds.x_train, ds.y_train), mesh)
@@ -169,13 +185,15 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
         for epoch in range(start_epoch, end_epoch):
             t0 = time.perf_counter()
             order = order_of(ts.key, ts.step)  # drawn on the device(s), from (key, epoch)
-            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=bar_off,
-                       file=sys.stderr, dynamic_ncols=True)
-            losses = []
-            for start in range(0, steps_per_epoch, chunk):
+            first = begin if epoch == start_epoch else 0
+            bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                       disable=bar_off, file=sys.stderr, dynamic_ncols=True)
+            before = begin_losses if epoch == start_epoch else []  # this epoch's, from a mid-epoch checkpoint
+            losses = []  # this call's steps of this epoch
+            for start in range(first, steps_per_epoch, chunk):
                 length = min(chunk, steps_per_epoch - start)
                 run = compiled(steps.chunk, ts, x_all, y_all, order, length=length)
-                if epoch == start_epoch and start == 0:
+                if epoch == start_epoch and start == first:
                     _log(quiet, f"compiled the training program in {compile_s:.1f}s")
                 ts, m = run(ts, x_all, y_all, order)
                 finite = np.stack([fetch(m["loss_finite"]), fetch(m["grads_finite"])], 1)  # waits for the chunk
@@ -183,9 +201,16 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
                 losses += fetch(m["loss"]).tolist()
                 bar.update(len(finite))
                 bar.set_postfix(loss=f"{np.mean(losses[-len(finite):]):.4f}")
+                done = start + length
+                if (cfg.checkpoint_every and cfg.run_dir and chief and done < steps_per_epoch
+                        and done // cfg.checkpoint_every > start // cfg.checkpoint_every):
+                    # The state after this chunk, checked finite, and the epoch's losses so far.
+                    path = checkpoint.save(ckpt_dir, int(fetch(ts.step)), jax.tree.map(fetch, ts),
+                                           {"epoch": epoch - 1, "in_epoch": done, "losses": before + losses})
+                    saved = {"epoch": epoch, "in_epoch": done, "step": int(fetch(ts.step)), "path": path}
             bar.close()
             step_losses += losses
-            train_loss = float(np.mean(losses))
+            train_loss = float(np.mean(before + losses))
             test_loss, test_acc = evaluate(compiled(steps.eval, ts.params, ts.state, test.xs, test.ys, test.masks),
                                            ts.params, ts.state, test)
             record = {"epoch": epoch + 1, "step": int(fetch(ts.step)), "train_loss": train_loss,
@@ -240,7 +265,6 @@ def _check_finite(finite, first_step, saved=None):
     if bad.size:
         step = first_step + int(bad[0]) + 1
         what = "loss" if not flags[bad[0], 0] else "gradients"
-        kept = (f"the checkpoint after epoch {saved['epoch']} ({saved['path']}) is the last good state"
-                if saved else "no checkpoint was written before it")
+        kept = f"{describe(saved)} is the last good state" if saved else "no checkpoint was written before it"
         raise NonFiniteError(f"non-finite {what} at step {step}; {kept}; try a smaller --lr, "
                              "or --debug-nans to locate it")
