@@ -28,7 +28,10 @@ if [ -d "$MNIST_DIR" ]; then
 else
   echo "time to accuracy skipped: no MNIST files in $MNIST_DIR" >> "$log"
 fi
-# Tests on the GPU (tests/conftest.py sets matmul precision 'highest').
+# Tests on the GPU (tests/conftest.py sets matmul precision 'highest'). The conftest
+# also lowers XLA's backend optimization level, for CPU compile times; on the GPU
+# the tests run at XLA's default level (3), stated here so the conftest leaves it.
+XLA_FLAGS="${XLA_FLAGS:-} --xla_backend_optimization_level=3" \
 timeout ${TEST_TIMEOUT:-160} python3 -m pytest -q -x -n 8 -p no:cacheprovider \
   tests/test_dense.py tests/test_conv.py tests/test_pool.py tests/test_norm.py tests/test_loss.py \
   tests/test_activation.py tests/test_gradcheck.py tests/test_train.py tests/test_evaluation.py >> "$log" 2>&1
