@@ -48,16 +48,17 @@ def test_a_compiled_epoch_equals_its_steps_one_at_a_time(monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
-def test_uint8_pixels_train_and_evaluate_exactly_as_their_floats():
-    """Data sets of 8-bit pixels stay uint8 on the device and each batch becomes
-    float32 there (data.to_unit); a run on them equals, bitwise, a run on the
-    floats the loader used to make on the host."""
+@pytest.mark.parametrize("devices", [1, 8])
+def test_uint8_pixels_train_and_evaluate_exactly_as_their_floats(devices):
+    """Data sets of 8-bit pixels stay uint8 on the device(s) and each batch
+    becomes float32 there (data.to_unit); a run on them equals, bitwise, a run
+    on the floats the loader used to make on the host, also data-parallel."""
     d = small_digits(n_train=64, n_test=40)
     pixels = d._replace(x_train=np.round(d.x_train * 255).astype(np.uint8),
                         x_test=np.round(d.x_test * 255).astype(np.uint8))
     floats = pixels._replace(x_train=pixels.x_train.astype(np.float32) / np.float32(255),
                              x_test=pixels.x_test.astype(np.float32) / np.float32(255))
-    cfg = Config(model="cnn", batch_size=16, epochs=1, devices=1, augment=1)
+    cfg = Config(model="cnn", batch_size=16, epochs=1, devices=devices, augment=1)
     a, b = (train.fit(cfg, dataset=ds, quiet=True) for ds in (pixels, floats))
     assert a.history[-1]["test_loss"] == b.history[-1]["test_loss"]
     for x, y in zip(jax.tree.leaves(a.state), jax.tree.leaves(b.state)):
