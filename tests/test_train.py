@@ -133,8 +133,9 @@ def test_resume_equals_straight_run_bitwise(tmp_path):
 
 def test_resume_from_a_checkpoint_written_mid_epoch_equals_a_straight_run_bitwise(tmp_path, monkeypatch, capsys):
     """With checkpoint_every, a checkpoint is also written after the chunk that
-    reaches each multiple of it (here chunks of 4 steps, every 6: after steps 8
-    and 12 of the 12-step epochs; not at an epoch's end, which has its own).
+    reaches each multiple of it (here chunks of 4 steps, every 6: after step 8
+    of each 12-step epoch, i.e. steps 8 and 20; the chunk ending at step 12
+    reaches 12 too, but that is the epoch's end, which has its own checkpoint).
     Resumed from the run directory as a kill right after the one at step 20
     leaves it, the run continues mid-epoch and ends bitwise where an
     uninterrupted one does, the interrupted epoch's mean loss included."""
