@@ -184,7 +184,7 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
     try:
         for epoch in range(start_epoch, end_epoch):
             t0 = time.perf_counter()
-            order = order_of(ts.key, ts.step)  # drawn on the device(s), from (key, epoch)
+            order = compiled(order_of, ts.key, ts.step)(ts.key, ts.step)  # on the device(s), from (key, epoch)
             first = begin if epoch == start_epoch else 0
             bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                        disable=bar_off, file=sys.stderr, dynamic_ncols=True)
