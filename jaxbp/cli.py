@@ -68,7 +68,8 @@ def _add_train(sub):
     # One option per Config field: names, choices, defaults and help come from the config.
     for f in dataclasses.fields(Config):
         meta, flag = dict(f.metadata), "--" + f.name.replace("_", "-")
-        changed = [f"{data}: {recipe[f.name]}" for data, recipe in RECIPES.items() if f.name in recipe]
+        changed = [f"{data} on {'CPUs' if where == 'cpu' else 'accelerators'}: {value[f.name]}"
+                   for data, recipes in RECIPES.items() for where, value in recipes.items() if f.name in value]
         if changed:  # a data set's recipe changes this default
             meta["help"] += f" ({'; '.join(changed)})"
         if f.type == "bool":
@@ -161,9 +162,9 @@ def _train(a):
 
 
 def build_parser():
-    from importlib.metadata import version
+    from jaxbp import __version__  # not the installed metadata: a source tree on PYTHONPATH has none
     p = _Parser(prog="jaxbp", description="Hand-derived backpropagation as JAX ops.")
-    p.add_argument("--version", action="version", version=f"jaxbp {version('jaxbp')}")
+    p.add_argument("--version", action="version", version=f"jaxbp {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_train(sub)
     for add in _extra_commands():

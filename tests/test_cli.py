@@ -162,7 +162,9 @@ def test_output_redirected_has_epoch_lines_and_no_progress_bar(tmp_path):
 
 def test_version_help_and_debug_after_the_subcommand(tmp_path):
     from importlib.metadata import version
-    assert jaxbp("--version").stdout.strip() == f"jaxbp {version('jaxbp')}"
+
+    import jaxbp as package
+    assert jaxbp("--version").stdout.strip() == f"jaxbp {version('jaxbp')}" == f"jaxbp {package.__version__}"
     from jaxbp import cli
     parser = cli.build_parser()
     subparsers = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"][0].choices
@@ -216,3 +218,17 @@ def test_non_finite_before_any_checkpoint_says_so(tmp_path):
               "--run-dir", str(tmp_path / "r"), "--quiet")
     assert r.returncode == 1
     assert "no checkpoint was written before it" in r.stderr and "last good state" not in r.stderr
+
+
+def test_the_command_runs_from_a_source_tree_without_package_metadata(monkeypatch, capsys):
+    """``PYTHONPATH=. python -m jaxbp.cli`` (no ``pip install``) has no installed
+    metadata; building the parser must not need it."""
+    import importlib.metadata
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+    monkeypatch.setattr(importlib.metadata, "version", missing)
+    from jaxbp import __version__, cli
+    with pytest.raises(SystemExit) as exit_:
+        cli.build_parser().parse_args(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"jaxbp {__version__}"
