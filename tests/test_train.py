@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 
@@ -10,6 +11,12 @@ import jaxbp
 from jaxbp import data, layers, train
 from jaxbp.train import Config
 from jaxbp.train.loop import _check_finite
+
+
+# Bitwise equality is a CPU property: on GPUs XLA's autotuned kernels and atomic
+# reductions differ between compilations (seen on an H200: ~1e-7 differences; the uint8 and
+# float runs below are two compilations, and differed there).
+cpu_only = pytest.mark.skipif(jax.default_backend() != "cpu", reason="bitwise reproducibility is promised on CPU")
 
 
 def small_digits(n_train=320, n_test=100):
@@ -48,6 +55,7 @@ def test_a_compiled_epoch_equals_its_steps_one_at_a_time(monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
+@cpu_only
 @pytest.mark.parametrize("devices", [1, 8])
 def test_uint8_pixels_train_and_evaluate_exactly_as_their_floats(devices):
     """Data sets of 8-bit pixels stay uint8 on the device(s) and each batch
@@ -112,11 +120,6 @@ def test_custom_and_autodiff_training_follow_the_same_trajectory(model):
         np.testing.assert_allclose(c, a, rtol=1e-7, atol=1e-10)
 
 
-# Bitwise equality is a CPU property: on GPUs XLA's autotuned kernels and atomic
-# reductions differ between compilations (seen on an H200: ~1e-7 differences).
-cpu_only = pytest.mark.skipif(jax.default_backend() != "cpu", reason="bitwise reproducibility is promised on CPU")
-
-
 @cpu_only
 def test_resume_equals_straight_run_bitwise(tmp_path):
     ds = small_digits(n_train=192)
@@ -131,6 +134,7 @@ def test_resume_equals_straight_run_bitwise(tmp_path):
     assert [json.loads(l)["train_loss"] for l in lines] == [r["train_loss"] for r in straight.history]
 
 
+@cpu_only
 def test_resume_from_a_checkpoint_written_mid_epoch_equals_a_straight_run_bitwise(tmp_path, monkeypatch, capsys):
     """With checkpoint_every, a checkpoint is also written after the chunk that
     reaches each multiple of it (here chunks of 4 steps, every 6: after step 8
@@ -242,12 +246,20 @@ def test_config_rejects_bad_values(field, value):
         Config(**{field: value}).validate()
 
 
-def test_a_data_sets_recipe_changes_only_the_defaults():
+@pytest.mark.parametrize("backend, entry", [("cpu", "cpu"), ("gpu", "accelerator"), ("tpu", "accelerator")])
+def test_a_data_sets_recipe_changes_only_the_defaults(backend, entry):
     from jaxbp.train.config import RECIPES
-    assert Config.for_data("digits") == Config() and Config.for_data("cifar10") == Config(data="cifar10")
-    cfg = Config.for_data("mnist", epochs=5)
-    assert cfg.epochs == 5 and cfg.data == "mnist"
-    assert all(getattr(cfg, k) == v for k, v in RECIPES["mnist"].items() if k != "epochs")
+    assert Config.for_data("digits", backend) == Config()
+    assert Config.for_data("cifar10", backend) == Config(data="cifar10")
+    cfg = Config.for_data("mnist", backend, epochs=5, seed=3)
+    assert cfg.epochs == 5 and cfg.seed == 3 and cfg.data == "mnist"
+    assert all(getattr(cfg, k) == v for k, v in RECIPES["mnist"][entry].items() if k != "epochs")
+    untouched = {f.name for f in dataclasses.fields(Config)} - set(RECIPES["mnist"][entry]) - {"epochs", "seed", "data"}
+    assert all(getattr(cfg, k) == getattr(Config(), k) for k in untouched)
+
+
+def test_the_recipe_follows_the_backend_jax_computes_on():
+    assert Config.for_data("mnist") == Config.for_data("mnist", jax.default_backend())
 
 
 def test_batch_larger_than_data_is_an_error():
