@@ -36,13 +36,32 @@ def option(default, help, **meta):
 
 
 # What a data set changes in the defaults (``jaxbp train --data mnist``, or
-# ``Config.for_data("mnist")``), options given explicitly still win. MNIST: a
-# narrower CNN without dropout and a short warm-up, chosen for time to 99 %
-# test accuracy on a CPU (BENCHMARKS.md, "Time to accuracy").
+# ``Config.for_data("mnist")``), on CPUs and on accelerators (GPUs and TPUs
+# share one entry; it was measured on GPUs); options given explicitly still win.
+# MNIST, chosen for time to 99 % test accuracy (BENCHMARKS.md, "Time to
+# accuracy"): on a CPU a narrower CNN, the explicit conv, no dropout, a short
+# warm-up; on an accelerator the default width and few large batches, since
+# there a step's cost is mostly its kernel launches, not its arithmetic.
 RECIPES = {
-    "mnist": dict(width=12, block="conv-pool-bn-relu", algorithm="explicit", epochs=2, dropout=0.0,
-                  warmup_epochs=0.1, eval_batch_size=128),
+    "mnist": {
+        "cpu": dict(width=12, block="conv-pool-bn-relu", algorithm="explicit", epochs=2, dropout=0.0,
+                    warmup_epochs=0.1, eval_batch_size=128),
+        "accelerator": dict(block="conv-pool-bn-relu", batch_size=512, lr=1e-2, epochs=3, dropout=0.0,
+                            warmup_epochs=0.1, eval_batch_size=2000),
+    },
 }
+
+
+def recipe(data, backend=None):
+    """The defaults ``data`` changes (:data:`RECIPES`) on ``backend`` ("cpu",
+    "gpu", "tpu"; default: JAX's default backend, where the run will compute)."""
+    entry = RECIPES.get(data)
+    if entry is None:
+        return {}
+    if backend is None:
+        import jax
+        backend = jax.default_backend()
+    return entry["cpu" if backend == "cpu" else "accelerator"]
 
 
 @dataclasses.dataclass
@@ -91,10 +110,10 @@ class Config:
                                                   "(e.g. 0.99), and say how long it took", **ACCURACY)
 
     @classmethod
-    def for_data(cls, data="digits", **given):
-        """The config for ``data``: the defaults, then the data set's
-        :data:`RECIPES` entry, then ``given``."""
-        return cls(**{"data": data, **RECIPES.get(data, {}), **given})
+    def for_data(cls, data="digits", backend=None, **given):
+        """The config for ``data``: the defaults, then the data set's recipe
+        for ``backend`` (:func:`recipe`), then ``given``."""
+        return cls(**{"data": data, **recipe(data, backend), **given})
 
     def validate(self):
         """Raise ValueError naming the first bad field."""
