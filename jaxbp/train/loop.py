@@ -128,6 +128,9 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
     cfg.validate()
     chief = jax.process_index() == 0  # the one process that writes files
     _prepare_run_dir(cfg, chief)
+    if cfg.run_dir and chief:
+        from jaxbp.train.plot import preload
+        preload()  # curves.png at the end
     ds = dataset if dataset is not None else data_lib.load(cfg.data, cfg.data_dir, cfg.seed)
     n = len(ds.x_train)
     if cfg.batch_size > n:
