@@ -12,6 +12,11 @@ log="$OUT/gpu_check.log"
 {
   date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import jax, jaxlib; print('jax', jax.__version__, jaxlib.__version__, jax.devices())"
+  # What any JAX program pays before its first step: the import, then the device
+  # client (with and without preallocating most of the GPU's memory).
+  init='import time; t = time.perf_counter(); import jax; t1 = time.perf_counter(); jax.devices()
+print(f"import jax {t1 - t:.2f} s, device initialization {time.perf_counter() - t1:.2f} s")'
+  python3 -c "$init"; XLA_PYTHON_CLIENT_PREALLOCATE=false python3 -c "$init"
 } > "$log" 2>&1
 # Time to 99 % on real MNIST where the files are at hand ($MNIST_DIR, else
 # shared/data/mnist; nothing is downloaded there): the defaults (the accelerator
@@ -35,7 +40,7 @@ fi
 # Tests on the GPU (tests/conftest.py sets matmul precision 'highest'). The conftest
 # also lowers XLA's backend optimization level, for CPU compile times; on the GPU
 # the tests run at XLA's default level (3), stated here so the conftest leaves it.
-# Eight test processes share the GPU: none may take most of its memory up front.
+# Twelve test processes share the GPU: none may take most of its memory up front.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 # One line per test (-v), so a time box still shows which ran and which failed.
 XLA_FLAGS="${XLA_FLAGS:-} --xla_backend_optimization_level=3" \

@@ -254,12 +254,18 @@ def test_a_data_sets_recipe_changes_only_the_defaults(backend, entry):
     cfg = Config.for_data("mnist", backend, epochs=5, seed=3)
     assert cfg.epochs == 5 and cfg.seed == 3 and cfg.data == "mnist"
     assert all(getattr(cfg, k) == v for k, v in RECIPES["mnist"][entry].items() if k != "epochs")
-    untouched = {f.name for f in dataclasses.fields(Config)} - set(RECIPES["mnist"][entry]) - {"epochs", "seed", "data"}
+    untouched = ({f.name for f in dataclasses.fields(Config)} - set(RECIPES["mnist"][entry])
+                 - {"epochs", "seed", "data"})
     assert all(getattr(cfg, k) == getattr(Config(), k) for k in untouched)
 
 
-def test_the_recipe_follows_the_backend_jax_computes_on():
-    assert Config.for_data("mnist") == Config.for_data("mnist", jax.default_backend())
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+def test_the_recipe_follows_the_backend_jax_computes_on(monkeypatch, backend):
+    from jaxbp.train.config import RECIPES
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    cfg = Config.for_data("mnist")
+    entry = RECIPES["mnist"]["cpu" if backend == "cpu" else "accelerator"]
+    assert all(getattr(cfg, k) == v for k, v in entry.items())
 
 
 def test_batch_larger_than_data_is_an_error():
