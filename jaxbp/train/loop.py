@@ -17,6 +17,7 @@ whole test set.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import os
 import sys
@@ -161,18 +162,24 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
     test = eval_set(ds.x_test, ds.y_test, cfg.eval_batch_size, mesh)
     chunk = chunk_size(steps_per_epoch)
     programs, compile_s = {}, 0.0
+    compiler = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxbp-compile")
 
-    def compiled(fn, *args, **static):
-        """``fn`` compiled ahead of time (once for each ``static``), the time counted."""
+    def compiled(fn, *args, background=False, **static):
+        """``fn`` compiled ahead of time, once for each ``static``; the time the
+        run waits for it is counted. ``background``: only start compiling (XLA
+        compiles without the GIL) while the run goes on."""
         nonlocal compile_s
-        key = (fn, tuple(static.items()))
+        key, t = (fn, tuple(static.items())), time.perf_counter()
         if key not in programs:
-            t = time.perf_counter()
-            programs[key] = fn.lower(*args, **static).compile()
-            compile_s += time.perf_counter() - t
+            programs[key] = compiler.submit(fn.lower(*args, **static).compile)
+        if not background and isinstance(programs[key], concurrent.futures.Future):
+            programs[key] = programs[key].result()  # the executable, or the compiler's error
+        compile_s += time.perf_counter() - t
         return programs[key]
 
     order_of = jax.jit(lambda key, step: epoch_order(key, step, n, cfg.batch_size))
+    # The evaluation program compiles while the epoch-order and training programs do.
+    compiled(steps.eval, ts.params, ts.state, test.xs, test.ys, test.masks, background=True)
 
     if cfg.run_dir and chief:
         rundir.write_json(os.path.join(cfg.run_dir, "config.json"), dataclasses.asdict(cfg))
@@ -238,6 +245,7 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
     except KeyboardInterrupt:
         raise TrainingInterrupted(cfg.run_dir, saved) from None
     finally:
+        compiler.shutdown(wait=False)
         if cfg.run_dir and chief and history[start_epoch:]:
             from jaxbp.train.plot import plot_curves
             plot_curves(history, os.path.join(cfg.run_dir, "curves.png"),
