@@ -178,8 +178,6 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
         return programs[key]
 
     order_of = jax.jit(lambda key, step: epoch_order(key, step, n, cfg.batch_size))
-    # The evaluation program compiles while the epoch-order and training programs do.
-    compiled(steps.eval, ts.params, ts.state, test.xs, test.ys, test.masks, background=True)
 
     if cfg.run_dir and chief:
         rundir.write_json(os.path.join(cfg.run_dir, "config.json"), dataclasses.asdict(cfg))
@@ -194,6 +192,8 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
     try:
         for epoch in range(start_epoch, end_epoch):
             t0 = time.perf_counter()
+            if epoch == start_epoch:  # the evaluation program compiles while the other two do
+                compiled(steps.eval, ts.params, ts.state, test.xs, test.ys, test.masks, background=True)
             order = compiled(order_of, ts.key, ts.step)(ts.key, ts.step)  # on the device(s), from (key, epoch)
             first = begin if epoch == start_epoch else 0
             bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
