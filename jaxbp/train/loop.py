@@ -17,7 +17,6 @@ whole test set.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import os
 import sys
@@ -162,19 +161,15 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
     test = eval_set(ds.x_test, ds.y_test, cfg.eval_batch_size, mesh)
     chunk = chunk_size(steps_per_epoch)
     programs, compile_s = {}, 0.0
-    compiler = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxbp-compile")
 
-    def compiled(fn, *args, background=False, **static):
-        """``fn`` compiled ahead of time, once for each ``static``; the time the
-        run waits for it is counted. ``background``: only start compiling (XLA
-        compiles without the GIL) while the run goes on."""
+    def compiled(fn, *args, **static):
+        """``fn`` compiled ahead of time (once for each ``static``), the time counted."""
         nonlocal compile_s
-        key, t = (fn, tuple(static.items())), time.perf_counter()
+        key = (fn, tuple(static.items()))
         if key not in programs:
-            programs[key] = compiler.submit(fn.lower(*args, **static).compile)
-        if not background and isinstance(programs[key], concurrent.futures.Future):
-            programs[key] = programs[key].result()  # the executable, or the compiler's error
-        compile_s += time.perf_counter() - t
+            t = time.perf_counter()
+            programs[key] = fn.lower(*args, **static).compile()
+            compile_s += time.perf_counter() - t
         return programs[key]
 
     order_of = jax.jit(lambda key, step: epoch_order(key, step, n, cfg.batch_size))
@@ -192,8 +187,6 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
     try:
         for epoch in range(start_epoch, end_epoch):
             t0 = time.perf_counter()
-            if epoch == start_epoch:  # the evaluation program compiles while the other two do
-                compiled(steps.eval, ts.params, ts.state, test.xs, test.ys, test.masks, background=True)
             order = compiled(order_of, ts.key, ts.step)(ts.key, ts.step)  # on the device(s), from (key, epoch)
             first = begin if epoch == start_epoch else 0
             bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
@@ -245,7 +238,6 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
     except KeyboardInterrupt:
         raise TrainingInterrupted(cfg.run_dir, saved) from None
     finally:
-        compiler.shutdown(wait=False)
         if cfg.run_dir and chief and history[start_epoch:]:
             from jaxbp.train.plot import plot_curves
             plot_curves(history, os.path.join(cfg.run_dir, "curves.png"),
