@@ -208,9 +208,10 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
                 if (cfg.checkpoint_every and cfg.run_dir and chief and done < steps_per_epoch
                         and done // cfg.checkpoint_every > start // cfg.checkpoint_every):
                     # The state after this chunk, checked finite, and the epoch's losses so far.
-                    path = checkpoint.save(ckpt_dir, int(fetch(ts.step)), jax.tree.map(fetch, ts),
+                    step = int(fetch(ts.step))
+                    path = checkpoint.save(ckpt_dir, step, jax.tree.map(fetch, ts),
                                            {"epoch": epoch - 1, "in_epoch": done, "losses": before + losses})
-                    saved = {"epoch": epoch, "in_epoch": done, "step": int(fetch(ts.step)), "path": path}
+                    saved = {"epoch": epoch, "in_epoch": done, "step": step, "path": path}
             bar.close()
             step_losses += losses
             train_loss = float(np.mean(before + losses))
