@@ -180,10 +180,17 @@ def test_run_directory_contents(tmp_path):
     train.fit(Config(model="mlp", epochs=2, run_dir=str(tmp_path)), dataset=ds, quiet=True)
     records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 2
-    assert {"epoch", "train_loss", "test_loss", "test_accuracy", "seconds", "elapsed", "compile_seconds"} <= \
-        set(records[0]) and "compile_seconds" not in records[1]
+    first = {"startup_seconds", "data_seconds", "setup_seconds", "compile_seconds"}
+    assert {"epoch", "train_loss", "test_loss", "test_accuracy", "seconds", "elapsed"} | first <= set(records[0])
+    assert not first & set(records[1])  # the process's start-up is reported once
     # elapsed: wall seconds since the process started, so more than this epoch's own seconds.
     assert records[0]["elapsed"] > records[0]["seconds"] > records[0]["compile_seconds"] > 0
+    # Start-up (process start to the first step) holds the data and setup phases, and
+    # elapsed holds the start-up and the first epoch.
+    r = records[0]
+    assert 0 <= r["data_seconds"] and 0 < r["setup_seconds"]
+    assert r["data_seconds"] + r["setup_seconds"] < r["startup_seconds"]
+    assert r["startup_seconds"] + r["seconds"] == pytest.approx(r["elapsed"], abs=0.05)
     assert records[1]["elapsed"] > records[0]["elapsed"]
     assert json.loads((tmp_path / "config.json").read_text())["model"] == "mlp"
     png = (tmp_path / "curves.png").read_bytes()

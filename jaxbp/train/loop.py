@@ -131,7 +131,10 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
     if cfg.run_dir and chief:
         from jaxbp.train.plot import preload
         preload()  # curves.png at the end
+    t = time.perf_counter()
     ds = dataset if dataset is not None else data_lib.load(cfg.data, cfg.data_dir, cfg.seed)
+    data_s = time.perf_counter() - t
+    t = time.perf_counter()
     n = len(ds.x_train)
     if cfg.batch_size > n:
         raise ValueError(f"batch_size {cfg.batch_size} is larger than the training set ({n} examples)")
@@ -160,6 +163,7 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
     x_all, y_all = replicate((ds.x_train, ds.y_train), mesh)
     test = eval_set(ds.x_test, ds.y_test, cfg.eval_batch_size, mesh)
     chunk = chunk_size(steps_per_epoch)
+    setup_s = time.perf_counter() - t
     programs, compile_s = {}, 0.0
 
     def compiled(fn, *args, **static):
@@ -179,7 +183,8 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
         rundir.write_metrics(cfg.run_dir, history)
 
     from tqdm.auto import tqdm
-    t_start = time.perf_counter()
+    t_start, startup_s = time.perf_counter(), elapsed()
+    _log(quiet, f"started in {startup_s:.1f}s (data {data_s:.1f}s, model state and devices {setup_s:.1f}s)")
     end_epoch = cfg.epochs if max_epochs is None else min(cfg.epochs, start_epoch + max_epochs)
     # The bar is for a person at a terminal; a log gets the per-epoch lines only.
     bar_off = quiet or not sys.stderr.isatty()
@@ -220,8 +225,9 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
             record = {"epoch": epoch + 1, "step": int(fetch(ts.step)), "train_loss": train_loss,
                       "test_loss": test_loss, "test_accuracy": test_acc,
                       "seconds": time.perf_counter() - t0, "elapsed": elapsed()}
-            if epoch == start_epoch:
-                record["compile_seconds"] = compile_s  # the training and evaluation programs
+            if epoch == start_epoch:  # where this process's time went before its first step
+                record.update(startup_seconds=startup_s, data_seconds=data_s, setup_seconds=setup_s,
+                              compile_seconds=compile_s)  # compile: the training and evaluation programs
             history.append(record)
             _log(quiet, f"epoch {epoch + 1:3d}/{cfg.epochs}  train_loss {train_loss:.4f}  "
                         f"test_loss {test_loss:.4f}  test_acc {100 * test_acc:6.2f}%  {record['seconds']:.1f}s")
