@@ -116,6 +116,9 @@ def _compilation_cache():
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
+_distributed = False  # whether this process joined a multi-process run (jax.distributed)
+
+
 def _train(a):
     import dataclasses
     import os
@@ -128,6 +131,8 @@ def _train(a):
         if not 0 <= a.process_id < a.num_processes:
             raise _UsageError(f"--process-id must be in [0, {a.num_processes}), got {a.process_id}")
         jax.distributed.initialize(a.coordinator, a.num_processes, a.process_id)
+        global _distributed
+        _distributed = True
     if a.devices is not None and a.devices > jax.device_count():
         raise _UsageError(f"--devices {a.devices}: only {jax.device_count()} device(s) available")
     from jaxbp import precision
@@ -309,5 +314,26 @@ def main(argv=None):
         return EXIT_INTERRUPTED
 
 
+def run():
+    """The ``jaxbp`` command: :func:`main`, then the process ends at once.
+
+    When ``main`` returns, every file the command wrote is complete (written to
+    a temporary name, fsynced, renamed); what Python's own shutdown would still
+    do is tear the interpreter down, ~0.3 s with JAX and matplotlib loaded
+    (BENCHMARKS.md). So the streams are flushed, the exit handlers run (they are
+    quick: temporary files, logging, JAX's own), and the process exits without
+    the teardown. Not in a multi-process run: there JAX's distributed service
+    takes its leave of the other processes during that shutdown."""
+    code = main()
+    if _distributed:
+        sys.exit(code)
+    import atexit
+    import os
+    sys.stdout.flush()
+    sys.stderr.flush()
+    atexit._run_exitfuncs()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

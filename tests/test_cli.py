@@ -34,6 +34,21 @@ def test_train_output_and_run_directory(tmp_path):
     assert sorted(os.listdir(tmp_path / "run")) == ["checkpoints", "config.json", "curves.png", "metrics.jsonl"]
 
 
+@pytest.mark.parametrize("code", [0, 1, 130])
+def test_command_exit_keeps_output_and_exit_handlers(code):
+    """The command ends without Python's teardown (cli.run): main's exit code is
+    the process's, output still in the buffers of a piped stdout and stderr
+    arrives, and exit handlers (temporary files, logging) still run."""
+    program = ("import atexit, sys, jaxbp.cli as cli\n"
+               "atexit.register(lambda: print('exit handler ran'))\n"
+               f"cli.main = lambda: print('buffered out') or print('buffered err', file=sys.stderr) or {code}\n"
+               "cli.run()\n"
+               "print('not reached')\n")
+    r = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert r.returncode == code
+    assert r.stdout.splitlines() == ["buffered out", "exit handler ran"] and r.stderr == "buffered err\n"
+
+
 def test_train_on_idx_files(tmp_path):
     write_mnist_dir(tmp_path, n_train=64, n_test=16, gz=True)
     r = jaxbp("train", "--data", "mnist", "--data-dir", str(tmp_path), "--epochs", "1", "--batch-size", "16",
