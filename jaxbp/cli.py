@@ -124,7 +124,11 @@ def _train(a):
     import os
 
     import jax
+
+    from jaxbp import data as data_lib
     _compilation_cache()
+    # The data set's files are read while JAX starts its devices (seconds on a GPU).
+    pending = None if a.resume else data_lib.load_in_background(a.data, a.data_dir, a.seed)
     if a.num_processes > 1:
         if not a.coordinator:
             raise _UsageError("--num-processes > 1 needs --coordinator HOST:PORT")
@@ -160,7 +164,8 @@ def _train(a):
         rundir.prepare_new(run_dir, cfg.overwrite)
         if a.run_dir is None:
             rundir.point_latest(run_dir)
-    fit(cfg, quiet=a.quiet or not chief)
+    same = pending is not None and (cfg.data, cfg.data_dir, cfg.seed) == (a.data, a.data_dir, a.seed)
+    fit(cfg, dataset=pending if same else None, quiet=a.quiet or not chief)
     if chief:
         print(f"run directory: {run_dir}")
     return 0

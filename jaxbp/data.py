@@ -236,6 +236,37 @@ def synthetic(n_train=1024, n_test=256, shape=(1, 8, 8), num_classes=10, seed=0)
     return Dataset(xt, yt, xv, yv, num_classes)
 
 
+def load_in_background(name, data_dir=None, seed=0):
+    """Start :func:`load` in a background thread (reading, hashing and
+    decompressing let other threads run), e.g. while JAX starts its devices;
+    return a function that waits for the :class:`Dataset`, or raises the error
+    ``load`` raised. ``None`` where files would have to be downloaded first: a
+    download is not left to a thread the process might abandon half-way."""
+    import threading
+
+    if name in DOWNLOADABLE and data_dir is None:
+        from jaxbp import download
+        if not download.cached(name):
+            return None
+    outcome = {}
+
+    def work():
+        try:
+            outcome["dataset"] = load(name, data_dir, seed)
+        except BaseException as e:  # raised again by wait(), in the caller's thread
+            outcome["error"] = e
+
+    thread = threading.Thread(target=work, daemon=True, name="jaxbp-load-data")
+    thread.start()
+
+    def wait():
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["dataset"]
+    return wait
+
+
 def load(name, data_dir=None, seed=0):
     """Dispatch on a data set name (see :data:`DATASETS`)."""
     if name == "digits":

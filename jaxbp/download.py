@@ -51,6 +51,17 @@ def cache_dir(name):
     return os.path.join(root, name)
 
 
+def cached(name, directory=None, source=None):
+    """Whether every file of data set ``name`` is in ``directory`` (default
+    :func:`cache_dir`) with its SHA-256: :func:`fetch` would download nothing."""
+    import pooch
+
+    source = SOURCES[name] if source is None else source
+    directory = cache_dir(name) if directory is None else directory
+    return all(os.path.exists(path) and pooch.file_hash(path) == sha256
+               for path, sha256 in ((os.path.join(directory, f), h) for f, h in source.files.items()))
+
+
 def fetch(name, directory=None, source=None):
     """The files of data set ``name`` in ``directory`` (default :func:`cache_dir`),
     downloading any that are missing; returns the directory.

@@ -101,6 +101,39 @@ def test_mnist_from_the_cache_directory_and_a_mirror(server, tmp_path, monkeypat
     assert all(r for r in server.requests)
 
 
+def test_a_background_load_reads_only_what_needs_no_download(server, tmp_path, monkeypatch):
+    """data.load_in_background: nothing starts while a file is missing or damaged
+    (a download is left to load, in the caller's thread); once the cache holds
+    every file, the same data set as load's comes back from a thread."""
+    src = tmp_path / "src"
+    src.mkdir()
+    arrays = write_mnist_dir(src, gz=True)
+    files = {p.name: p.read_bytes() for p in src.iterdir()}
+    server.files.update(files)
+    monkeypatch.setitem(download.SOURCES, "mnist", download.Source(
+        "unused", {n: hashlib.sha256(b).hexdigest() for n, b in files.items()}))
+    monkeypatch.setenv("JAXBP_DATA", str(tmp_path / "cache"))
+    monkeypatch.setenv("JAXBP_DATA_MIRROR", server.url.rstrip("/"))
+    assert not download.cached("mnist") and data.load_in_background("mnist") is None and not server.requests
+    data.load("mnist")
+    assert download.cached("mnist")
+    name = sorted(files)[0]
+    (tmp_path / "cache" / "mnist" / name).write_bytes(b"damaged")
+    assert not download.cached("mnist") and data.load_in_background("mnist") is None
+    data.load("mnist")  # fetched again
+    requests = len(server.requests)
+    wait = data.load_in_background("mnist")
+    np.testing.assert_array_equal(wait().x_train, arrays["train_images"][:, None])
+    assert len(server.requests) == requests
+
+
+def test_a_background_load_raises_in_the_waiting_thread(tmp_path):
+    wait = data.load_in_background("mnist", str(tmp_path / "nowhere"))
+    with pytest.raises(data.DataError, match="nowhere"):
+        wait()
+    assert data.load_in_background("digits")().x_train.shape[1:] == data.load("digits").x_train.shape[1:]
+
+
 def test_the_published_hashes_are_sha256():
     for source in download.SOURCES.values():
         assert all(len(h) == 64 and int(h, 16) >= 0 for h in source.files.values())

@@ -111,6 +111,9 @@ def _prepare_run_dir(cfg, chief):
 def fit(cfg, dataset=None, quiet=False, max_epochs=None):
     """Train ``cfg.model`` on ``cfg.data``; return a :class:`TrainResult`.
 
+    ``dataset``: the :class:`jaxbp.data.Dataset` to use instead of loading
+    ``cfg.data``, or a function returning it, called when the data is needed
+    (what :func:`jaxbp.data.load_in_background` returns).
     ``max_epochs`` stops this call after that many epochs (the schedule still
     spans ``cfg.epochs``), so a run can be done in pieces with ``resume``.
 
@@ -132,7 +135,10 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
         from jaxbp.train.plot import preload
         preload()  # curves.png at the end
     t = time.perf_counter()
-    ds = dataset if dataset is not None else data_lib.load(cfg.data, cfg.data_dir, cfg.seed)
+    if dataset is None:
+        ds = data_lib.load(cfg.data, cfg.data_dir, cfg.seed)
+    else:
+        ds = dataset() if callable(dataset) else dataset
     data_s = time.perf_counter() - t
     t = time.perf_counter()
     n = len(ds.x_train)
