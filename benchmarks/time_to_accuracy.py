@@ -40,7 +40,8 @@ SAME_WORK = ["--width", "32", "--block", "conv-bn-relu-pool", "--dropout", "0.25
 
 
 # Settings of the environment that change how JAX starts, named in a table's title when set.
-ENV_SHOWN = ("XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION", "JAX_PLATFORMS", "XLA_FLAGS")
+ENV_SHOWN = ("XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION", "JAX_PLATFORMS",
+             "CUDA_MODULE_LOADING", "XLA_FLAGS")
 
 
 def run(cmd, env=None):
