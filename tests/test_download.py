@@ -84,8 +84,11 @@ def test_a_bad_transfer_is_a_clear_error_and_leaves_nothing(fault, server, tmp_p
     assert os.listdir(tmp_path) == ["good.gz"]  # no partial or temporary file
 
 
-def test_mnist_from_the_cache_directory_and_a_mirror(server, tmp_path, monkeypatch):
-    """`--data mnist` without --data-dir: $JAXBP_DATA_MIRROR serves, $JAXBP_DATA caches."""
+@pytest.fixture
+def mnist_mirror(server, tmp_path, monkeypatch):
+    """Small MNIST files served by ``server`` as $JAXBP_DATA_MIRROR (with their
+    hashes as the published ones), cached in $JAXBP_DATA = tmp_path/cache;
+    returns the arrays written and the files (name -> bytes)."""
     src = tmp_path / "src"
     src.mkdir()
     arrays = write_mnist_dir(src, gz=True)
@@ -95,25 +98,23 @@ def test_mnist_from_the_cache_directory_and_a_mirror(server, tmp_path, monkeypat
         "unused", {n: hashlib.sha256(b).hexdigest() for n, b in files.items()}))
     monkeypatch.setenv("JAXBP_DATA", str(tmp_path / "cache"))
     monkeypatch.setenv("JAXBP_DATA_MIRROR", server.url.rstrip("/"))
+    return arrays, files
+
+
+def test_mnist_from_the_cache_directory_and_a_mirror(mnist_mirror, server, tmp_path):
+    """`--data mnist` without --data-dir: $JAXBP_DATA_MIRROR serves, $JAXBP_DATA caches."""
+    arrays, files = mnist_mirror
     ds = data.load("mnist")
     np.testing.assert_array_equal(ds.y_train, arrays["train_labels"])
     assert sorted(os.listdir(tmp_path / "cache" / "mnist")) == sorted(files)
     assert all(r for r in server.requests)
 
 
-def test_a_background_load_reads_only_what_needs_no_download(server, tmp_path, monkeypatch):
+def test_a_background_load_reads_only_what_needs_no_download(mnist_mirror, server, tmp_path):
     """data.load_in_background: nothing starts while a file is missing or damaged
     (a download is left to load, in the caller's thread); once the cache holds
     every file, the same data set as load's comes back from a thread."""
-    src = tmp_path / "src"
-    src.mkdir()
-    arrays = write_mnist_dir(src, gz=True)
-    files = {p.name: p.read_bytes() for p in src.iterdir()}
-    server.files.update(files)
-    monkeypatch.setitem(download.SOURCES, "mnist", download.Source(
-        "unused", {n: hashlib.sha256(b).hexdigest() for n, b in files.items()}))
-    monkeypatch.setenv("JAXBP_DATA", str(tmp_path / "cache"))
-    monkeypatch.setenv("JAXBP_DATA_MIRROR", server.url.rstrip("/"))
+    arrays, files = mnist_mirror
     assert not download.cached("mnist") and data.load_in_background("mnist") is None and not server.requests
     data.load("mnist")
     assert download.cached("mnist")
