@@ -120,6 +120,7 @@ _distributed = False  # whether this process joined a multi-process run (jax.dis
 
 
 def _train(a):
+    global _distributed
     import dataclasses
     import os
 
@@ -135,7 +136,6 @@ def _train(a):
         if not 0 <= a.process_id < a.num_processes:
             raise _UsageError(f"--process-id must be in [0, {a.num_processes}), got {a.process_id}")
         jax.distributed.initialize(a.coordinator, a.num_processes, a.process_id)
-        global _distributed
         _distributed = True
     if a.devices is not None and a.devices > jax.device_count():
         raise _UsageError(f"--devices {a.devices}: only {jax.device_count()} device(s) available")
@@ -336,7 +336,7 @@ def run():
     import os
     sys.stdout.flush()
     sys.stderr.flush()
-    atexit._run_exitfuncs()
+    atexit._run_exitfuncs()  # what a normal exit runs first (CPython)
     os._exit(code)
 
 
