@@ -39,7 +39,7 @@ if [ -d "$MNIST_DIR" ]; then
   done
   rm -rf "$cache"
   alt="$OUT/time_to_accuracy_others.md"
-  for args in "--width 12 --batch-size 32 --lr 3e-3 --algorithm explicit --eval-batch-size 128" \
+  for args in "--width 12 --batch-size 32 --lr 3e-3 --algorithm explicit --eval-batch-size 50" \
               "--algorithm explicit"; do
     timeout ${TTA_OTHER_TIMEOUT:-30} $tta --once --train-args "$args" >> "$alt" 2>&1
     echo "time to accuracy ($args) exit $?" >> "$log"

@@ -45,7 +45,7 @@ def option(default, help, **meta):
 RECIPES = {
     "mnist": {
         "cpu": dict(width=12, block="conv-pool-bn-relu", algorithm="explicit", epochs=2, dropout=0.0,
-                    warmup_epochs=0.1, eval_batch_size=128),
+                    warmup_epochs=0.1, eval_batch_size=50),
         "accelerator": dict(block="conv-pool-bn-relu", batch_size=512, lr=1e-2, epochs=3, dropout=0.0,
                             warmup_epochs=0.1, eval_batch_size=2000),
     },
