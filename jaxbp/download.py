@@ -51,15 +51,18 @@ def cache_dir(name):
     return os.path.join(root, name)
 
 
+def _present(path, sha256):
+    """Whether ``path`` exists with this SHA-256 (a cached file that can be reused)."""
+    import pooch
+    return os.path.exists(path) and pooch.file_hash(path) == sha256
+
+
 def cached(name, directory=None, source=None):
     """Whether every file of data set ``name`` is in ``directory`` (default
     :func:`cache_dir`) with its SHA-256: :func:`fetch` would download nothing."""
-    import pooch
-
     source = SOURCES[name] if source is None else source
     directory = cache_dir(name) if directory is None else directory
-    return all(os.path.exists(path) and pooch.file_hash(path) == sha256
-               for path, sha256 in ((os.path.join(directory, f), h) for f, h in source.files.items()))
+    return all(_present(os.path.join(directory, f), h) for f, h in source.files.items())
 
 
 def fetch(name, directory=None, source=None):
@@ -82,8 +85,7 @@ def fetch(name, directory=None, source=None):
     directory = cache_dir(name) if directory is None else directory
     logging.getLogger("pooch").setLevel(logging.WARNING)  # jaxbp prints its own line
     for fname, sha256 in source.files.items():
-        path = os.path.join(directory, fname)
-        if os.path.exists(path) and pooch.file_hash(path) == sha256:
+        if _present(os.path.join(directory, fname), sha256):
             continue
         url = source.url + fname
         print(f"downloading {url} -> {directory}", file=sys.stderr, flush=True)
