@@ -104,12 +104,16 @@ def Dense(features, *, ops=custom_ops, init="he", bias=True):
 def Conv2D(features, kernel, stride=1, padding="SAME", *, ops=custom_ops, init="he",
            layout="NCHW", algorithm=custom_ops.DEFAULT_ALGORITHM, bias=True, dilation=1, groups=1):
     """``(N, C, H, W) -> (N, features, H', W')`` (channels last with ``layout="NHWC"``);
-    params ``w (features, C / groups, FH, FW)``, ``b (features,)``."""
+    params ``w (features, C / groups, FH, FW)``, ``b (features,)``. ``algorithm``:
+    conv2d's, or ``"auto"``: chosen from the input's shape and the backend
+    (:func:`jaxbp.ops.auto_algorithm`)."""
     kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
     ch = 1 if layout == "NCHW" else 3
 
     def conv(x, w, b):
-        return ops.conv2d(x, w, b, stride, padding, dilation, groups, layout=layout, algorithm=algorithm)
+        alg = (custom_ops.auto_algorithm(x.shape, w.shape, stride, dilation, groups, layout)
+               if algorithm == "auto" else algorithm)
+        return ops.conv2d(x, w, b, stride, padding, dilation, groups, layout=layout, algorithm=alg)
 
     def init_params(key, shape):
         c = shape[ch] // groups

@@ -47,14 +47,28 @@ for alg, layout in (("explicit", "NHWC"), ("implicit", "NCHW"), ("implicit", "NH
         x_shape = (2, 7, 8, 3) if layout == "NHWC" else (2, 3, 7, 8)
         CASES[f"{alg}-{layout}-s{s}-p{p}"] = conv_case(30 + i, x_shape, (4, 3, 3, 2), s, p,
                                                       algorithm=alg, layout=layout)
+# Winograd's F(2×2, 3×3): 3×3 stride 1 only; odd outputs (a cropped half tile),
+# asymmetric and zero padding, an output one row high, both layouts.
+CASES.update({
+    "winograd-NCHW-p1": conv_case(36, (2, 3, 7, 8), (4, 3, 3, 3), 1, 1, algorithm="winograd"),
+    "winograd-NHWC-pSAME": conv_case(37, (2, 6, 6, 3), (4, 3, 3, 3), 1, "SAME", algorithm="winograd",
+                                     layout="NHWC"),
+    "winograd-NHWC-pVALID": conv_case(38, (2, 7, 8, 3), (4, 3, 3, 3), 1, "VALID", algorithm="winograd",
+                                      layout="NHWC"),
+    "winograd-NCHW-asym-no_bias": conv_case(39, (2, 3, 5, 6), (4, 3, 3, 3), 1, ((0, 2), (1, 0)), bias=False,
+                                            algorithm="winograd"),
+    "winograd-NHWC-one_row": conv_case(35, (2, 1, 6, 2), (3, 2, 3, 3), 1, ((1, 1), (0, 2)),
+                                       algorithm="winograd", layout="NHWC"),
+})
 test_gradients = gradient_test(CASES, composition=[
     "s2-p1", "s3-pSAME", "batch1", "no_bias", "asym_padding", "kernel_fills_padded_input",
     "explicit-NHWC-s2-p1", "implicit-NCHW-s2-p1", "implicit-NHWC-s3-pSAME",
-    "explicit-NCHW-dilation(2, 1)-groups2", "implicit-NHWC-dilation(1, 2)-depthwise"])
+    "explicit-NCHW-dilation(2, 1)-groups2", "implicit-NHWC-dilation(1, 2)-depthwise",
+    "winograd-NCHW-p1", "winograd-NHWC-pVALID"])
 test_sharded = sharded_test({
     f"{alg}-{layout}": conv_case(40, (8, 2, 5, 5) if layout == "NCHW" else (8, 5, 5, 2),
                                  (3, 2, 3, 3), 1, 1, algorithm=alg, layout=layout)
-    for alg in ("explicit", "implicit") for layout in ("NCHW", "NHWC")})
+    for alg in _conv.ALGORITHMS for layout in ("NCHW", "NHWC")})
 
 
 def lax_conv(x, w, b, stride, padding, dilation=1, groups=1, layout="NCHW"):
@@ -115,6 +129,30 @@ def test_implicit_equals_explicit(stride, padding, dilation, groups, layout):
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("hw,padding", [((8, 6), 1), ((7, 9), "SAME"), ((6, 7), 0), ((3, 4), ((2, 0), (0, 1))),
+                                        ((1, 1), 1), ((3, 3), 0)])
+def test_winograd_equals_explicit(hw, padding, layout):
+    """F(2×2, 3×3) is the same linear map as im2col: outputs and all three
+    gradients agree in float64 to rounding (even and odd outputs, one tile)."""
+    shape = (3, 4) + hw if layout == "NCHW" else (3,) + hw + (4,)
+    explicit = conv_case(53, shape, (5, 4, 3, 3), 1, padding, layout=layout)
+    winograd = conv_case(53, shape, (5, 4, 3, 3), 1, padding, algorithm="winograd", layout=layout)
+    y_e, g_e = vjp(explicit, jaxbp.conv2d)
+    y_w, g_w = vjp(winograd, jaxbp.conv2d)
+    assert_close_trees(y_w, y_e, 1e-13)
+    assert_close_trees(g_w, g_e, 1e-13)
+
+
+@pytest.mark.parametrize("kwargs", [dict(stride=2), dict(dilation=2), dict(groups=3), dict(kernel=(3, 2))],
+                         ids=["stride", "dilation", "groups", "kernel"])
+def test_winograd_refuses_what_it_does_not_compute(kwargs):
+    kernel = kwargs.pop("kernel", (3, 3))
+    x, w = normal(54, (1, 3, 8, 8), (3, 3 // kwargs.get("groups", 1)) + kernel)
+    with pytest.raises(ValueError, match=r"algorithm='winograd' computes 3×3 convolutions with stride 1"):
+        jaxbp.conv2d(x, w, None, padding=1, algorithm="winograd", **kwargs)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 def test_implicit_convolutions_are_stated_in_xla_cpus_fast_order_inside_a_scan(layout):
     """Inside a loop XLA:CPU runs a convolution through its fast kernels only in
     the order NHWC, HWIO -> NHWC (BENCHMARKS.md: 7-40x slower otherwise, which
@@ -146,7 +184,7 @@ def test_nhwc_is_nchw_transposed():
 
 
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
-@pytest.mark.parametrize("algorithm", ["explicit", "implicit"])
+@pytest.mark.parametrize("algorithm", _conv.ALGORITHMS)
 def test_gradients_keep_dtype_and_are_finite(dtype, algorithm):
     x, w, b = normal(52, (2, 3, 8, 8), (4, 3, 3, 3), (4,), dtype=dtype)
     grads = jax.grad(lambda x, w, b: jaxbp.conv2d(x, w, b, 1, 1, algorithm=algorithm)
@@ -157,20 +195,24 @@ def test_gradients_keep_dtype_and_are_finite(dtype, algorithm):
 
 @st.composite
 def conv_configs(draw):
-    fh, fw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
-    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    algorithm = draw(st.sampled_from(_conv.ALGORITHMS))
+    if algorithm == "winograd":  # the convolutions it computes: 3×3, stride 1, one group
+        fh = fw = 3
+        stride = dilation = (1, 1)
+    else:
+        fh, fw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+        stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+        dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
     padding = draw(st.one_of(st.sampled_from(["SAME", "VALID"]),
                              st.tuples(st.integers(0, 2), st.integers(0, 2))))
     h, w = draw(st.integers(dilation[0] * (fh - 1) + 1, 9)), draw(st.integers(dilation[1] * (fw - 1) + 1, 9))
-    groups = draw(st.integers(1, 2))
+    groups = 1 if algorithm == "winograd" else draw(st.integers(1, 2))
     return dict(n=draw(st.integers(1, 3)), c=groups * draw(st.integers(1, 2)), o=groups * draw(st.integers(1, 2)),
                 groups=groups, dilation=dilation, h=h, w=w, fh=fh, fw=fw, stride=stride, padding=padding,
-                layout=draw(st.sampled_from(["NCHW", "NHWC"])),
-                algorithm=draw(st.sampled_from(["explicit", "implicit"])))
+                layout=draw(st.sampled_from(["NCHW", "NHWC"])), algorithm=algorithm)
 
 
-@settings(max_examples=5, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(conv_configs())
 def test_property_random_configurations(cfg):
     x_shape = ((cfg["n"], cfg["c"], cfg["h"], cfg["w"]) if cfg["layout"] == "NCHW"

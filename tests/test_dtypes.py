@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import pytest
 
 import jaxbp
+from jaxbp.ops import ALGORITHMS
 
 bf16, f32, f64 = jnp.bfloat16, jnp.float32, jnp.float64
 
@@ -25,7 +26,7 @@ OPS = {
     "euclidean_loss": (jaxbp.euclidean_loss, [(4, 3), (4, 3)], {}, True),
     "mse": (jaxbp.mse, [(4, 3), (4, 3)], {}, True),
 }
-for alg in ("explicit", "implicit"):
+for alg in ALGORITHMS:
     for layout, x in (("NCHW", (2, 3, 5, 5)), ("NHWC", (2, 5, 5, 3))):
         OPS[f"conv2d-{alg}-{layout}"] = (jaxbp.conv2d, [x, (4, 3, 3, 3), (4,)],
                                          {"padding": 1, "algorithm": alg, "layout": layout}, False)

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jaxbp
 from jaxbp import layers, precision
 from helpers import assert_close_trees, normal
 
@@ -72,7 +73,9 @@ def test_param_names_number_each_kind():
     (lambda g: layers.cnn(10, (4, 8), gradients=g, dense=16), 1),
     (lambda g: layers.cnn(10, (4, 8), gradients=g, dense=16, block="conv-pool-bn-relu", algorithm="explicit"), 1),
     (lambda g: layers.mlp(10, (16, 16), gradients=g), 1),
-    (lambda g: layers.resnet(10, (4, 8), 1, gradients=g), 3)], ids=["cnn", "cnn-pool-first", "mlp", "resnet"])
+    (lambda g: layers.cnn(10, (4, 8), gradients=g, dense=16, algorithm="winograd"), 1),
+    (lambda g: layers.resnet(10, (4, 8), 1, gradients=g), 3)],
+    ids=["cnn", "cnn-pool-first", "cnn-winograd", "mlp", "resnet"])
 def test_custom_and_autodiff_models_agree(build, channels):
     """The same parameters through both namespaces: same outputs, gradients
     within float64 rounding."""
@@ -87,6 +90,39 @@ def test_custom_and_autodiff_models_agree(build, channels):
     # jit: one compilation each instead of op-by-op dispatch (the suite's time)
     assert_close_trees(jax.jit(jax.grad(lambda p: loss(custom, p)))(params),
                        jax.jit(jax.grad(lambda p: loss(twin, p)))(params), 1e-10)
+
+
+@pytest.mark.parametrize("x_shape,w_shape,kwargs,backend,expected", [
+    ((32, 32, 14, 14), (64, 32, 3, 3), {}, "cpu", "winograd"),       # the MNIST CNN's conv 2 at width 32
+    ((32, 14, 14, 32), (64, 32, 3, 3), {"layout": "NHWC"}, "cpu", "winograd"),
+    ((32, 12, 14, 14), (24, 12, 3, 3), {}, "cpu", "explicit"),       # ... at width 12: too few channels
+    ((32, 1, 28, 28), (32, 1, 3, 3), {}, "cpu", "explicit"),         # conv 1: one input channel
+    ((32, 64, 8, 8), (64, 64, 3, 3), {}, "cpu", "explicit"),         # too small an image
+    ((32, 32, 14, 14), (64, 32, 3, 3), {"stride": 2}, "cpu", "explicit"),  # not one Winograd computes
+    ((32, 32, 14, 14), (64, 16, 3, 3), {"groups": 2}, "cpu", "explicit"),
+    ((32, 32, 14, 14), (64, 32, 3, 3), {}, "gpu", "implicit"),
+])
+def test_auto_algorithm(x_shape, w_shape, kwargs, backend, expected):
+    assert jaxbp.ops.auto_algorithm(x_shape, w_shape, backend=backend, **kwargs) == expected
+
+
+def test_auto_layers_compute_what_they_choose():
+    """A cnn with algorithm="auto" is the same function as with the explicit conv
+    (float64: outputs and gradients to rounding), and its traced program holds
+    the algorithm auto chose: Winograd's 16 products in conv 2 only."""
+    x = normal(3, (2, 1, 28, 28))[0]
+    auto, explicit = (layers.cnn(10, (32, 8), dense=16, algorithm=a) for a in ("auto", "explicit"))
+    _, params, state = auto.init(KEY, x.shape)
+    params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+
+    def loss(model, p):
+        return jnp.sum(model.apply(p, state, x, train=True)[0] ** 2)
+
+    assert_close_trees(jax.grad(lambda p: loss(auto, p))(params), jax.grad(lambda p: loss(explicit, p))(params),
+                       1e-12)
+    text = str(jax.make_jaxpr(lambda p: loss(auto, p))(params))
+    assert "f64[4,4,98,32]" in text  # V of conv 2: 16 matrices, 2·7·7 tiles × 32 channels
+    assert "f64[4,4,392," not in text  # none of conv 1 (2·14·14 tiles)
 
 
 def test_batch_norm_uses_running_statistics_in_evaluation():

@@ -16,6 +16,7 @@ CASES = {
     "dense": Case(jaxbp.dense, (x2, w2, b2), (0, 1, 2)),
     "conv2d_explicit": Case(jaxbp.conv2d, (x4, w4, b4, 1, 1), (0, 1, 2), {"algorithm": "explicit"}),
     "conv2d_implicit": Case(jaxbp.conv2d, (x4, w4, b4, 2, 1), (0, 1, 2), {"algorithm": "implicit"}),
+    "conv2d_winograd": Case(jaxbp.conv2d, (x4, w4, b4, 1, 1), (0, 1, 2), {"algorithm": "winograd"}),
     "max_pool2d": Case(jaxbp.max_pool2d, (x4, 2, 1), (0,)),
     "avg_pool2d": Case(jaxbp.avg_pool2d, (x4, 2), (0,)),
     "batch_norm": Case(jaxbp.batch_norm, (x2, b2[:1].repeat(3), w2[0]), (0, 1, 2)),

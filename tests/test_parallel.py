@@ -122,6 +122,7 @@ def _shard_map_cases():
     batched argument split over 8 devices, the rest replicated."""
     from helpers import normal
     import jaxbp
+    from jaxbp.ops import ALGORITHMS
     B, R = "batch", None
     x4, w4, b4 = normal(20, (8, 3, 5, 5), (4, 3, 3, 3), (4,))
     xh = x4.transpose(0, 2, 3, 1)
@@ -129,10 +130,10 @@ def _shard_map_cases():
     logits, soft = normal(22, (8, 5), (8, 5))
     cases = {"dense": (jaxbp.dense, (x2, w2, b2), {}, (0, 1, 2), (B, R, R)),
              "dense_no_bias": (jaxbp.dense, (x2, w2, None), {}, (0, 1), (B, R, R))}
-    for alg in ("explicit", "implicit"):
+    for alg in ALGORITHMS:
         for layout, x in (("NCHW", x4), ("NHWC", xh)):
             cases[f"conv2d_{alg}_{layout}"] = (jaxbp.conv2d, (x, w4, b4),
-                                               {"stride": 2, "padding": 1, "algorithm": alg,
+                                               {"stride": 1 if alg == "winograd" else 2, "padding": 1, "algorithm": alg,
                                                 "layout": layout}, (0, 1, 2), (B, R, R))
     cases.update({
         "max_pool2d": (jaxbp.max_pool2d, (x4,), {"window": 2}, (0,), (B,)),

@@ -8,7 +8,7 @@ import dataclasses
 import math
 
 from jaxbp import data as data_lib, layers, precision
-from jaxbp.ops import DEFAULT_ALGORITHM
+from jaxbp.ops import ALGORITHMS, DEFAULT_ALGORITHM
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 
@@ -39,12 +39,13 @@ def option(default, help, **meta):
 # ``Config.for_data("mnist")``), on CPUs and on accelerators (GPUs and TPUs
 # share one entry; it was measured on GPUs); options given explicitly still win.
 # MNIST, chosen for time to 99 % test accuracy (BENCHMARKS.md, "Time to
-# accuracy"): on a CPU a narrower CNN, the explicit conv, no dropout, a short
-# warm-up; on an accelerator the default width and few large batches, since
+# accuracy"): on a CPU a narrower CNN, each conv's algorithm chosen from its
+# shapes ("auto": at this width the explicit im2col for both), no dropout, a
+# short warm-up; on an accelerator the default width and few large batches, since
 # there a step's cost is mostly its kernel launches, not its arithmetic.
 RECIPES = {
     "mnist": {
-        "cpu": dict(width=12, block="conv-pool-bn-relu", algorithm="explicit", epochs=2, dropout=0.0,
+        "cpu": dict(width=12, block="conv-pool-bn-relu", algorithm="auto", epochs=2, dropout=0.0,
                     warmup_epochs=0.1, eval_batch_size=50),
         "accelerator": dict(block="conv-pool-bn-relu", batch_size=512, lr=1e-2, epochs=3, dropout=0.0,
                             warmup_epochs=0.1, eval_batch_size=2000),
@@ -83,7 +84,8 @@ class Config:
     gradients: str = option("custom", "hand-derived rules or their autodiff twins", choices=tuple(layers.GRADIENTS))
     dtype: str = option("float32", "precision policy: compute dtype (parameters stay float32, or float64)",
                         choices=precision.NAMES)
-    algorithm: str = option(DEFAULT_ALGORITHM, "conv2d algorithm", choices=("explicit", "implicit"))
+    algorithm: str = option(DEFAULT_ALGORITHM, "conv2d algorithm (auto: per layer, from its shapes and the "
+                                               "backend)", choices=ALGORITHMS + ("auto",))
     layout: str = option("NHWC", "layout inside the CNN (input is NCHW either way)", choices=("NCHW", "NHWC"))
     run_dir: str | None = option(None, "where config.json, metrics.jsonl, curves.png and checkpoints/ go; it "
                                        "must be new or empty (default: a new runs/<time>-<model>-<data>, with "
