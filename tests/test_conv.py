@@ -47,6 +47,12 @@ for alg, layout in (("explicit", "NHWC"), ("implicit", "NCHW"), ("implicit", "NH
         x_shape = (2, 7, 8, 3) if layout == "NHWC" else (2, 3, 7, 8)
         CASES[f"{alg}-{layout}-s{s}-p{p}"] = conv_case(30 + i, x_shape, (4, 3, 3, 2), s, p,
                                                       algorithm=alg, layout=layout)
+# One input channel and 32 outputs: the explicit backward builds X̃ᵀ for δF̃ (on CPUs).
+CASES.update({
+    "explicit-NHWC-one_channel": conv_case(33, (2, 6, 5, 1), (32, 1, 3, 3), 1, 1, layout="NHWC"),
+    "explicit-NHWC-one_channel-s(2, 1)-dilation(1, 2)": conv_case(34, (2, 7, 8, 1), (32, 1, 3, 2), (2, 1), "SAME",
+                                                                 dilation=(1, 2), layout="NHWC"),
+})
 # Winograd's F(2×2, 3×3): 3×3 stride 1 only; odd outputs (a cropped half tile),
 # asymmetric and zero padding, an output one row high, both layouts.
 CASES.update({
@@ -92,7 +98,8 @@ def test_forward_equals_lax_conv(name):
 EXPLICIT = ["s1-p0", "s2-pSAME", "s3-p2", "s2-pVALID", "no_bias", "stride_pair", "asym_padding",
             "kernel_fills_padded_input", "one_by_one", "explicit-NHWC-s2-p1",
             "explicit-NHWC-s(2, 1)-p((1, 2), (0, 1))", "explicit-NHWC-s3-pSAME",
-            "explicit-NCHW-dilation(2, 1)-groups2", "explicit-NHWC-dilation2-depthwise"]
+            "explicit-NCHW-dilation(2, 1)-groups2", "explicit-NHWC-dilation2-depthwise",
+            "explicit-NHWC-one_channel", "explicit-NHWC-one_channel-s(2, 1)-dilation(1, 2)"]
 
 
 @pytest.mark.parametrize("evaluation", [_conv._whole, _conv._blockwise], ids=["whole", "blockwise"])

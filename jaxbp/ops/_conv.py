@@ -134,7 +134,19 @@ def _whole(stride, pads, dilation, groups, layout, x, w, g):
         n, ho, wo, kk, c = cols.shape
         o = w.shape[0]
         g2 = g.reshape(n * ho * wo, o)
-        dw = (g2.T @ cols.reshape(n * ho * wo, kk * c)).reshape(o, fh, fw, c).transpose(0, 3, 1, 2)
+        if kk * c < 32 <= o:
+            # A narrow X̃ (one input channel: 9 columns) and ≥ 32 outputs: δF̃ = X̃ᵀ δỸ
+            # with X̃ᵀ built as such, rows (fh, fw, i), from the channels-first input.
+            # XLA:CPU's product over the rows of X̃ as laid out ran at ~15 GFLOP/s
+            # (the MNIST CNN's step at width 32 on 2 cores: 7.1 -> 6.8 ms); the second
+            # im2col costs more than that saves with fewer outputs (width 12: 2.27 ->
+            # 2.36 ms) or a wider X̃ (12 channels: 2.5 -> 2.8 ms).
+            xt = _windows.pad(x, pads, layout).transpose(3, 0, 1, 2)
+            cols_t = jnp.stack([_windows.window_entry(xt, dilation[0] * i, dilation[1] * j, stride, (ho, wo),
+                                                      "NCHW") for _, (i, j) in _windows.entries((fh, fw))])
+            dw = (cols_t.reshape(kk * c, -1) @ g2).reshape(fh, fw, c, o).transpose(3, 2, 0, 1)
+        else:
+            dw = (g2.T @ cols.reshape(n * ho * wo, kk * c)).reshape(o, fh, fw, c).transpose(0, 3, 1, 2)
         dcols = (g2 @ kernel.reshape(o, kk * c)).reshape(cols.shape)
     else:
         xs, ys, ks = _SUBSCRIPTS[layout]

@@ -80,19 +80,20 @@ def _transform_adjoint(v, axis):
         config[axis] = (q, count - tiles - q, 0)
         return lax.pad(p, zero, config)
 
-    rows = [functools.reduce(operator.add, [shifted(p, k // OUT) for k, p in enumerate(parts) if k % OUT == r])
-            for r in range(OUT)]
-    shape = list(rows[0].shape)
-    shape[axis] *= OUT
-    return jnp.stack(rows, axis + 1).reshape(shape)
+    return _interleave([functools.reduce(operator.add, [shifted(p, k // OUT) for k, p in enumerate(parts)
+                                                        if k % OUT == r]) for r in range(OUT)], axis)
 
 
 def _output(m, axis):
     """``Aᵀ`` along ``axis`` of ``m[0]``, consuming the leading axis: each
     tile's 4 entries to its 2 outputs, interleaved (``2·tiles`` long)."""
-    rows = _combine(AT, list(m))
+    return _interleave(_combine(AT, list(m)), axis)
+
+
+def _interleave(rows, axis):
+    """``out[OUT·t + r] = rows[r][t]`` along ``axis``."""
     shape = list(rows[0].shape)
-    shape[axis] *= OUT
+    shape[axis] *= len(rows)
     return jnp.stack(rows, axis + 1).reshape(shape)
 
 
@@ -127,11 +128,16 @@ def _geometry(x, pads):
     return tuple(tiles), tuple(tiled)
 
 
-def _tiles(x, pads):
-    """``V = Bᵀ d B`` for every tile and channel, as 16 matrices ``(4, 4, N·T·S, C)``, entries (ν, ξ)."""
+def _tiles(x, pads, transposed=False):
+    """``V = Bᵀ d B`` for every tile and channel, as 16 matrices ``(4, 4, N·T·S, C)``,
+    entries (ν, ξ); ``transposed``: the 16 ``Vᵀ`` ``(4, 4, C, N·T·S)``, built
+    so from the channels-first input rather than transposed afterwards."""
     (th, tw), tiled = _geometry(x, pads)
-    v = _transform(_windows.pad(x, tiled, "NHWC"), 1, th)
-    v = _transform(v, 3, tw)  # W is axis 3 once the ξ axis is stacked in front
+    xp = _windows.pad(x, tiled, "NHWC")
+    if transposed:
+        v = _transform(_transform(xp.transpose(3, 0, 1, 2), 2, th), 4, tw)
+        return v.reshape(TILE, TILE, x.shape[3], -1)
+    v = _transform(_transform(xp, 1, th), 3, tw)  # W is axis 3 once the ξ axis is stacked in front
     return v.reshape(TILE, TILE, -1, x.shape[3])
 
 
@@ -155,7 +161,7 @@ def backward(x, w, g, *, pads):
     g = jnp.pad(g, [(0, 0), (0, OUT * th - g.shape[1]), (0, OUT * tw - g.shape[2]), (0, 0)])
     dm = _output_adjoint(_output_adjoint(g, 1), 3).reshape(TILE, TILE, -1, g.shape[3])  # δM = A δY Aᵀ
     # One contracted axis (the tiles, merged): with T and S apart XLA transposed both operands.
-    du = jnp.swapaxes(_tiles(x, pads), 2, 3) @ dm                            # δU = Vᵀ δM
+    du = _tiles(x, pads, transposed=True) @ dm                              # δU = Vᵀ δM
     dv = dm @ jnp.swapaxes(_kernel(w).astype(g.dtype), 2, 3)                 # δV = δM Uᵀ
     dv = dv.reshape(TILE, TILE, x.shape[0], th, tw, x.shape[3])
     dxp = _transform_adjoint(_transform_adjoint(dv, 3), 1)  # B δV Bᵀ, tiles added where they overlap
