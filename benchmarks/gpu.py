@@ -8,7 +8,7 @@
    NCHW, implicit NHWC) and bfloat16; MLP 4096 wide, batch 4096, without batch
    norm (dense + relu: the matmul-bound case) and with it, vs the matmul ceiling.
 3. Batch norm fwd+bwd bandwidth vs the copy ceiling.
-4. Convolution fwd+bwd: explicit im2col (NCHW, NHWC), implicit, vs lax.conv
+4. Convolution fwd+bwd: explicit im2col (NCHW, NHWC), implicit, Winograd, vs lax.conv
    autodiff, float32 and bfloat16, with the patch-matrix traffic bound.
 5. Every op vs its twin (benchmarks/ops.py at scale 4).
 """
@@ -80,6 +80,8 @@ def conv_variants(rounds, dtype, quick):
             "explicit NHWC": (make(lambda a, b: jaxbp.conv2d(a, b, None, 1, 1, layout="NHWC", algorithm="explicit"), xh, "NHWC"), xh),
             "implicit NHWC": (make(lambda a, b: jaxbp.conv2d(a, b, None, 1, 1, layout="NHWC",
                                                               algorithm="implicit"), xh, "NHWC"), xh),
+            "winograd NHWC": (make(lambda a, b: jaxbp.conv2d(a, b, None, 1, 1, layout="NHWC",
+                                                              algorithm="winograd"), xh, "NHWC"), xh),
             "lax.conv NCHW": (make(lax_conv("NCHW"), x, "NCHW"), x),
             "lax.conv NHWC": (make(lax_conv("NHWC"), xh, "NHWC"), xh),
         }
@@ -140,7 +142,8 @@ def main():
 
     for dtype in (jnp.float32, jnp.bfloat16):
         log(out, f"### conv2d 3×3 SAME fwd+bwd, {jnp.dtype(dtype).name}: ms (÷ best lax.conv)\n")
-        names = ["explicit NCHW", "explicit NHWC", "implicit NHWC", "lax.conv NCHW", "lax.conv NHWC"]
+        names = ["explicit NCHW", "explicit NHWC", "implicit NHWC", "winograd NHWC", "lax.conv NCHW",
+                 "lax.conv NHWC"]
         log(out, "| N, C, H, O | " + " | ".join(names) + " | im2col traffic bound ms |")
         log(out, "|---|" + "---:|" * (len(names) + 1))
         for shape, t, traffic in conv_variants(rounds, dtype, quick):
