@@ -236,8 +236,7 @@ def _implicit_backward(res, g, *, stride, pads, dilation, groups, layout):
 
 def _winograd_forward(x, w, b, *, stride, pads, dilation, groups, layout):
     # The module computes in NHWC; NCHW is transposed in and out.
-    y, _ = _winograd.forward(_to_nhwc(x, layout), w, b, pads=pads)
-    return _from_nhwc(y, layout), (x, w)
+    return _from_nhwc(_winograd.forward(_to_nhwc(x, layout), w, b, pads=pads), layout), (x, w)
 
 
 def _winograd_backward(res, g, *, stride, pads, dilation, groups, layout):

@@ -45,6 +45,7 @@ G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]])
 AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])
 TILE, OUT = BT.shape[1], AT.shape[0]  # a tile's inputs, its outputs (and the step between tiles)
 
+
 def applies(window, stride, dilation, groups):
     """Whether a convolution is one this algorithm computes."""
     return tuple(window) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1) and groups == 1
@@ -143,7 +144,7 @@ def _tiles(x, pads, transposed=False):
 
 def forward(x, w, b, *, pads):
     """``Y = Aᵀ[U ⊙ V]A + b`` with the channels summed: the 16 products
-    ``M^{ξν} = V^{ξν} U^{ξν}``. NHWC ``x``; returns ``(y, residuals)``."""
+    ``M^{ξν} = V^{ξν} U^{ξν}``. NHWC ``x`` and ``y``."""
     (th, tw), _ = _geometry(x, pads)
     m = (_tiles(x, pads) @ _kernel(w)).reshape(TILE, TILE, x.shape[0], th, tw, w.shape[0])
     y = _output(_output(m, 3), 1)
@@ -151,7 +152,7 @@ def forward(x, w, b, *, pads):
     for a, (lo, hi) in zip((1, 2), pads):
         limit[a] = x.shape[a] + lo + hi - 2
     y = lax.slice(y, [0] * 4, limit)
-    return (y if b is None else y + b.reshape(1, 1, 1, -1)), (x, w)
+    return y if b is None else y + b.reshape(1, 1, 1, -1)
 
 
 def backward(x, w, g, *, pads):
