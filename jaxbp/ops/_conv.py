@@ -306,7 +306,9 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, algorithm
         outputs computed from group ``g`` of the inputs only; ``groups = C`` is
         a depthwise convolution.
       algorithm: ``"implicit"`` (default: the rules as XLA convolutions, ``X̃``
-        never materialized) or ``"explicit"`` (im2col: build ``X̃``).
+        never materialized), ``"explicit"`` (im2col: build ``X̃``) or
+        ``"winograd"`` (3×3, stride 1, no dilation, one group: Winograd's
+        F(2×2, 3×3), 16 matrix products; docs/derivation.md §3).
       layout: ``"NCHW"`` or ``"NHWC"`` for ``x`` and the result.
 
     Returns:
