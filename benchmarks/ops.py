@@ -30,8 +30,7 @@ def sizes(s):
     cover every one), at ``s`` times the base batch."""
     fmap, x, w, xh = (64 * s, 32, 32, 32), (64 * s, 16, 32, 32), (32, 16, 3, 3), (64 * s, 32, 32, 16)
     rows, logits = (4096 * s, 256), (2048 * s, 1000)
-    conv = {label: Check("conv2d", lambda n, x=(xh if "NHWC" in label else x), rest=(1, 1) if "SAME" not in label
-                         else (2, "SAME"): n(x, w, (32,)) + rest, (0, 1, 2), c.kwargs)
+    conv = {label: _conv_at(c, xh if c.kwargs.get("layout") == "NHWC" else x, w)
             for label, c in CHECKS.items() if c.op == "conv2d"}
     unary = {label: Check(c.op, lambda n: n(fmap), (0,), c.kwargs) for label, c in CHECKS.items()
              if c.op in ("relu", "leaky_relu", "sigmoid", "tanh", "gelu", "silu", "softmax", "log_softmax")}
@@ -54,6 +53,16 @@ def sizes(s):
     }
 
 
+def _conv_at(check, x, w):
+    """A conv2d check at the input shape ``x`` and kernel shape ``w`` (its
+    input channels divided among the check's groups), with the check's own
+    stride, padding, dilation, groups and keyword arguments."""
+    settings = check.args(lambda *shapes: shapes)[3:]  # stride, padding[, dilation, groups]
+    groups = settings[3] if len(settings) > 3 else 1
+    w = (w[0], w[1] // groups) + w[2:]
+    return Check("conv2d", lambda n: n(x, w, (w[0],)) + settings, (0, 1, 2), check.kwargs)
+
+
 def fwd_bwd(name, args, argnums, kwargs, ops):
     """jit(value and gradient) of a fixed random projection of the op's output."""
     loss = projected(name, args, argnums, kwargs)
@@ -64,10 +73,12 @@ class _LaxConv:
     """An ops namespace whose conv2d is lax.conv (autodiff): the baseline."""
 
     @staticmethod
-    def conv2d(x, w, b, stride, padding, layout="NCHW", **_):
+    def conv2d(x, w, b, stride, padding, dilation=1, groups=1, *, layout="NCHW", **_):
+        stride, dilation = (stride, stride), (dilation, dilation)
         pads = _windows.resolve_padding(padding, x.shape[2:] if layout == "NCHW" else x.shape[1:3],
-                                        w.shape[2:], (stride, stride))
-        y = lax.conv_general_dilated(x, w, (stride, stride), pads, dimension_numbers=(layout, "OIHW", layout))
+                                        _windows.effective(w.shape[2:], dilation), stride)
+        y = lax.conv_general_dilated(x, w, stride, pads, rhs_dilation=dilation, feature_group_count=groups,
+                                     dimension_numbers=(layout, "OIHW", layout))
         return y + (b.reshape(1, -1, 1, 1) if layout == "NCHW" else b.reshape(1, 1, 1, -1))
 
 

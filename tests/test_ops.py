@@ -1,5 +1,6 @@
 """What holds for every op at once: the namespaces, the differentiation modes
 (reverse, forward-over-reverse, not forward through an op), one conv default."""
+import functools
 import inspect
 
 import jax
@@ -79,12 +80,27 @@ def test_every_op_has_a_gradcheck_problem():
     assert {p[0] for p in gradcheck.op_problems(jnp.float64).values()} == set(jaxbp.ops.__all__)
 
 
-def test_the_op_benchmark_covers_every_check():
+def test_the_op_benchmark_covers_every_check_with_a_valid_call():
+    # Each benchmark problem is its check at another size: the same layout,
+    # stride, padding, dilation and groups (traced, not run; so is the
+    # benchmark's lax.conv baseline).
     import importlib.util
+    from jaxbp.tools import gradcheck
     spec = importlib.util.spec_from_file_location("ops_benchmark", ROOT / "benchmarks" / "ops.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    assert set(bench.sizes(1)) == set(jaxbp.ops.CHECKS)
+    sizes = bench.sizes(1)
+    assert set(sizes) == set(jaxbp.ops.CHECKS)
+
+    def settings(args, check):  # what follows the differentiated arrays, arrays left out
+        return [a for a in args[len(check.argnums):] if not hasattr(a, "shape")]
+    for label, (name, args, _, kwargs) in gradcheck.op_problems(jnp.float32, sizes).items():
+        out = jax.eval_shape(functools.partial(getattr(jaxbp, name), *args, **kwargs))
+        if name == "conv2d":  # and lax.conv, its baseline there, computes the same shape
+            assert jax.eval_shape(functools.partial(bench._LaxConv.conv2d, *args, **kwargs)) == out, label
+        check = jaxbp.ops.CHECKS[label]
+        small = check.args(lambda *shapes: tuple(jnp.zeros(s) for s in shapes))
+        assert (kwargs, settings(args, check)) == (check.kwargs, settings(small, check)), label
 
 
 def test_the_readme_table_and_the_autodiff_namespace_list_every_op():
