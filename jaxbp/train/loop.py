@@ -17,6 +17,7 @@ whole test set.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import os
 import sys
@@ -173,14 +174,25 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
     programs, compile_s = {}, 0.0
 
     def compiled(fn, *args, **static):
-        """``fn`` compiled ahead of time (once for each ``static``), the time counted."""
+        """``fn`` compiled ahead of time (once for each ``static``), the time the
+        run waits for it counted (for one compiling in the background: the wait)."""
         nonlocal compile_s
         key = (fn, tuple(static.items()))
-        if key not in programs:
+        if not isinstance(programs.get(key), jax.stages.Compiled):
             t = time.perf_counter()
-            programs[key] = fn.lower(*args, **static).compile()
+            pending = programs.get(key)
+            programs[key] = pending.result() if pending is not None else fn.lower(*args, **static).compile()
             compile_s += time.perf_counter() - t
         return programs[key]
+
+    background = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxbp-compile")
+
+    def compile_in_background(fn, *args, **static):
+        """Start compiling ``fn`` in a thread; :func:`compiled` waits for it."""
+        key = (fn, tuple(static.items()))
+        if key not in programs:  # shapes and shardings only: the arrays may be donated meanwhile
+            specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), args)
+            programs[key] = background.submit(lambda: fn.lower(*specs, **static).compile())
 
     order_of = jax.jit(lambda key, step: epoch_order(key, step, n, cfg.batch_size))
 
@@ -195,6 +207,8 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
     # The bar is for a person at a terminal; a log gets the per-epoch lines only.
     bar_off = quiet or not sys.stderr.isatty()
     step_losses, reached = [], None
+    # The evaluation compiles beside the training program and the first steps.
+    compile_in_background(steps.eval, ts.params, ts.state, test.xs, test.ys, test.masks)
     try:
         for epoch in range(start_epoch, end_epoch):
             t0 = time.perf_counter()
@@ -233,7 +247,7 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
                       "seconds": time.perf_counter() - t0, "elapsed": elapsed()}
             if epoch == start_epoch:  # where this process's time went before its first step
                 record.update(startup_seconds=startup_s, data_seconds=data_s, setup_seconds=setup_s,
-                              compile_seconds=compile_s)  # compile: the training and evaluation programs
+                              compile_seconds=compile_s)  # waiting for the training and evaluation programs
             history.append(record)
             _log(quiet, f"epoch {epoch + 1:3d}/{cfg.epochs}  train_loss {train_loss:.4f}  "
                         f"test_loss {test_loss:.4f}  test_acc {100 * test_acc:6.2f}%  {record['seconds']:.1f}s")
@@ -251,6 +265,7 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
     except KeyboardInterrupt:
         raise TrainingInterrupted(cfg.run_dir, saved) from None
     finally:
+        background.shutdown(wait=False, cancel_futures=True)
         if cfg.run_dir and chief and history[start_epoch:]:
             from jaxbp.train.plot import plot_curves
             plot_curves(history, os.path.join(cfg.run_dir, "curves.png"),
