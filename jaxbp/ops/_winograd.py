@@ -109,7 +109,7 @@ def _kernel(w):
     """``U = G F Gᵀ`` per channel pair: ``w (O, I, 3, 3) -> (4, 4, I, O)``, entries (ν, ξ).
 
     Sums of scaled taps, like the data's transform (as an einsum XLA:CPU ran
-    it as two small products, ~10× slower in the train step)."""
+    it as two small products, ~6× slower in the train step)."""
     taps = w.transpose(3, 2, 1, 0)                                       # (3, 3, I, O): column, row
     rows = jnp.stack(_combine(G, [taps[:, i] for i in range(3)]), 1)      # G along the rows: (3, 4, I, O)
     return jnp.stack(_combine(G, [rows[j] for j in range(3)]))            # and the columns: (4, 4, I, O)
