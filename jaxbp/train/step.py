@@ -91,7 +91,8 @@ def make_steps(model, optimizer, cfg, mesh=None):
     (static) steps as one ``lax.scan``. The training set stays on the
     device(s), and so does the epoch's ``order`` (``(steps_per_epoch, B)``
     indices, :func:`~jaxbp.train.pipeline.epoch_order`); the step numbered
-    ``s`` gathers its batch ``x_all[order[s % steps_per_epoch]]`` there. The
+    ``s`` trains on ``x_all[order[s % steps_per_epoch]]``, gathered and
+    augmented there for the whole chunk before its loop. The
     metrics come back stacked, one entry per step, so the host waits once per
     chunk, not per step. The same steps made by calls of ``train`` on the same
     batches give the same result (tested).
@@ -108,6 +109,9 @@ def make_steps(model, optimizer, cfg, mesh=None):
     policy = cfg.policy()
     _, l2 = cfg.weight_decay_terms()
     shard = (lambda *a: a) if mesh is None else (lambda *a: jax.lax.with_sharding_constraint(a, batched(mesh)))
+    # (steps, B, ...) arrays: the batch axis is the second.
+    shard_steps = (lambda *a: a) if mesh is None else (
+        lambda *a: jax.lax.with_sharding_constraint(a, batched(mesh, axis=1)))
 
     def logits_of(params, state, x, train, key=None):
         # uint8 pixels become floats here, batch by batch, on the device (data.to_unit).
@@ -115,7 +119,9 @@ def make_steps(model, optimizer, cfg, mesh=None):
                                         train=train, key=key)
         return logits.astype(policy.output), new_state
 
-    def loss_fn(params, state, x, y, key):
+    def inputs(key, x):
+        """The step's batch augmented (shifts, flips; still uint8 for 8-bit images)
+        and the key left for the model (dropout), from the step's key."""
         shift_key, key = jax.random.split(key)
         shift, flip = cfg.augmentation()
         if shift:
@@ -123,14 +129,17 @@ def make_steps(model, optimizer, cfg, mesh=None):
         if flip:
             flip_key, key = jax.random.split(key)
             x = random_flip(flip_key, x)
+        return x, key
+
+    def loss_fn(params, state, x, y, key):
         logits, new_state = logits_of(params, state, x, True, key)
         loss = ops.softmax_cross_entropy(logits, y).mean()
         if l2:
             loss = loss + regularizer(params, l2)
         return loss, new_state
 
-    def train_step(ts, x, y):
-        key = jax.random.fold_in(ts.key, ts.step)
+    def update(ts, x, y, key):
+        """One step on the augmented batch ``x``: gradients, the optax update, metrics."""
         (loss, state), grads = jax.value_and_grad(loss_fn, has_aux=True)(ts.params, ts.state, x, y, key)
         updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
         params = optax.apply_updates(ts.params, updates)
@@ -141,11 +150,23 @@ def make_steps(model, optimizer, cfg, mesh=None):
                    "grads_finite": jnp.all(jnp.array([jnp.isfinite(g).all() for g in jax.tree.leaves(grads)]))}
         return TrainState(params, state, opt_state, ts.step + 1, ts.key), metrics
 
+    def train_step(ts, x, y):
+        x, key = inputs(jax.random.fold_in(ts.key, ts.step), x)
+        return update(ts, x, y, key)
+
     def train_steps(ts, x_all, y_all, order, length):
-        def one(ts, _):
-            idx = order[ts.step % order.shape[0]]  # this step's batch of the epoch
-            return train_step(ts, *shard(x_all[idx], y_all[idx]))
-        return jax.lax.scan(one, ts, length=length)
+        # Every step's batch, augmentation and key drawn before the loop, for the
+        # whole chunk at once (the values train_step draws, step by step): one
+        # gather and one random draw per chunk instead of per step (BENCHMARKS.md).
+        steps = ts.step + jnp.arange(length, dtype=ts.step.dtype)
+        idx = order[steps % order.shape[0]]  # (length, B): the steps' batches of the epoch
+        keys = jax.vmap(jax.random.fold_in, (None, 0))(ts.key, steps)
+        xs, keys = jax.vmap(inputs)(keys, *shard_steps(x_all[idx]))
+
+        def one(ts, batch):
+            x, y, key = batch
+            return update(ts, *shard(x, y), key)
+        return jax.lax.scan(one, ts, (xs, y_all[idx], keys))
 
     def evaluate(params, state, xs, ys, masks):
         def batch(totals, xym):
