@@ -47,8 +47,10 @@ for alg, layout in (("explicit", "NHWC"), ("implicit", "NCHW"), ("implicit", "NH
         x_shape = (2, 7, 8, 3) if layout == "NHWC" else (2, 3, 7, 8)
         CASES[f"{alg}-{layout}-s{s}-p{p}"] = conv_case(30 + i, x_shape, (4, 3, 3, 2), s, p,
                                                       algorithm=alg, layout=layout)
-# One input channel and 32 outputs: the explicit backward builds X̃ᵀ for δF̃ (on CPUs).
+# One input channel and 32 outputs: the explicit backward builds X̃ᵀ for δF̃ (on CPUs);
+# with 12 outputs the forward's product gets zero columns (9 -> 16, on CPUs).
 CASES.update({
+    "explicit-NHWC-one_channel-12_outputs": conv_case(41, (2, 6, 5, 1), (12, 1, 3, 3), 1, 1, layout="NHWC"),
     "explicit-NHWC-one_channel": conv_case(33, (2, 6, 5, 1), (32, 1, 3, 3), 1, 1, layout="NHWC"),
     "explicit-NHWC-one_channel-s(2, 1)-dilation(1, 2)": conv_case(34, (2, 7, 8, 1), (32, 1, 3, 2), (2, 1), "SAME",
                                                                  dilation=(1, 2), layout="NHWC"),
@@ -70,7 +72,7 @@ test_gradients = gradient_test(CASES, composition=[
     "s2-p1", "s3-pSAME", "batch1", "no_bias", "asym_padding", "kernel_fills_padded_input",
     "explicit-NHWC-s2-p1", "implicit-NCHW-s2-p1", "implicit-NHWC-s3-pSAME",
     "explicit-NCHW-dilation(2, 1)-groups2", "implicit-NHWC-dilation(1, 2)-depthwise",
-    "winograd-NCHW-p1", "winograd-NHWC-pVALID"])
+    "winograd-NCHW-p1", "winograd-NHWC-pVALID", "explicit-NHWC-one_channel-12_outputs"])
 test_sharded = sharded_test({
     f"{alg}-{layout}": conv_case(40, (8, 2, 5, 5) if layout == "NCHW" else (8, 5, 5, 2),
                                  (3, 2, 3, 3), 1, 1, algorithm=alg, layout=layout)
@@ -99,7 +101,8 @@ EXPLICIT = ["s1-p0", "s2-pSAME", "s3-p2", "s2-pVALID", "no_bias", "stride_pair",
             "kernel_fills_padded_input", "one_by_one", "explicit-NHWC-s2-p1",
             "explicit-NHWC-s(2, 1)-p((1, 2), (0, 1))", "explicit-NHWC-s3-pSAME",
             "explicit-NCHW-dilation(2, 1)-groups2", "explicit-NHWC-dilation2-depthwise",
-            "explicit-NHWC-one_channel", "explicit-NHWC-one_channel-s(2, 1)-dilation(1, 2)"]
+            "explicit-NHWC-one_channel", "explicit-NHWC-one_channel-s(2, 1)-dilation(1, 2)",
+            "explicit-NHWC-one_channel-12_outputs"]
 
 
 @pytest.mark.parametrize("evaluation", [_conv._whole, _conv._blockwise], ids=["whole", "blockwise"])
