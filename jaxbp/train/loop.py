@@ -9,9 +9,9 @@ from a checkpoint written mid-epoch (``checkpoint_every``: it keeps the losses
 of the epoch's steps so far, for the epoch's mean).
 
 The training and test sets are put on the device(s) once. An epoch is a few
-calls of one compiled program that runs a chunk of steps (``lax.scan``), each
-step gathering its batch on the device from the epoch's permutation, which is
-drawn there too; the host waits once per chunk, to move the progress bar and
+calls of one compiled program that runs a chunk of steps (``lax.scan``) on
+batches gathered on the device from the epoch's permutation, which is drawn
+there too; the host waits once per chunk, to move the progress bar and
 check that every step was finite. Evaluation is one compiled call over the
 whole test set.
 """
