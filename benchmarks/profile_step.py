@@ -33,7 +33,8 @@ from jaxbp.train import Config, build_model, build_optimizer, epoch_order, make_
 
 
 def settings(pairs):
-    """``FIELD=VALUE`` strings as Config fields, each cast like the field's default."""
+    """``FIELD=VALUE`` strings as Config fields, each cast to the field's type
+    (its option's, else its default's; ``true``/``false`` for flags)."""
     fields = {f.name: f for f in dataclasses.fields(Config)}
     out = {}
     for pair in pairs:
@@ -41,7 +42,14 @@ def settings(pairs):
         if name not in fields or not text:
             raise SystemExit(f"expected FIELD=VALUE with a field of jaxbp.train.Config, got {pair!r}")
         default = fields[name].default
-        out[name] = text if default is None or isinstance(default, str) else type(default)(text)
+        if isinstance(default, bool):
+            out[name] = text.lower() in ("1", "true", "yes", "on")
+        else:
+            cast = fields[name].metadata.get("type") or (str if default is None else type(default))
+            try:
+                out[name] = cast(text)
+            except ValueError:
+                raise SystemExit(f"{name} must be a {cast.__name__}, got {text!r}") from None
     return out
 
 
