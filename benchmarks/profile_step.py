@@ -49,7 +49,7 @@ def settings(pairs):
             try:
                 out[name] = cast(text)
             except ValueError:
-                raise SystemExit(f"{name} must be a {cast.__name__}, got {text!r}") from None
+                raise SystemExit(f"{name}: {text!r} is not a valid {cast.__name__}") from None
     return out
 
 
