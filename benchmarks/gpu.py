@@ -95,8 +95,12 @@ def conv_variants(rounds, dtype, quick):
 
 
 def main():
-    out = sys.argv[1]
-    quick = "--quick" in sys.argv
+    import argparse
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("out", metavar="OUT.md", help="the table file (appended to)")
+    p.add_argument("--quick", action="store_true", help="small problems and few rounds (a smoke run)")
+    a = p.parse_args()
+    out, quick = a.out, a.quick
     rounds = 5 if quick else 20
     log(out, f"## GPU results — {machine()}, {datetime.date.today()}\n")
     t0 = time.time()
