@@ -32,6 +32,7 @@ import numpy as np
 
 from jaxbp import data as data_lib
 from jaxbp.train import Config, build_model, build_optimizer, epoch_order, make_steps, new_state
+from jaxbp.train.loop import chunk_size
 
 
 def settings(pairs):
@@ -83,7 +84,6 @@ def main(argv=None):
     ts = new_state(model, cfg, optimizer, ds.x_train.shape[1:])
     x, y = jax.device_put(ds.x_train), jax.device_put(ds.y_train)
     order = epoch_order(ts.key, 0, len(ds.x_train), cfg.batch_size)
-    from jaxbp.train.loop import chunk_size
     length = chunk_size(steps_per_epoch)
     compiled = steps.chunk.lower(ts, x, y, order, length=length).compile()
 
@@ -124,7 +124,7 @@ def main(argv=None):
     n_steps = a.chunks * length
     step_us = sum(total.values()) / n_steps
     print(f"under the profiler: {step_us:.0f} us per step in {len(total)} operations\n")
-    print(f"| us/step | share | per step | operation | result | from |\n|---:|---:|---:|---|---|---|")
+    print("| us/step | share | per step | operation | result | from |\n|---:|---:|---:|---|---|---|")
     for name, us in total.most_common(a.top):
         shape, source = ops[name]
         print(f"| {us / n_steps:.1f} | {100 * us / n_steps / step_us:.1f} % | {count[name] / n_steps:g} | "
