@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import sys
@@ -95,7 +96,6 @@ def conv_variants(rounds, dtype, quick):
 
 
 def main():
-    import argparse
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", metavar="OUT.md", help="the table file (appended to)")
     p.add_argument("--quick", action="store_true", help="small problems and few rounds (a smoke run)")

@@ -7,6 +7,8 @@ arguments differentiated. The custom op is ``case.op``, its twin
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import pathlib
 from typing import Callable
 
 import jax
@@ -200,3 +202,14 @@ def write_cifar_dir(path, n_per_batch=4, n_test=6, seed=0):
             pickle.dump(batch, f, protocol=2)
         written[name] = batch
     return written
+
+
+def load_benchmark(name):
+    """A script of benchmarks/ (``name`` without ``.py``) as a module, for tests
+    that check it still runs against the code it measures."""
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+

@@ -9,7 +9,7 @@ import pytest
 
 import jaxbp
 from jaxbp import layers, train
-from helpers import TWIN_TOL_2ND, Case, assert_close_trees, normal, scalar_loss
+from helpers import TWIN_TOL_2ND, Case, assert_close_trees, load_benchmark, normal, scalar_loss
 
 x4, w4, b4 = normal(0, (2, 2, 5, 5), (3, 2, 3, 3), (3,))
 x2, w2, b2 = normal(1, (4, 3), (2, 3), (2,))
@@ -84,11 +84,8 @@ def test_the_op_benchmark_covers_every_check_with_a_valid_call():
     # Each benchmark problem is its check at another size: the same layout,
     # stride, padding, dilation and groups (traced, not run; so is the
     # benchmark's lax.conv baseline).
-    import importlib.util
     from jaxbp.tools import gradcheck
-    spec = importlib.util.spec_from_file_location("ops_benchmark", ROOT / "benchmarks" / "ops.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("ops")
     sizes = bench.sizes(1)
     assert set(sizes) == set(jaxbp.ops.CHECKS)
 

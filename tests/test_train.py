@@ -11,6 +11,7 @@ import jaxbp
 from jaxbp import data, layers, train
 from jaxbp.train import Config
 from jaxbp.train.loop import _check_finite
+from helpers import load_benchmark
 
 
 # Bitwise equality is a CPU property: on GPUs XLA's autotuned kernels and atomic
@@ -339,14 +340,7 @@ def test_curves_have_integer_epoch_ticks():
 def test_the_step_profiler_lists_the_chunks_operations(capsys):
     """benchmarks/profile_step.py (BENCHMARKS.md's per-operation tables) runs
     on the bundled digits and lists the compiled chunk's operations."""
-    import importlib.util
-    import pathlib
-    path = pathlib.Path(__file__).parent.parent / "benchmarks" / "profile_step.py"
-    spec = importlib.util.spec_from_file_location("profile_step", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.main(["--data", "digits", "--chunks", "1", "--top", "5", "width=8"])
+    load_benchmark("profile_step").main(["--data", "digits", "--chunks", "1", "--top", "5", "width=8"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "us/step" not in line]
     assert len(rows) == 5
     assert any("transpose(jvp" in row for row in rows)  # the backward pass's operations are named
-
