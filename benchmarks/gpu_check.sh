@@ -2,7 +2,7 @@
 # One call on a GPU machine: time to accuracy on real MNIST first (issue #13's
 # GPU targets), then the GPU tests, then the benchmark tables, each part
 # time-boxed (at most ~550 s in all, under the 600 s a command may run).
-# Everything goes to $OUT (at most 7 files).
+# Everything goes to $OUT (at most 8 files).
 #   bash benchmarks/gpu_check.sh            (from the repository root)
 set -u
 OUT=${OUT:-gpu_out}
@@ -17,6 +17,16 @@ log="$OUT/gpu_check.log"
   init='import time; t = time.perf_counter(); import jax; t1 = time.perf_counter(); jax.devices()
 print(f"import jax {t1 - t:.2f} s, device initialization {time.perf_counter() - t1:.2f} s")'
   python3 -c "$init"; XLA_PYTHON_CLIENT_PREALLOCATE=false python3 -c "$init"
+  # Whether the device start lets another thread run meanwhile (jaxbp reads the
+  # data set in a thread while JAX starts): the same start with a pure-Python
+  # loop of ~1 s in a second thread.
+  overlap='import threading, time; import jax
+def spin():
+    global busy; t = time.perf_counter(); sum(i * i for i in range(20_000_000)); busy = time.perf_counter() - t
+t = time.perf_counter(); th = threading.Thread(target=spin); th.start(); jax.devices(); t1 = time.perf_counter(); th.join()
+print(f"device initialization beside a Python loop: {t1 - t:.2f} s; the loop took {busy:.2f} s, both {time.perf_counter() - t:.2f} s")
+t = time.perf_counter(); spin(); print(f"the loop alone, after: {busy:.2f} s")'
+  python3 -c "$overlap"
 } > "$log" 2>&1
 # Time to 99 % on real MNIST where the files are at hand ($MNIST_DIR, else
 # shared/data/mnist; nothing is downloaded there): the defaults (the accelerator
@@ -37,10 +47,16 @@ if [ -d "$MNIST_DIR" ]; then
     env "$env" timeout ${TTA_START_TIMEOUT:-20} $tta --once --cache "$cache" >> "$OUT/time_to_accuracy_start.md" 2>&1
     echo "time to accuracy ($env, warm cache) exit $?" >> "$log"
   done
+  # The whole process of a warm run, call by call (the main thread).
+  JAXBP_COMPILATION_CACHE="$cache" timeout ${PROFILE_TIMEOUT:-30} python3 benchmarks/startup_profile.py --top 45 -- \
+    train --data mnist --data-dir "$MNIST_DIR" --run-dir "$(mktemp -d)/run" --stop-at-accuracy 0.99 --quiet \
+    > "$OUT/startup_profile.txt" 2>&1
+  echo "startup profile exit $?" >> "$log"
   rm -rf "$cache"
   alt="$OUT/time_to_accuracy_others.md"
-  for args in "--width 12 --batch-size 32 --lr 3e-3 --algorithm explicit --eval-batch-size 50" \
-              "--algorithm explicit"; do
+  others=("--width 12 --batch-size 32 --lr 3e-3 --algorithm explicit --eval-batch-size 50" "--algorithm explicit")
+  [ "${TTA_OTHERS:-1}" = 1 ] || others=()  # TTA_OTHERS=0: not these
+  for args in "${others[@]}"; do
     timeout ${TTA_OTHER_TIMEOUT:-30} $tta --once --train-args "$args" >> "$alt" 2>&1
     echo "time to accuracy ($args) exit $?" >> "$log"
   done
