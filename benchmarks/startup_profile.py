@@ -34,6 +34,7 @@ def main():
     profile = cProfile.Profile()
     profile.enable()
     from jaxbp import cli
+    cli.process_defaults()  # as the command does
     code = cli.main(argv)
     profile.disable()
     returned = time.time()

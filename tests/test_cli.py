@@ -49,6 +49,25 @@ def test_command_exit_keeps_output_and_exit_handlers(code):
     assert r.stdout.splitlines() == ["buffered out", "exit handler ran"] and r.stderr == "buffered err\n"
 
 
+@pytest.mark.parametrize("given", [None, "XLA_PYTHON_CLIENT_PREALLOCATE=true",
+                                   "XLA_PYTHON_CLIENT_MEM_FRACTION=.5", "XLA_PYTHON_CLIENT_ALLOCATOR=platform"])
+def test_command_takes_gpu_memory_on_demand_unless_the_user_chose(given):
+    """The command sets JAX's XLA_PYTHON_CLIENT_PREALLOCATE=false before JAX starts
+    its devices (preallocating 75 % of a GPU cost seconds of a short run); a
+    user's own memory setting leaves all of them as they are."""
+    from jaxbp.cli import GPU_MEMORY_ENV
+    env = {k: v for k, v in os.environ.items() if k not in GPU_MEMORY_ENV}
+    env.update([given.split("=")] if given else [])
+    program = ("import os, jaxbp.cli as cli\n"
+               "cli.main = lambda: print({k: os.environ.get(k) for k in cli.GPU_MEMORY_ENV}) or 0\n"
+               "cli.run()\n")
+    r = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    expected = {k: None for k in GPU_MEMORY_ENV}
+    expected.update([given.split("=")] if given else [("XLA_PYTHON_CLIENT_PREALLOCATE", "false")])
+    assert r.stdout.strip() == str(expected)
+
+
 def test_train_on_idx_files(tmp_path):
     write_mnist_dir(tmp_path, n_train=64, n_test=16, gz=True)
     r = jaxbp("train", "--data", "mnist", "--data-dir", str(tmp_path), "--epochs", "1", "--batch-size", "16",
