@@ -10,7 +10,9 @@ calls of the main thread with the most time: cumulative (what a phase costs:
 compilation cache, the steps, the checkpoint, curves.png) and own (the calls
 into JAX's C++ runtime, where that time is spent). The threads jaxbp starts
 (data reading, matplotlib's import, the evaluation's compilation) are not
-profiled; the main thread's waits for them are. Used for the GPU's
+profiled by Python 3.11's profiler; Python 3.12's listed their calls too (its
+times then overlap). The profiler slows the run (on an H200, 3.4 s became ~6 s):
+read it for what is called and in what proportion. Used for the GPU's
 whole-process time (BENCHMARKS.md), where start-up, not training, is most
 of it.
 """
@@ -41,8 +43,8 @@ def main():
     from jaxbp.train.loop import PROCESS_START  # from /proc on Linux: the interpreter's start
     out = io.StringIO()
     stats = pstats.Stats(profile, stream=out)
-    for order in ("cumulative", "tottime"):
-        out.write(f"\n## main thread, by {order} time\n")
+    for order, what in (("cumulative", "cumulative time"), ("tottime", "own time")):
+        out.write(f"\n## by {what}\n")
         stats.sort_stats(order).print_stats(a.top)
     print(f"command {' '.join(argv)!r} exited {code}")
     print(f"interpreter start to profiling: {on - PROCESS_START:.2f} s; command: {returned - on:.2f} s; "

@@ -64,7 +64,11 @@ def _add_train(sub):
     p = sub.add_parser("train", help="train a model (default: the CNN on the bundled digits)",
                        description="Train a model whose gradients come from the hand-derived rules "
                                    "(or, with --gradients autodiff, from JAX). Each run gets its own "
-                                   "run directory; --resume continues the run saved there.")
+                                   "run directory; --resume continues the run saved there.",
+                       epilog="Environment: JAXBP_DATA (where downloaded data sets are kept), "
+                              "JAXBP_COMPILATION_CACHE (JAX's compilation cache directory, 'off' for none). "
+                              "On a GPU the command takes memory as it needs it "
+                              "(XLA_PYTHON_CLIENT_PREALLOCATE=false) unless JAX's memory variables are set.")
     # One option per Config field: names, choices, defaults and help come from the config.
     for f in dataclasses.fields(Config):
         meta, flag = dict(f.metadata), "--" + f.name.replace("_", "-")
@@ -320,7 +324,8 @@ def main(argv=None):
 
 
 # JAX's GPU memory settings (read when it starts its devices).
-GPU_MEMORY_ENV = ("XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_ALLOCATOR")
+GPU_MEMORY_ENV = ("XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_MEM_FRACTION",
+                  "XLA_PYTHON_CLIENT_ALLOCATOR")
 
 
 def process_defaults():
@@ -328,8 +333,10 @@ def process_defaults():
     GPU memory taken as the arrays need it (JAX's
     ``XLA_PYTHON_CLIENT_PREALLOCATE=false``) instead of 75 % of the card up
     front, unless one of :data:`GPU_MEMORY_ENV` is set (then all are left as
-    the user has them). On an H200, preallocating took 1.4 s of a 6 s run
-    (BENCHMARKS.md); the training's speed did not change."""
+    the user has them). On an H200 a warm MNIST run took 5.1 s with JAX's
+    default, 3.3–3.6 s without (BENCHMARKS.md), its steps as fast. Growing on
+    demand fragments memory more (JAX's GPU memory notes): a model that needs
+    most of the card may want ``XLA_PYTHON_CLIENT_PREALLOCATE=true``."""
     import os
     if not any(name in os.environ for name in GPU_MEMORY_ENV):
         os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"

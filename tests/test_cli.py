@@ -50,7 +50,8 @@ def test_command_exit_keeps_output_and_exit_handlers(code):
 
 
 @pytest.mark.parametrize("given", [None, "XLA_PYTHON_CLIENT_PREALLOCATE=true",
-                                   "XLA_PYTHON_CLIENT_MEM_FRACTION=.5", "XLA_PYTHON_CLIENT_ALLOCATOR=platform"])
+                                   "XLA_CLIENT_MEM_FRACTION=.5", "XLA_PYTHON_CLIENT_MEM_FRACTION=.5",
+                                   "XLA_PYTHON_CLIENT_ALLOCATOR=platform"])
 def test_command_takes_gpu_memory_on_demand_unless_the_user_chose(given):
     """The command sets JAX's XLA_PYTHON_CLIENT_PREALLOCATE=false before JAX starts
     its devices (preallocating 75 % of a GPU cost seconds of a short run); a
@@ -66,6 +67,19 @@ def test_command_takes_gpu_memory_on_demand_unless_the_user_chose(given):
     expected = {k: None for k in GPU_MEMORY_ENV}
     expected.update([given.split("=")] if given else [("XLA_PYTHON_CLIENT_PREALLOCATE", "false")])
     assert r.stdout.strip() == str(expected)
+
+
+def test_startup_profile_lists_the_commands_calls(tmp_path):
+    """benchmarks/startup_profile.py (BENCHMARKS.md's GPU start-up notes) runs a
+    whole command under the profiler and lists where its time went."""
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_ENABLE_X64")}
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "startup_profile.py"), "--top", "8", "--",
+                        "train", "--model", "mlp", "--epochs", "1", "--run-dir", str(tmp_path / "run"), "--quiet"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "exited 0" in r.stdout and "interpreter start to profiling" in r.stdout
+    assert "by cumulative time" in r.stdout and "by own time" in r.stdout
+    assert "(fit)" in r.stdout  # jaxbp.train.loop.fit, among the calls with the most time
 
 
 def test_train_on_idx_files(tmp_path):
