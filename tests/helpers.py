@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 import pathlib
 from typing import Callable
 
@@ -213,3 +214,10 @@ def load_benchmark(name):
     spec.loader.exec_module(module)
     return module
 
+
+def command_env(**extra_env):
+    """The environment a user's shell would give a ``jaxbp`` process: without
+    the tests' JAX settings (float64, XLA flags), plus ``extra_env``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_ENABLE_X64")}
+    env.update(extra_env)
+    return env

@@ -6,16 +6,14 @@ import sys
 import pytest
 
 from bad_inputs import cli_error_cases, restored_environ
-from helpers import write_mnist_dir
+from helpers import command_env, write_mnist_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def jaxbp(*args, cwd=None, **extra_env):
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_ENABLE_X64")}
-    env.update(extra_env)
     return subprocess.run([sys.executable, "-m", "jaxbp.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=300)
+                          cwd=cwd, env=command_env(**extra_env), timeout=300)
 
 
 def test_default_train_reaches_98_percent_on_digits(tmp_path):
@@ -72,10 +70,9 @@ def test_command_takes_gpu_memory_on_demand_unless_the_user_chose(given):
 def test_startup_profile_lists_the_commands_calls(tmp_path):
     """benchmarks/startup_profile.py (BENCHMARKS.md's GPU start-up notes) runs a
     whole command under the profiler and lists where its time went."""
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_ENABLE_X64")}
     r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "startup_profile.py"), "--top", "8", "--",
                         "train", "--model", "mlp", "--epochs", "1", "--run-dir", str(tmp_path / "run"), "--quiet"],
-                       capture_output=True, text=True, env=env, timeout=300)
+                       capture_output=True, text=True, env=command_env(), timeout=300)
     assert r.returncode == 0, r.stderr
     assert "exited 0" in r.stdout and "interpreter start to profiling" in r.stdout
     assert "by cumulative time" in r.stdout and "by own time" in r.stdout
@@ -237,8 +234,7 @@ def test_ctrl_c_says_what_was_saved_and_the_command_that_resumes(tmp_path):
     import signal
     import time
     run = str(tmp_path / "r")
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_ENABLE_X64")}
-    env["JAXBP_CHECKPOINT_WRITE_DELAY"] = "0.5"  # saves take long, as on a loaded machine
+    env = command_env(JAXBP_CHECKPOINT_WRITE_DELAY="0.5")  # saves take long, as on a loaded machine
     # Ctrl-C as at a terminal: a test runner started in the background ignores
     # SIGINT and its children inherit that, so the child restores Python's handler.
     ctrl_c = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "

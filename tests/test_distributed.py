@@ -7,6 +7,8 @@ import sys
 
 import numpy as np
 
+from helpers import command_env
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -17,9 +19,7 @@ def free_port():
 
 
 def env(devices):
-    e = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_ENABLE_X64")}
-    e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    return e
+    return command_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
 
 
 def load(path):

@@ -11,14 +11,14 @@ import time
 import numpy as np
 
 from jaxbp.train import checkpoint
+from helpers import command_env
 
 ARGS = ["train", "--model", "mlp", "--data", "synthetic", "--batch-size", "128", "--epochs", "8",
         "--quiet", "--augment", "0"]
 
 
 def env(delay="0", cache=None):
-    e = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_ENABLE_X64")}
-    e["JAXBP_CHECKPOINT_WRITE_DELAY"] = delay  # widen the write window so kills land inside it
+    e = command_env(JAXBP_CHECKPOINT_WRITE_DELAY=delay)  # widen the write window so kills land inside it
     if cache:  # JAX's persistent compilation cache: the 11 processes compile once (same results)
         e.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                  JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")

@@ -125,13 +125,17 @@ def _patch_product(cols, kernel):
     unchanged (the zeros add nothing), and XLA:CPU computes it ~1.5× faster
     (MNIST's first conv, 9 columns, 12 outputs, batch 32: 0.30 -> 0.20 ms;
     BENCHMARKS.md). With more outputs it was not faster."""
-    k, o = cols.shape[1], kernel.shape[0]
-    if k >= 16 or o > 16:
+    def plain(cols, kernel):
         return cols @ kernel.T
 
+    k, o = cols.shape[1], kernel.shape[0]
+    if k >= 16 or o > 16:
+        return plain(cols, kernel)
+
     def padded(cols, kernel):
-        return jnp.pad(cols, ((0, 0), (0, 16 - k))) @ jnp.pad(kernel, ((0, 0), (0, 16 - k))).T
-    return lax.platform_dependent(cols, kernel, cpu=padded, default=lambda cols, kernel: cols @ kernel.T)
+        zeros = ((0, 0), (0, 16 - k))
+        return plain(jnp.pad(cols, zeros), jnp.pad(kernel, zeros))
+    return lax.platform_dependent(cols, kernel, cpu=padded, default=plain)
 
 
 def _geometry(x, w, g, layout):
