@@ -124,6 +124,18 @@ OP_CASES = {
                          r"rate must be in \[0, 1\), got 1.0"),
     "dropout_key_not_a_key": (lambda: jaxbp.dropout(x2, 0.5, 0), TypeError, r"key must be a JAX PRNG key, got int"),
     "relu_list": (lambda: jaxbp.relu([1.0, 2.0]), TypeError, r"z must be an array, got list"),
+    # Empty reductions: jaxbp's message, not XLA's "zero-size array to reduction operation".
+    "softmax_empty_axis": (lambda: jaxbp.softmax(jnp.ones((3, 0))), ValueError,
+                           r"z must have at least one entry along axis 1, got shape \(3, 0\)"),
+    "log_softmax_empty_axis": (lambda: jaxbp.log_softmax(jnp.ones((0, 2)), axis=0), ValueError,
+                               r"z must have at least one entry along axis 0, got shape \(0, 2\)"),
+    "xent_no_classes": (lambda: jaxbp.softmax_cross_entropy(jnp.ones((3, 0)), jnp.zeros(3, jnp.int32)),
+                        ValueError, r"logits must have at least one class \(K >= 1\), got shape \(3, 0\)"),
+    "batch_norm_empty_batch": (lambda: jaxbp.batch_norm(jnp.ones((0, 3)), jnp.ones(3), jnp.ones(3)), ValueError,
+                               r"x must have at least one position per feature to take batch statistics, "
+                               r"got shape \(0, 3\)"),
+    "layer_norm_no_features": (lambda: jaxbp.layer_norm(jnp.ones((3, 0)), jnp.ones(0), jnp.ones(0)), ValueError,
+                               r"x must have at least one feature along axis 1, got shape \(3, 0\)"),
 }
 
 

@@ -27,3 +27,12 @@ def test_keeps_dtype(dtype):
     x = normal(4, (3, 4), dtype=dtype)[0]
     assert jaxbp.dropout(x, 0.5, KEY).dtype == dtype
     assert jax.grad(lambda x: jaxbp.dropout(x, 0.5, KEY).astype(jnp.float32).sum())(x).dtype == dtype
+
+
+def test_the_mask_does_not_depend_on_the_x64_flag():
+    x = jnp.ones((1000,), jnp.float32)
+    with jax.enable_x64(True):
+        wide = np.asarray(jaxbp.dropout(x, 0.4, KEY))
+    with jax.enable_x64(False):
+        narrow = np.asarray(jaxbp.dropout(x, 0.4, KEY))
+    np.testing.assert_array_equal(wide, narrow)

@@ -121,3 +121,19 @@ def test_nan_in_a_row_gives_that_row_nan(name):
     for f in (op, op.autodiff):
         loss = f(pred, target)
         assert np.isnan(loss[1]) and np.all(np.isfinite(np.delete(np.asarray(loss), 1)))
+
+
+@pytest.mark.parametrize("logits, label, ignore_index, expected", [
+    ([[-jnp.inf, 0.0, 1.0]], 2, None, 0.31326168751822286),   # log(1 + e⁻¹)
+    ([[-jnp.inf, 0.0, 1.0]], 0, 0, 0.0),                        # an ignored row is 0, whatever its logits
+    ([[3e38, 3e38, -3e38]], 0, None, 0.6931471805599453),       # log 2
+], ids=["minus_inf_logit", "ignored_row_with_minus_inf", "huge_logits_float32"])
+def test_integer_labels_take_the_label_term_so_infinite_logits_are_no_nan(logits, label, ignore_index, expected):
+    """One-hot × log-softmax would make 0·(−∞) = NaN in the other columns."""
+    o = jnp.asarray(logits, jnp.float32 if abs(logits[0][0]) > 1e30 else jnp.float64)
+    labels = jnp.array([label])
+    loss = jaxbp.softmax_cross_entropy(o, labels, ignore_index=ignore_index)
+    np.testing.assert_allclose(loss, [expected], rtol=1e-6)
+    for op in (jaxbp.softmax_cross_entropy, jaxbp.softmax_cross_entropy.autodiff):
+        g = jax.grad(lambda o: op(o, labels, ignore_index=ignore_index).sum())(o)
+        assert np.isfinite(np.asarray(g)).all(), g

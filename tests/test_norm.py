@@ -135,3 +135,49 @@ def test_batch_norm_eval_equals_formula_and_the_layer_uses_it():
     np.testing.assert_allclose(jaxbp.batch_norm_eval(x, gamma, beta, mean, var), ref, rtol=1e-12, atol=1e-12)
     y, _ = layers.BatchNorm().apply({"gamma": gamma, "beta": beta}, {"mean": mean, "var": var}, x, train=False)
     np.testing.assert_allclose(y, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_layer_norm_float32_of_huge_values_is_not_zero():
+    """(x − μ)² overflows float32 for x ~ 1e20: the statistics are taken at a power-of-two scale."""
+    x = jnp.array([[1e20, 2e20, 3e20]], jnp.float32)
+    y = jaxbp.layer_norm(x, jnp.ones(3, jnp.float32), jnp.zeros(3, jnp.float32))
+    np.testing.assert_allclose(y, [[-1.2247449, 0.0, 1.2247449]], rtol=1e-6)
+    g = jax.grad(lambda x: (jaxbp.layer_norm(x, jnp.ones(3, jnp.float32), jnp.zeros(3, jnp.float32))
+                            * jnp.array([[1.0, 2.0, 4.0]], jnp.float32)).sum())(x)
+    g64 = jax.grad(lambda x: (jaxbp.layer_norm(x, jnp.ones(3), jnp.zeros(3)) * jnp.array([[1.0, 2.0, 4.0]])).sum())(
+        x.astype(jnp.float64))
+    np.testing.assert_allclose(g, g64, rtol=1e-5)
+    assert np.abs(np.asarray(g)).max() > 0
+
+
+def test_layer_norm_float32_near_a_large_mean_is_as_careful_as_batch_norm():
+    """Shifted two-pass statistics: 1e3 + 0.01·N(0, 1) in float32 within a few rounding units."""
+    x = 1e3 + 0.01 * normal(11, (4, 256))[0]
+    ones, zeros = jnp.ones(256), jnp.zeros(256)
+    exact = np.asarray(jaxbp.layer_norm(x, ones, zeros))
+    got = np.asarray(jaxbp.layer_norm(x.astype(jnp.float32), ones.astype(jnp.float32), zeros.astype(jnp.float32)))
+    # float32 rounding of x itself (1e3 · 6e-8 / 0.01) bounds the error at ~6e-3 relative to
+    # x̂ of the float64 x; measure against x rounded to float32 instead.
+    exact32 = np.asarray(jaxbp.layer_norm(x.astype(jnp.float32).astype(jnp.float64), ones, zeros))
+    assert np.abs(got - exact32).max() < 1e-5, np.abs(got - exact32).max()
+    assert exact.shape == got.shape
+
+
+def test_batch_norm_under_shard_map_without_jit():
+    """An eager shard_map cannot take custom_vjp's symbolic zeros: batch_norm falls back to dense ones."""
+    from jax.sharding import Mesh, PartitionSpec as P
+    mesh = Mesh(np.array(jax.devices()[:2]), ("d",))
+    x, gamma, beta = normal(12, (4, 3), (3,), (3,))
+
+    def forward(x, gamma, beta):
+        return jaxbp.batch_norm(x, gamma, beta, axis_name="d")[0]
+
+    def grad(x, gamma, beta):  # this device's rows' gradient of the global batch's loss
+        return jax.grad(lambda x: (forward(x, gamma, beta) ** 2).sum())(x)
+
+    specs = dict(mesh=mesh, in_specs=(P("d"), P(), P()), out_specs=P("d"))
+    y = jax.shard_map(forward, **specs)(x, gamma, beta)
+    g = jax.shard_map(grad, **specs)(x, gamma, beta)
+    np.testing.assert_allclose(y, jaxbp.batch_norm(x, gamma, beta)[0], rtol=1e-12, atol=1e-12)
+    want = jax.grad(lambda x: (jaxbp.batch_norm(x, gamma, beta)[0] ** 2).sum())(x)
+    np.testing.assert_allclose(g, want, rtol=1e-10, atol=1e-12)

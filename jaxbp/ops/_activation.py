@@ -201,7 +201,7 @@ def softmax(z, axis=-1):
     Args: z: at least 1-D, floating; axis: an int. Saves the output ``a``.
     """
     _checks.floating("z", z)
-    return _softmax(z, axis=_checks.axis("axis", axis, z))
+    return _softmax(z, axis=_checks.nonempty_axis("z", z, _checks.axis("axis", axis, z)))
 
 
 @op
@@ -212,7 +212,7 @@ def log_softmax(z, axis=-1):
     Args: z: at least 1-D, floating; axis: an int. Saves the output ``a``.
     """
     _checks.floating("z", z)
-    return _log_softmax(z, axis=_checks.axis("axis", axis, z))
+    return _log_softmax(z, axis=_checks.nonempty_axis("z", z, _checks.axis("axis", axis, z)))
 
 
 __all__ = ["relu", "leaky_relu", "sigmoid", "tanh", "gelu", "silu", "softmax", "log_softmax"]

@@ -83,3 +83,10 @@ def axis(name, value, x):
     if not -x.ndim <= value < x.ndim:
         raise ValueError(f"{name} must be in [-{x.ndim}, {x.ndim}) for x of shape {tuple(x.shape)}, got {value}")
     return int(value) % x.ndim
+
+
+def nonempty_axis(name, x, axis, what="entry"):
+    """Require at least one entry along ``axis`` (a reduction over it needs one); return ``axis``."""
+    if x.shape[axis] == 0:
+        raise ValueError(f"{name} must have at least one {what} along axis {axis}, got shape {tuple(x.shape)}")
+    return axis

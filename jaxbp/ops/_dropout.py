@@ -48,7 +48,8 @@ def dropout(x, rate, key):
                                        or (key.dtype == jnp.uint32 and key.shape == (2,)))):
         raise TypeError(f"key must be a JAX PRNG key, got {getattr(key, 'dtype', type(key).__name__)} "
                         f"of shape {getattr(key, 'shape', ())}")
-    keep = jax.random.bernoulli(key, 1 - rate, x.shape)
+    # p as float32: a Python float would draw float64 uniforms under x64, another mask.
+    keep = jax.random.bernoulli(key, jnp.float32(1 - rate), x.shape)
     return _rule(x, keep, rate=rate)
 
 

@@ -8,6 +8,7 @@ the roles of examples and features swapped — statistics per example over its
 """
 from __future__ import annotations
 
+import jax.numpy as jnp
 from jax import lax
 
 from jaxbp.ops import _checks
@@ -16,12 +17,24 @@ from jaxbp.ops._recipe import Check, Rule, op
 
 
 def _layer_norm_forward(x, gamma, beta, *, eps, axis):
-    """Statistics per example over the features along ``axis``; residuals x̂, 1/s, γ."""
+    """Statistics per example over the features along ``axis``; residuals x̂, 1/s, γ.
+
+    As batch norm's: a two-pass variance about a shift (each example's first
+    feature: ``x − shift`` is exact when both are close, so a large mean does
+    not swamp a small spread), and here also at a power-of-two scale ``k``
+    (``c/k`` is exact; ``(c/k)²`` cannot overflow where ``c²`` would, as for
+    ``x ~ 1e20`` in float32): ``x̂ = (c/k) / √(σ²/k² + ε/k²)``, ``1/s = that / k``.
+    Neither constant changes the value, so the twin differentiates the same
+    function with both held fixed."""
     xs = x.astype(_stat_dtype(x.dtype))
-    mean = xs.mean(axis=axis, keepdims=True)
-    c = xs - mean
-    inv_std = lax.rsqrt((c * c).mean(axis=axis, keepdims=True) + eps)
-    return _scale_shift(x, c * inv_std, inv_std, gamma, beta, axis)
+    first = tuple(slice(0, 1) if a == axis else slice(None) for a in range(x.ndim))
+    d = xs - lax.stop_gradient(xs[first])
+    c = d - d.mean(axis=axis, keepdims=True)
+    peak = lax.stop_gradient(jnp.abs(c).max(axis=axis, keepdims=True))
+    k = jnp.where(peak > 0, jnp.exp2(jnp.floor(jnp.log2(jnp.where(peak > 0, peak, 1)))), 1)
+    c_k = c / k
+    inv_std_k = lax.rsqrt((c_k * c_k).mean(axis=axis, keepdims=True) + eps / (k * k))
+    return _scale_shift(x, c_k * inv_std_k, inv_std_k / k, gamma, beta, axis)
 
 
 def _layer_norm_backward(res, g, *, eps, axis):
@@ -61,7 +74,7 @@ def layer_norm(x, gamma, beta, eps=1e-5, *, axis=-1):
     """
     for name, a in (("x", x), ("gamma", gamma), ("beta", beta)):
         _checks.floating(name, a)
-    axis = _checks.axis("axis", axis, x)
+    axis = _checks.nonempty_axis("x", x, _checks.axis("axis", axis, x), "feature")
     _checks.shape("gamma", gamma, (x.shape[axis],), f"one entry per feature of x {tuple(x.shape)} along axis {axis}")
     _checks.shape("beta", beta, (x.shape[axis],), f"one entry per feature of x {tuple(x.shape)} along axis {axis}")
     eps = _checks.number("eps", eps)

@@ -54,14 +54,17 @@ def _label_rows(labels, k, ignore_index):
 
 
 def _sparse_forward(logits, labels, *, ignore_index):
-    """Integer labels as one-hot rows. A row whose label is neither in ``[0, K)``
-    nor ``ignore_index`` has loss NaN (under ``jit`` a value cannot raise; NaN
+    """Integer labels: the label's term ``−log softmax(o)_label``, gathered (a
+    one-hot product would make ``0·(−∞) = NaN`` from another class's −∞ or
+    overflowed logit). A row whose label is neither in ``[0, K)`` nor
+    ``ignore_index`` has loss NaN (under ``jit`` a value cannot raise; NaN
     reaches the non-finite guard); an ignored row has loss 0. Both have the zero
     one-hot row, so gradient 0."""
     (o,) = _wide(logits)
     m, log_sum = _max_and_log_sum(o)
     counted, ignored = _label_rows(labels, o.shape[-1], ignore_index)
-    loss = -(_one_hot(jnp.where(counted, labels, -1), o) * ((o - m) - log_sum)).sum(axis=-1)
+    at = jnp.where(counted, labels, 0)[:, None]
+    loss = jnp.where(counted, log_sum[:, 0] - (jnp.take_along_axis(o, at, axis=-1) - m)[:, 0], 0)
     # Integer labels are kept as they are (N ints); the one-hot is rebuilt.
     return jnp.where(counted | ignored, loss, jnp.nan), (o, m, log_sum, labels)
 
@@ -136,6 +139,8 @@ def softmax_cross_entropy(logits, targets, *, ignore_index=None):
     """
     _checks.floating("logits", logits)
     _checks.rank("logits", logits, 2, "N, K")
+    if logits.shape[1] == 0:
+        raise ValueError(f"logits must have at least one class (K >= 1), got shape {tuple(logits.shape)}")
     if hasattr(targets, "dtype") and jnp.issubdtype(targets.dtype, jnp.integer):
         _checks.shape("targets", targets, logits.shape[:1],
                       f"integer class ids, one per row of logits {tuple(logits.shape)}")

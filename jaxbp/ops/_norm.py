@@ -158,6 +158,9 @@ def batch_norm(x, gamma, beta, eps=1e-5, *, axis=1, axis_name=None):
     axis %= x.ndim
     _checks.shape("gamma", gamma, (x.shape[axis],), f"one entry per feature of x {tuple(x.shape)}")
     _checks.shape("beta", beta, (x.shape[axis],), f"one entry per feature of x {tuple(x.shape)}")
+    if x.size == 0:
+        raise ValueError(f"x must have at least one position per feature to take batch statistics, "
+                         f"got shape {tuple(x.shape)}")
     eps = _checks.number("eps", eps)
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import inspect
 import typing
 
 import jax
@@ -36,34 +37,111 @@ _TWIN = contextvars.ContextVar("jaxbp_autodiff_twin", default=False)
 
 
 class Rule:
-    """``forward(*arrays, **static) -> (out, residuals)`` with the hand-derived
-    ``backward(residuals, g, **static) -> gradients`` (one per array, ``None``
-    allowed). ``symbolic_zeros``: ``g`` holds ``SymbolicZero`` for unused outputs."""
+    """A hand-derived backward rule, registered with ``jax.custom_vjp``.
 
-    def __init__(self, forward, backward, symbolic_zeros=False):
-        self.forward = forward
+    ``forward(*arrays, **static) -> (out, residuals)`` computes the output and
+    what the backward pass keeps; ``backward(residuals, g, **static) ->
+    gradients`` returns one gradient per array argument, each of its
+    argument's shape (``None`` for an argument that needs none: an integer or
+    ``None`` argument). A gradient is cast to its argument's dtype. Call the
+    rule with the arrays positionally and the static (hashable) options by
+    keyword: ``rule(x, w, b, eps=1e-5)``.
+
+    ``name`` (default: the forward's name without ``_`` and ``_forward``)
+    and the forward's parameter names label the messages when a backward
+    returns the wrong number of gradients or a wrong shape.
+    ``symbolic_zeros``: ``g`` holds ``SymbolicZero`` for unused outputs (an
+    eager ``shard_map``, which cannot pass them, gets dense zeros instead)."""
+
+    def __init__(self, forward, backward, symbolic_zeros=False, name=None):
+        self.forward, self.backward = forward, backward
+        self.name = name or _rule_name(forward)
+        self.arg_names = _positional_names(forward)
 
         def primal(static, *arrays):
             return forward(*arrays, **dict(static))[0]
 
-        def fwd(static, *arrays):
-            if symbolic_zeros:  # arrays arrive as (value, perturbed) records
-                arrays = tuple(a.value for a in arrays)
-            out, residuals = forward(*arrays, **dict(static))
-            return out, (residuals, tuple(carrier(a) for a in arrays))
+        def make(symbolic):
+            def fwd(static, *arrays):
+                if symbolic:  # arrays arrive as (value, perturbed) records
+                    arrays = tuple(a.value for a in arrays)
+                out, residuals = forward(*arrays, **dict(static))
+                return out, (residuals, tuple(carrier(a) for a in arrays))
 
-        def bwd(static, saved_, g):
-            residuals, protos = saved_
-            grads = backward(residuals, g, **dict(static))
-            return tuple(cotangent(d, p) for d, p in zip(grads, protos, strict=True))
+            def bwd(static, saved_, g):
+                residuals, protos = saved_
+                grads = backward(residuals, g, **dict(static))
+                return self._cotangents(grads, protos)
 
-        self.custom = jax.custom_vjp(primal, nondiff_argnums=(0,))
-        self.custom.defvjp(fwd, bwd, symbolic_zeros=symbolic_zeros)
+            custom = jax.custom_vjp(primal, nondiff_argnums=(0,))
+            custom.defvjp(fwd, bwd, symbolic_zeros=symbolic)
+            return custom
+
+        self.custom = make(symbolic_zeros)
+        self._dense_zeros = make(False) if symbolic_zeros else self.custom
 
     def __call__(self, *arrays, **static):
         if _TWIN.get():
             return self.forward(*arrays, **static)[0]
-        return self.custom(tuple(sorted(static.items())), *arrays)
+        custom = self._dense_zeros if any(map(_eager_shard_map, arrays)) else self.custom
+        return custom(tuple(sorted(static.items())), *arrays)
+
+    def _argument(self, i):
+        return repr(self.arg_names[i]) if i < len(self.arg_names) else f"number {i + 1}"
+
+    def _cotangents(self, grads, protos):
+        """Check the backward's gradients against the arguments, then cast them."""
+        if not isinstance(grads, (tuple, list)):
+            grads = (grads,) if len(protos) == 1 else grads
+            if not isinstance(grads, (tuple, list)):
+                raise TypeError(f"rule {self.name!r}: backward must return a tuple of {len(protos)} "
+                                f"gradients (one per array argument), got {type(grads).__name__}")
+        if len(grads) != len(protos):
+            names = ", ".join(self.arg_names[:len(protos)]) or f"{len(protos)} arrays"
+            raise ValueError(f"rule {self.name!r}: backward returned {len(grads)} gradient"
+                             f"{'s' if len(grads) != 1 else ''} for {len(protos)} array argument"
+                             f"{'s' if len(protos) != 1 else ''} ({names}); return one per argument, "
+                             "None for an argument that needs none")
+        for i, (d, p) in enumerate(zip(grads, protos)):
+            if d is None or p is None:
+                continue
+            if not hasattr(d, "shape") or not hasattr(d, "dtype"):
+                raise TypeError(f"rule {self.name!r}: backward's gradient for argument {self._argument(i)} "
+                                f"must be an array, got {type(d).__name__}")
+            if tuple(d.shape) != tuple(p.shape[1:]):
+                raise ValueError(f"rule {self.name!r}: backward's gradient for argument {self._argument(i)} "
+                                 f"has shape {tuple(d.shape)}, expected {tuple(p.shape[1:])} "
+                                 "(the argument's shape)")
+            if jnp.issubdtype(p.dtype, jnp.inexact) and not jnp.issubdtype(d.dtype, jnp.inexact):
+                raise TypeError(f"rule {self.name!r}: backward's gradient for argument {self._argument(i)} "
+                                f"has dtype {d.dtype}, expected a floating dtype (the argument is {p.dtype})")
+        return tuple(cotangent(d, p) for d, p in zip(grads, protos))
+
+
+def _eager_shard_map(x):
+    """Whether ``x`` is traced by a ``shard_map`` outside ``jit`` (under its JVP or batching)."""
+    while isinstance(x, jax.core.Tracer):
+        if type(x).__name__ == "ShardMapTracer":
+            return True
+        x = getattr(x, "primal", getattr(x, "val", None))
+    return False
+
+
+def _rule_name(forward):
+    name = getattr(forward, "__name__", "rule").strip("_")
+    name = name[:-len("forward")].rstrip("_") if name.endswith("forward") else name
+    if not name:  # `_forward` in an op family module: the module names the op
+        name = getattr(forward, "__module__", "rule").rsplit(".", 1)[-1].strip("_")
+    return name
+
+
+def _positional_names(forward):
+    try:
+        params = inspect.signature(forward).parameters.values()
+    except (TypeError, ValueError):
+        return ()
+    return tuple(p.name for p in params
+                 if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD))
 
 
 def op(front):
