@@ -10,11 +10,19 @@ JAX code. Forward mode *through* an op (``jax.jvp``, ``jax.jacfwd`` of the op
 itself) is not defined for ``custom_vjp`` functions: JAX raises ``TypeError``
 ("can't apply forward-mode autodiff (jvp) to a custom_vjp function"). The
 twins support every mode.
+
+A rule of your own: :class:`jaxbp.Rule` (forward, backward), :func:`jaxbp.op`
+(the public front and its twin), :mod:`jaxbp.validate` (argument errors) and
+:func:`jaxbp.check` (the rule against its twin, with a diagnosis).
 """
-from jaxbp import autodiff, ops
-from jaxbp.tools.gradcheck import compare_gradients
+from jaxbp import autodiff, ops, validate
 from jaxbp.ops import *  # noqa: F401,F403
 from jaxbp.ops import __all__ as _ops_all
+from jaxbp.ops._recipe import Rule, op, saved
+from jaxbp.tools.check import CheckFailed, CheckReport, check
+from jaxbp.tools.gradcheck import compare_gradients
 
 __version__ = "0.1.0"
-__all__ = list(_ops_all) + ["autodiff", "compare_gradients", "ops"]
+# The extension API (docs/extending.md): Rule, op, saved, validate, check.
+__all__ = list(_ops_all) + ["autodiff", "ops", "validate", "Rule", "op", "saved", "check", "CheckReport",
+                            "CheckFailed", "compare_gradients"]

@@ -57,6 +57,10 @@ class Rule:
         self.forward, self.backward = forward, backward
         self.name = name or _rule_name(forward)
         self.arg_names = _positional_names(forward)
+        # A rule called directly reads like its forward: name and arguments.
+        self.__name__ = self.name
+        self.__signature__ = inspect.Signature([inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+                                                for n in self.arg_names])
 
         def primal(static, *arrays):
             return forward(*arrays, **dict(static))[0]
@@ -144,9 +148,15 @@ def _positional_names(forward):
                  if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD))
 
 
-def op(front):
+def op(front=None, *, example=None):
     """Decorator: the public op is ``front`` (its rules differentiated by hand);
-    ``front.autodiff`` runs the same front with every rule left to JAX."""
+    ``front.autodiff`` runs the same front with every rule left to JAX.
+
+    ``@op(example=lambda normal: normal((4, 3), (2, 3)))`` also declares
+    example inputs (``normal(*shapes)`` draws a tuple of arrays), kept as
+    ``front.example`` for ``jaxbp gradcheck --op module:name``."""
+    if front is None:
+        return functools.partial(op, example=example)
 
     @functools.wraps(front)
     def twin(*args, **kwargs):
@@ -156,6 +166,8 @@ def op(front):
     twin.__doc__ = (f"Autodiff twin of :func:`jaxbp.{front.__name__}`: the same forward, "
                     "differentiated by JAX.\n\n" + (front.__doc__ or ""))
     front.autodiff = twin
+    if example is not None:
+        front.example = example
     return front
 
 
