@@ -21,7 +21,7 @@ def normal(seed, *shapes):
 
 # -- dense: Z = X Wᵀ + b (docs/derivation.md §1) --------------------------------
 def _dense_forward(x, w, b):
-    return x @ w.T + b, (x, w)
+    return x @ w.T + b[None, :], (x, w)
 
 
 def dense_rule(mistake=None):
@@ -157,16 +157,16 @@ def embed_rule(assign=False):
 
 
 # -- batch norm (§5) without the paths through μ and σ² ---------------------------
-def _bn_forward(x, gamma, beta):
-    mu = x.mean(0)
-    inv_std = jax.lax.rsqrt(((x - mu) ** 2).mean(0) + 1e-5)
+def _bn_forward(x, gamma, beta):   # (N, D), statistics over N, kept as (1, D)
+    mu = x.mean(0, keepdims=True)
+    inv_std = jax.lax.rsqrt(((x - mu) ** 2).mean(0, keepdims=True) + 1e-5)
     x_hat = (x - mu) * inv_std
-    return gamma * x_hat + beta, (x_hat, inv_std, gamma)
+    return gamma[None] * x_hat + beta[None], (x_hat, inv_std, gamma)
 
 
 def _bn_backward_no_stats(res, g):
     x_hat, inv_std, gamma = res
-    return g * gamma * inv_std, (g * x_hat).sum(0), g.sum(0)   # δx as if μ, σ² were constants
+    return g * gamma[None] * inv_std, (g * x_hat).sum(0), g.sum(0)   # δx as if μ, σ² were constants
 
 
 bn_no_stats = jaxbp.op(jaxbp.Rule(_bn_forward, _bn_backward_no_stats, name="batch norm without δμ, δσ²"))
@@ -221,8 +221,8 @@ GALLERY = {
 def _bn_right(res, g):
     x_hat, inv_std, gamma = res
     m = x_hat.shape[0]
-    dbeta, dgamma = g.sum(0), (g * x_hat).sum(0)
-    return gamma * inv_std / m * (m * g - dbeta - x_hat * dgamma), dgamma, dbeta
+    dbeta, dgamma = g.sum(0, keepdims=True), (g * x_hat).sum(0, keepdims=True)
+    return gamma[None] * inv_std / m * (m * g - dbeta - x_hat * dgamma), dgamma[0], dbeta[0]
 
 
 if __name__ == "__main__":

@@ -54,3 +54,15 @@ def test_every_op_problem_passes(name):
     op, args, argnums, kwargs = gradcheck.op_problems(jnp.float64)[name]
     r = jaxbp.compare_gradients(gradcheck.projected(op, args, argnums, kwargs), tuple(args[i] for i in argnums))
     assert r.ok("float64"), r.table()
+
+
+@pytest.mark.parametrize("nan_leaf", ["w1", "b2"], ids=["first", "last"])
+def test_a_nan_gradient_never_passes(monkeypatch, nan_leaf):
+    """Python's max skipped a NaN by order; directions=0 then called a NaN gradient ok."""
+    params, x, y = setup()
+
+    def loss(ops, params, x, y):
+        poisoned = dict(params, **{nan_leaf: params[nan_leaf] * jnp.nan}) if ops is jaxbp.ops else params
+        return two_layer(ops, poisoned, x, y)
+    r = jaxbp.compare_gradients(loss, params, x, y, directions=0)
+    assert jnp.isnan(r.max_rel_err) and not r.ok("float64")

@@ -9,6 +9,7 @@ it is run once with :mod:`jaxbp.ops` (custom rules) and once with
 """
 from __future__ import annotations
 
+import math
 import typing
 
 import jax
@@ -39,15 +40,18 @@ class Report(typing.NamedTuple):
 
     @property
     def max_rel_err(self):
-        return max((l.rel_err for l in self.leaves), default=0.0)
+        """The largest leaf error; NaN when any is NaN (Python's max would skip it by order)."""
+        return _max_or_nan(l.rel_err for l in self.leaves)
 
     @property
     def max_fd_err(self):
-        return max((e for _, _, e in self.finite_differences), default=0.0)
+        return _max_or_nan(e for _, _, e in self.finite_differences)
 
     def ok(self, dtype="float64"):
+        """Within ``dtype``'s tolerances, and every gradient finite."""
         twin_tol, fd_tol = TOLERANCES[dtype]
-        return self.max_rel_err <= twin_tol and self.max_fd_err <= fd_tol
+        finite = all(math.isfinite(l.max_abs_err) for l in self.leaves)
+        return finite and self.max_rel_err <= twin_tol and self.max_fd_err <= fd_tol
 
     def table(self, dotted=False):
         """One row per leaf (named by its tree path, or ``conv1.w`` with ``dotted``)."""
@@ -58,6 +62,11 @@ class Report(typing.NamedTuple):
         rows += [f"finite differences, direction {i}: numerical {n:.10g}, custom {a:.10g}, rel err {e:.2e}"
                  for i, (n, a, e) in enumerate(self.finite_differences)]
         return "\n".join(rows)
+
+
+def _max_or_nan(values):
+    values = list(values)
+    return float("nan") if any(math.isnan(v) for v in values) else max(values, default=0.0)
 
 
 def dotted(path):

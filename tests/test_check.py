@@ -1,0 +1,194 @@
+"""jaxbp.check: each kind of wrong rule is caught and named; the right rule passes."""
+import importlib.util
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import jaxbp
+from helpers import normal
+
+_spec = importlib.util.spec_from_file_location(
+    "wrong_rules", pathlib.Path(__file__).resolve().parents[1] / "examples" / "wrong_rules.py")
+W = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(W)
+
+# The diagnosis tests need the first-order comparison, not the transformations.
+FAST = dict(transforms=(), second_order=False)
+
+
+def diagnosed(report, words):
+    return any(words in d for d in report.diagnoses)
+
+
+sq_w = normal(5, (4, 4))[0]
+table, ids = normal(6, (5, 3))[0], jnp.array([0, 2, 2, 4, 2, 0])
+std_x = 10 + 0.1 * normal(7, (4, 16))[0]   # a mean 100× the spread: E[x²] − μ² cancels in float32
+
+# diagnosis -> (wrong op, args, check options, words, right op)
+DIAGNOSES = {
+    "constant factor": (W.sigmoid_twice, (W.x8,), {}, "×2 everywhere", jaxbp.sigmoid),
+    "sign flipped": (W.tanh_sign, (W.x8,), {}, "sign flipped", jaxbp.tanh),
+    "transposed": (W.dense_rule("dw transposed"), (W.x8[:, :4], sq_w, W.b8[:1].repeat(4)), {},
+                   "axes permuted (1, 0)", W.dense_rule()),
+    "overlapping windows": (W.conv_rule("col2im assigns"), (W.conv_x, W.conv_f), {},
+                            "feeds more outputs than the fewest", W.conv_rule()),
+    "repeated indices": (W.embed_rule(assign=True), (table, ids), {}, "feeds more outputs than the fewest",
+                         W.embed_rule()),
+    "at zero": (W.relu_at_zero, (W.x8,), {}, "where 'z' exactly 0", jaxbp.relu),
+    "one argument": (W.dense_rule("db fan-in"), (W.x8, W.w8, W.b8), {}, "only 'b' is wrong", W.dense_rule()),
+    "float32 only": (W.standardize_rule(one_pass=True), (std_x,), {}, "wrong only in float32",
+                     W.standardize_rule(one_pass=False)),
+}
+
+
+@pytest.mark.parametrize("kind", list(DIAGNOSES))
+def test_a_wrong_rule_is_caught_and_its_mistake_named(kind):
+    wrong, args, options, words, right = DIAGNOSES[kind]
+    report = jaxbp.check(wrong, *args, **FAST, **options)
+    assert not report.ok, report
+    assert diagnosed(report, words), report
+    good = jaxbp.check(right, *args, **FAST, **options)
+    assert good.ok, good
+
+
+def test_float32_only_rule_passes_float64():
+    wrong, args, _, _, _ = DIAGNOSES["float32 only"]
+    report = jaxbp.check(wrong, *args, **FAST)
+    assert all(a.ok for a in report.arguments), report     # float64 agrees with the twin
+    (row,) = [r for r in report.rows if r.check == "float32 vs float64 truth"]
+    assert not row.ok and row.value > 100 * float(row.detail.split()[1].rstrip(";")), row
+
+
+@pytest.mark.parametrize("name", list(W.GALLERY))
+def test_the_gallery_of_the_source_derivations_mistakes(name):
+    wrong, args, words, right = W.GALLERY[name]
+    report = jaxbp.check(wrong, *args, **FAST)
+    assert not report.ok and diagnosed(report, words), report
+    assert jaxbp.check(right, *args, **FAST).ok
+
+
+def test_worst_element_is_named_with_both_values():
+    report = jaxbp.check(W.dense_rule("db fan-in"), W.x8, W.w8, W.b8, **FAST)
+    b = {a.name: a for a in report.arguments}["b"]
+    assert not b.ok and b.worst_index in {(0,), (1,), (2,)}
+    assert b.custom_value == pytest.approx(4 * b.twin_value, rel=1e-12)
+    fd = {r.argument: r for r in report.rows if r.check.startswith("finite differences")}
+    assert not fd["b"].ok and fd["x"].ok and fd["w"].ok      # the differences name the argument too
+    (jac,) = [r for r in report.rows if r.check.startswith("jacobian") and r.check.endswith("vs twin")]
+    assert not jac.ok and "∂out[" in jac.detail and "/∂b[" in jac.detail, jac
+    text = str(report)
+    assert "FAILED" in text and f"{b.worst_index}: {b.custom_value:.6g} | {b.twin_value:.6g}" in text
+
+
+def test_the_full_check_passes_a_right_rule_with_every_row():
+    report = jaxbp.check(jaxbp.dense, W.x8, W.w8, W.b8)
+    assert report.ok, report
+    checks = {r.check for r in report.rows}
+    for expected in ("twin", "finite differences (3 directions)", "second order vs twin", "under jit (vs eager)",
+                     "under vmap", "under checkpoint", "float32 vs float64 truth", "bfloat16 dtype and shape",
+                     "at 0 and ties (inputs rounded to halves)"):
+        assert expected in checks, checks
+    assert any(c.startswith("jacobian") for c in checks) and any(c.startswith("under shard_map") for c in checks)
+    d = json.loads(json.dumps(report.to_dict()))
+    assert d["ok"] and [a["name"] for a in d["arguments"]] == ["x", "w", "b"]
+    report.raise_if_failed()
+
+
+def test_raise_if_failed_carries_the_report():
+    report = jaxbp.check(W.tanh_sign, W.x8, **FAST)
+    with pytest.raises(jaxbp.CheckFailed, match="sign flipped"):
+        report.raise_if_failed()
+    assert isinstance(jaxbp.CheckFailed("x"), AssertionError)   # pytest shows it as a failed assertion
+
+
+def test_a_nan_gradient_from_finite_inputs_fails():
+    rule = jaxbp.op(jaxbp.Rule(W._tanh_forward, lambda a, g: (g * jnp.log(a - 2),), name="tanh with a log"))
+    report = jaxbp.check(rule, W.x8, **FAST)
+    assert not report.ok and diagnosed(report, "non-finite gradient"), report
+    assert jnp.isnan(report.arguments[0].rel_err)
+    assert json.loads(json.dumps(report.to_dict()))["arguments"][0]["rel_err"] == "nan"
+
+
+def test_second_order_through_the_rule():
+    # δz = δa ⊙ (1 − a²) with a held out of the derivative: right first order, wrong second.
+    rule = jaxbp.op(jaxbp.Rule(W._tanh_forward, lambda a, g: (g * (1 - jax.lax.stop_gradient(a) ** 2),),
+                               name="tanh, residual frozen"))
+    report = jaxbp.check(rule, W.x8, transforms=())
+    assert not report.ok and all(a.ok for a in report.arguments), report
+    assert diagnosed(report, "grad of grad does not"), report
+
+
+def test_a_rule_that_breaks_under_vmap_is_reported():
+    def backward(res, g):
+        (z,) = res
+        if z.ndim != 2:   # a rule that assumes its input's rank
+            raise ValueError(f"expected a matrix, got rank {z.ndim}")
+        return (jnp.where(z > 0, g, 0.0),)
+    rule = jaxbp.op(jaxbp.Rule(lambda z: (jnp.where(z > 0, z, 0.0), (z,)), backward, name="rank-2 relu"))
+    report = jaxbp.check(rule, W.x8, transforms=("vmap",), second_order=False)
+    rows = [r for r in report.rows if r.check == "under vmap"]
+    assert report.ok or rows, report    # vmap gives the rule per-example ranks: no error is right too
+    assert all(a.ok for a in report.arguments)
+
+
+def test_a_jitted_function_or_no_rule_is_refused_not_passed():
+    jitted = jax.jit(lambda x: jaxbp.relu(x).sum())
+    jitted(W.x8)   # its first trace, with the custom rule, is cached
+    report = jaxbp.check(jitted, W.x8, **FAST)
+    assert not report.ok and diagnosed(report, "jax.jit-wrapped"), report
+    report = jaxbp.check(lambda x: jnp.tanh(x), W.x8, **FAST)
+    assert not report.ok and diagnosed(report, "no custom rule"), report
+
+
+def test_a_composite_layer_checks_through_every_rule():
+    def block(x, w, b, gamma, beta):
+        y, _, _ = jaxbp.batch_norm(jaxbp.dense(x, w, b), gamma, beta)
+        return jaxbp.relu(y)
+    x, w, b, gamma, beta = normal(8, (8, 4), (3, 4), (3,), (3,), (3,))
+    report = jaxbp.check(block, x, w, b, gamma, beta, transforms=("vmap",))
+    assert report.ok, report
+    assert [a.name for a in report.arguments] == ["x", "w", "b", "gamma", "beta"]
+
+
+@pytest.mark.parametrize("label", ["dense", "conv2d NHWC implicit", "max_pool2d", "batch_norm", "layer_norm",
+                                   "softmax_cross_entropy", "dropout"])
+def test_builtin_ops_pass_every_check(label):
+    from jaxbp.tools import gradcheck
+    name, args, argnums, kwargs = gradcheck.op_problems(jnp.float64)[label]
+    report = jaxbp.check(getattr(jaxbp, name), *args, argnums=argnums, **kwargs)
+    assert report.ok, report
+
+
+# -- Rule: a backward that returns the wrong thing is named ------------------------
+def _dense_op(backward):
+    return jaxbp.op(jaxbp.Rule(W._dense_forward, backward, name="my_dense"))
+
+
+@pytest.mark.parametrize("backward, error, message", [
+    (lambda res, g: (g @ res[1], g.T @ res[0]), ValueError,
+     r"rule 'my_dense': backward returned 2 gradients for 3 array arguments \(x, w, b\)"),
+    (lambda res, g: (g @ res[1], res[0].T @ g, g.sum(0)), ValueError,
+     r"rule 'my_dense': backward's gradient for argument 'w' has shape \(4, 3\), expected \(3, 4\)"),
+    (lambda res, g: (g @ res[1], g.T @ res[0], jnp.ones(3, jnp.int32)), TypeError,
+     r"rule 'my_dense': backward's gradient for argument 'b' has dtype int32, expected a floating dtype"),
+    (lambda res, g: g @ res[1], TypeError, r"rule 'my_dense': backward must return a tuple of 3 gradients"),
+], ids=["count", "shape", "dtype", "not a tuple"])
+def test_a_backward_returning_the_wrong_thing_is_named(backward, error, message):
+    op = _dense_op(backward)
+    with pytest.raises(error, match=message):
+        jax.grad(lambda x, w, b: op(x, w, b).sum(), argnums=(0, 1, 2))(W.x8, W.w8, W.b8)
+
+
+def test_the_public_extension_api():
+    assert {"Rule", "op", "saved", "validate", "check", "CheckReport", "CheckFailed"} <= set(jaxbp.__all__)
+    with pytest.raises(ValueError, match=r"w must have shape \(3, 4\) \(out, in\), got \(4, 3\)"):
+        jaxbp.validate.shape("w", jnp.ones((4, 3)), (3, 4), "out, in")
+
+    @jaxbp.op(example=lambda normal: normal((4, 3)))
+    def doubled(z):
+        return W.sigmoid_twice(z)
+    assert doubled.example(lambda *s: tuple(jnp.ones(x) for x in s))[0].shape == (4, 3)
+    assert hasattr(doubled, "autodiff")
