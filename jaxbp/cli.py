@@ -217,24 +217,53 @@ def _evaluate(a):
 
 def _add_gradcheck(sub):
     p = sub.add_parser("gradcheck", help="custom vs autodiff gradients: every op, then every model parameter",
-                       description="Exit code 1 when any error exceeds its dtype's tolerance.")
-    from jaxbp import layers, precision
-    from jaxbp.tools.gradcheck import TOLERANCES
+                       description="Exit code 1 when any check fails. --op module:function checks a rule "
+                                   "of your own with jaxbp.check (every check, with a diagnosis).")
+    from jaxbp import layers
     p.add_argument("--model", choices=tuple(layers.MODELS), default="cnn",
                    help="the model whose parameters are checked")
-    p.add_argument("--dtype", choices=[n for n in precision.NAMES if n in TOLERANCES], default="float64",
-                   help="precision of the check (float64 is the tight one)")
-    from jaxbp.ops import __all__ as op_names
-    p.add_argument("--op", action="append", choices=op_names, metavar="NAME",
-                   help="check only this op (repeatable; default: every op)")
+    p.add_argument("--dtype", choices=["float64", "float32", "bfloat16"], default="float64",
+                   help="float64: rules against their twins (tight); float32/bfloat16: the rules' and the "
+                        "twins' errors against the float64 truth, side by side")
+    p.add_argument("--op", action="append", metavar="NAME",
+                   help="check only this built-in op (repeatable; default: every op), or module:function "
+                        "for an op of your own (its @jaxbp.op(example=...) inputs, or --shape)")
+    p.add_argument("--shape", action="append", type=_shape, metavar="D,D,...",
+                   help="with --op module:function: one float64 argument of this shape (repeatable, in order)")
     p.set_defaults(func=_gradcheck)
 
 
+def _shape(text):
+    try:
+        dims = tuple(int(d) for d in text.split(",") if d.strip())
+    except ValueError:
+        dims = ()
+    if not dims or any(d < 0 for d in dims):
+        raise argparse.ArgumentTypeError(f"expected comma-separated sizes such as 4,3, got {text!r}")
+    return dims
+
+
 def _gradcheck(a):
-    from jaxbp import precision
-    precision.enable(a.dtype)
+    import jax
+    jax.config.update("jax_enable_x64", True)   # the float64 truth, in every --dtype
+    from jaxbp.ops import __all__ as op_names
     from jaxbp.tools import gradcheck
-    ok = gradcheck.main(a.model, a.dtype, a.op)
+    user = [o for o in a.op or () if ":" in o]
+    unknown = [o for o in a.op or () if ":" not in o and o not in op_names]
+    if unknown:
+        raise _UsageError(f"--op: unknown op {unknown[0]!r} (built-in: {', '.join(op_names)}; "
+                          "or module:function for your own)")
+    if user and len(user) != len(a.op):
+        raise _UsageError("--op: give either built-in op names or one module:function")
+    if a.shape and not user:
+        raise _UsageError("--shape applies to --op module:function")
+    if user:
+        try:
+            ok = all([gradcheck.check_user_op(spec, a.shape, a.dtype) for spec in user])
+        except gradcheck.OpSpecError as e:
+            raise _UsageError(str(e)) from None
+    else:
+        ok = gradcheck.main(a.model, a.dtype, a.op)
     return 0 if ok else EXIT_FAILURE
 
 

@@ -286,3 +286,29 @@ def test_the_command_runs_from_a_source_tree_without_package_metadata(monkeypatc
     with pytest.raises(SystemExit) as exit_:
         cli.build_parser().parse_args(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"jaxbp {__version__}"
+
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.mark.parametrize("op, extra, code, words", [
+    ("user_rules:my_dense", [], 0, "jaxbp.check user_rules:my_dense: ok"),
+    ("user_rules:my_dense_wrong", [], 1, "'w': ×2 everywhere"),
+    ("user_rules:my_tanh", ["--shape", "3,4"], 0, "under shard_map"),
+    ("user_rules:my_tanh", [], 2, "declares no example inputs"),
+    ("user_rules:nothing", [], 2, "module 'user_rules' has no 'nothing'"),
+], ids=["right", "wrong", "shape", "no example", "missing"])
+def test_gradcheck_a_users_op(op, extra, code, words):
+    r = jaxbp("gradcheck", "--op", op, *extra, cwd=TESTS)
+    assert r.returncode == code, r.stdout + r.stderr
+    assert words in r.stdout + r.stderr
+    if code == 2:
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_gradcheck_float32_says_which_is_closer_to_the_truth():
+    r = jaxbp("gradcheck", "--dtype", "float32", "--model", "mlp", "--op", "dense", "--op", "batch_norm")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "float32 gradients against the float64 truth" in r.stdout
+    assert "rule err" in r.stdout and "twin err" in r.stdout and "closer" in r.stdout
+    assert "dense1.w" in r.stdout and "PASS: the rule is as close (within 10 %) or closer" in r.stdout

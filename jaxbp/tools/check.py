@@ -484,7 +484,7 @@ class _Check:
             return self._transform_error(kind, e)
         except Exception as e:  # noqa: BLE001
             return self._transform_error(kind, e)
-        label = {"jit": "jit (vs eager)", "shard_map": f"shard_map ({jax.device_count()} devices)"}.get(kind, kind)
+        label = {"jit": "jit (vs eager)", "shard_map": f"shard_map ({jax.device_count()} device{'s' if jax.device_count() > 1 else ''})"}.get(kind, kind)
         for i, name in enumerate(self.names):
             scale = max(float(np.linalg.norm(np.asarray(w[i]))) for _, w in pairs) or 1.0
             e = max(float(np.linalg.norm(np.asarray(g[i], np.float64) - np.asarray(w[i], np.float64))) / scale
@@ -535,7 +535,7 @@ class _Check:
                 ec, et = _rel(np.asarray(g, np.float64), ref, scale), _rel(np.asarray(gt[i], np.float64), ref, scale)
                 floor = 100 * float(jnp.finfo(dt).eps)
                 ok = finite and ec <= max(LOW_PRECISION_FACTOR * et, floor)
-                closer = "rule" if ec < et else ("twin" if et < ec else "equal")
+                closer = "≈" if abs(ec - et) <= 0.1 * max(ec, et) else "rule" if ec < et else "twin"
                 self.row(f"{dt.name} vs float64 truth", name, ec, max(LOW_PRECISION_FACTOR * et, floor), ok,
                          f"twin {et:.2e}; closer: {closer}")
                 if not ok and self.arguments and self.arguments[i].ok:

@@ -130,13 +130,7 @@ def op_problems(dtype, checks=None):
     """Every op's small problems (declared next to each op: ``jaxbp.ops.CHECKS``;
     or ``checks`` of that form), drawn in ``dtype``: label -> (op name, args,
     argnums, kwargs)."""
-    def draw(seed):
-        def normal(*shapes):
-            keys = jax.random.split(jax.random.key(seed), len(shapes))
-            return tuple(jax.random.normal(k, sh, dtype) for k, sh in zip(keys, shapes))
-        return normal
-
-    return {label: (c.op, c.args(draw(i)), c.argnums, c.kwargs)
+    return {label: (c.op, c.args(_draw(i, dtype)), c.argnums, c.kwargs)
             for i, (label, c) in enumerate((custom_ops.CHECKS if checks is None else checks).items())}
 
 
@@ -151,40 +145,148 @@ def projected(name, args, argnums, kwargs):
     return loss
 
 
+def precision_audit(loss_fn, params, *args, dtype="float32"):
+    """Per parameter leaf, in ``dtype``: the custom rules' and the twins' gradient
+    errors against the float64 truth (the twins' gradient in float64 at the same,
+    rounded, inputs). ``loss_fn(ops, params, *args)`` as for :func:`compare_gradients`;
+    needs ``jax_enable_x64``. Returns ``[(name, shape, rule_err, twin_err)]``."""
+    low = jnp.dtype(dtype)
+    cast = lambda t, d: jax.tree.map(lambda a: a.astype(d) if jnp.issubdtype(a.dtype, jnp.floating) else a, t)
+    p_low, a_low = cast(params, low), cast(args, low)
+    grad = lambda ops: jax.jit(jax.grad(lambda p, *a: loss_fn(ops, p, *a)))
+    truth = grad(autodiff)(cast(p_low, jnp.float64), *cast(a_low, jnp.float64))
+    gc, gt = grad(custom_ops)(p_low, *a_low), grad(autodiff)(p_low, *a_low)
+    flat = jax.tree_util.tree_flatten_with_path(truth)[0]
+    scale = float(np.sqrt(sum(np.sum(np.asarray(t, np.float64) ** 2) for _, t in flat)))
+    rows = []
+    for (path, t), c, w in zip(flat, jax.tree.leaves(gc), jax.tree.leaves(gt)):
+        err = lambda g: _leaf_error(path, g, t, scale).rel_err
+        rows.append((dotted(path), tuple(t.shape), err(c), err(w)))
+    return rows
+
+
+def audit_passes(rule_err, twin_err, dtype="float32"):
+    """The rule may be a little further from the truth than the twin, not far (as :func:`jaxbp.check`)."""
+    from jaxbp.tools.check import LOW_PRECISION_FACTOR
+    return rule_err <= max(LOW_PRECISION_FACTOR * twin_err, 100 * float(jnp.finfo(dtype).eps))
+
+
+def _closer(rule_err, twin_err):
+    """Which is closer to the truth; within 10 % of each other, neither ("≈")."""
+    if abs(rule_err - twin_err) <= 0.1 * max(rule_err, twin_err):
+        return "≈"
+    return "rule" if rule_err < twin_err else "twin"
+
+
+class OpSpecError(ValueError):
+    """``--op module:function`` names nothing that can be checked."""
+
+
+def check_user_op(spec, shapes=None, dtype="float64"):
+    """``jaxbp gradcheck --op module:function``: :func:`jaxbp.check` on a user's op
+    with the inputs it declares (``@jaxbp.op(example=...)``) or drawn in ``shapes``."""
+    import importlib
+    import os
+    import sys
+    from jaxbp.tools.check import check
+
+    module, _, attr = spec.partition(":")
+    if not module or not attr:
+        raise OpSpecError(f"--op {spec!r}: expected module:function (e.g. my_rules:my_dense)")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())   # a module beside the user, as `python -m` finds it
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except ModuleNotFoundError as e:
+        raise OpSpecError(f"--op {spec!r}: no module {e.name!r} (run from its folder or put it on PYTHONPATH)")
+    except AttributeError:
+        raise OpSpecError(f"--op {spec!r}: module {module!r} has no {attr!r}")
+    normal = _draw(0, jnp.float64)
+    if shapes:
+        args = normal(*shapes)
+    elif hasattr(fn, "example"):
+        args = tuple(fn.example(normal))
+    else:
+        raise OpSpecError(f"--op {spec!r} declares no example inputs: decorate it with "
+                         "@jaxbp.op(example=lambda normal: normal((4, 3), ...)) or give --shape 4,3 per argument")
+    report = check(fn, *args, dtype="float32" if dtype == "float64" else dtype, name=spec)
+    print(report)
+    return report.ok
+
+
+def _draw(seed, dtype):
+    def normal(*shapes):
+        keys = jax.random.split(jax.random.key(seed), len(shapes))
+        return tuple(jax.random.normal(k, sh, dtype) for k, sh in zip(keys, shapes))
+    return normal
+
+
 def main(model="cnn", dtype="float64", ops=None):
     """Print the op table (every op, or those named in ``ops``) and the model's
-    parameter table; return True when all pass."""
+    parameter table; return True when all pass. In float64 the rules are compared
+    with their twins; in float32 (or bfloat16) both are compared with the float64
+    truth, to say which is closer."""
     from jaxbp import data, layers
+    from jaxbp.tools.check import check
 
     dt = jnp.dtype(dtype)
-    twin_tol, fd_tol = TOLERANCES[dtype]
+    low = dtype != "float64"
     ok = True
-    print(f"custom vs autodiff gradients, {dtype} (tolerance: relative {twin_tol:g} vs twin, "
-          f"{fd_tol:g} vs finite differences)\n")
-    print(f"{'op':<24} {'rel err vs twin':>16} {'max abs err':>12} {'rel err vs FD':>14}  ")
-    problems = {k: p for k, p in op_problems(dt).items() if ops is None or p[0] in ops}
+    problems = {k: p for k, p in op_problems(jnp.float64).items() if ops is None or p[0] in ops}
+    w = max([24] + [len(k) for k in problems])
+    if low:
+        print(f"{dtype} gradients against the float64 truth: the hand-derived rule's error and the "
+              f"autodiff twin's (a rule may be 10× further at most)\n")
+        print(f"{'op':<{w}} {'rule err':>10} {'twin err':>10}  closer")
+    else:
+        print(f"custom vs autodiff gradients, float64 (tolerance: relative 1e-10 vs twin, "
+              f"1e-06 vs finite differences; jaxbp.check's first-order rows)\n")
+        print(f"{'op':<{w}} {'rel err vs twin':>16} {'max abs err':>12} {'rel err vs FD':>14}  ")
     for label, (name, args, argnums, kwargs) in problems.items():
-        r = compare_gradients(projected(name, args, argnums, kwargs), tuple(args[i] for i in argnums))
-        passed = r.ok(dtype)
-        ok &= passed
-        print(f"{label:<24} {r.max_rel_err:16.2e} {max(l.max_abs_err for l in r.leaves):12.2e} "
-              f"{r.max_fd_err:14.2e}  {'ok' if passed else 'FAIL'}")
+        r = check(getattr(custom_ops, name), *args, argnums=argnums, dtype=dt if low else "float32",
+                  transforms=(), second_order=False, special_points=False, name=label, **kwargs)
+        ok &= r.ok
+        biggest = lambda check_name: _max_or_nan(x.value for x in r.rows if x.check.startswith(check_name)
+                                                 and x.value is not None)
+        if low:
+            rule_err = biggest(f"{dtype} vs float64")
+            twin_err = max(float(x.detail.split()[1].rstrip(";")) for x in r.rows
+                           if x.check.startswith(f"{dtype} vs float64"))
+            print(f"{label:<{w}} {rule_err:10.2e} {twin_err:10.2e}  {_closer(rule_err, twin_err):<6} "
+                  f"{'ok' if r.ok else 'FAIL'}")
+        else:
+            print(f"{label:<{w}} {biggest('twin'):16.2e} {max(a.max_abs_err for a in r.arguments):12.2e} "
+                  f"{biggest('finite differences'):14.2e}  {'ok' if r.ok else 'FAIL'}")
+        for d in r.diagnoses:
+            print(f"{'':<{w}}   {d}")
 
     ds = data.load_digits()
-    x, y = jnp.asarray(ds.x_train[:32], dt), jnp.asarray(ds.y_train[:32])
+    x, y = jnp.asarray(ds.x_train[:32], jnp.float64), jnp.asarray(ds.y_train[:32])
     build = lambda g: layers.MODELS[model](10, gradients=g)
     net = build("custom")
     _, params, state = net.init(jax.random.PRNGKey(0), x.shape)
     # Parameters by layer name (conv1.w, bn1.gamma, ...), not list position.
     names = layers.param_names(net)
-    named = {n: jax.tree.map(lambda p: p.astype(dt), p) for n, p in zip(names, params) if p}
+    named = {n: jax.tree.map(lambda p: p.astype(jnp.float64), p) for n, p in zip(names, params) if p}
 
-    def loss_fn(ops, named):
+    def loss_fn(ops, named, x):
         params = [named.get(n, {}) for n in names]
         logits, _ = build("custom" if ops is custom_ops else "autodiff").apply(params, state, x, train=True)
         return ops.softmax_cross_entropy(logits, y).mean()
 
-    r = compare_gradients(loss_fn, named)
+    if low:
+        rows = precision_audit(loss_fn, named, x, dtype=dt)
+        passed = all(audit_passes(rc, rt, dt) for _, _, rc, rt in rows)
+        print(f"\nmodel {model}, every parameter, {dtype} against the float64 truth:")
+        print(f"{'parameter':<24} {'shape':<18} {'rule err':>10} {'twin err':>10}  closer")
+        for n, shape, rc, rt in rows:
+            print(f"{n:<24} {str(shape):<18} {rc:10.2e} {rt:10.2e}  {_closer(rc, rt):<6} "
+                  f"{'ok' if audit_passes(rc, rt, dt) else 'FAIL'}")
+        closer = sum(_closer(rc, rt) != "twin" for _, _, rc, rt in rows)
+        print(f"\n{'PASS' if ok and passed else 'FAIL'}: the rule is as close (within 10 %) or closer to the "
+              f"truth for {closer} of {len(rows)} parameters")
+        return ok and passed
+    r = compare_gradients(lambda ops, p: loss_fn(ops, p, x), named)
     print(f"\nmodel {model}, every parameter:\n{r.table(dotted=True)}")
     passed = r.ok(dtype)
     print(f"\n{'PASS' if ok and passed else 'FAIL'}: largest relative error vs twin "
