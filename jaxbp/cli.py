@@ -230,6 +230,11 @@ def _add_gradcheck(sub):
                         "for an op of your own (its @jaxbp.op(example=...) inputs, or --shape)")
     p.add_argument("--shape", action="append", type=_shape, metavar="D,D,...",
                    help="with --op module:function: one float64 argument of this shape (repeatable, in order)")
+    p.add_argument("--run-dir", default=None,
+                   help="audit a run's newest checkpoint instead: every parameter's float32 gradient on its "
+                        "first training batch, by the rules and by the twins, against float64")
+    p.add_argument("--data-dir", default=None, help="with --run-dir: where its data set is, if not where "
+                                                    "config.json says")
     p.set_defaults(func=_gradcheck)
 
 
@@ -257,6 +262,11 @@ def _gradcheck(a):
         raise _UsageError("--op: give either built-in op names or one module:function")
     if a.shape and not user:
         raise _UsageError("--shape applies to --op module:function")
+    if a.run_dir:
+        if a.op:
+            raise _UsageError("--run-dir audits a run's model; it takes no --op")
+        return 0 if gradcheck.audit_saved_run(a.run_dir, a.data_dir, "float32" if a.dtype == "float64"
+                                              else a.dtype) else EXIT_FAILURE
     if user:
         try:
             ok = all([gradcheck.check_user_op(spec, a.shape, a.dtype) for spec in user])

@@ -312,3 +312,20 @@ def test_gradcheck_float32_says_which_is_closer_to_the_truth():
     assert "float32 gradients against the float64 truth" in r.stdout
     assert "rule err" in r.stdout and "twin err" in r.stdout and "closer" in r.stdout
     assert "dense1.w" in r.stdout and "PASS: the rule is as close (within 10 %) or closer" in r.stdout
+
+
+def test_train_audit_every_and_gradcheck_run_dir(tmp_path):
+    run = tmp_path / "run"
+    r = jaxbp("train", "--model", "mlp", "--epochs", "1", "--audit-every", "10", "--run-dir", str(run))
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(l) for l in (run / "gradients.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in records] == [10, 20, 30, 40]   # 44 steps an epoch: chunks end at each audit
+    names = [p["parameter"] for p in records[0]["parameters"]]
+    assert names[:3] == ["dense1.w", "bn1.beta", "bn1.gamma"] and "dense3.w" in names
+    for x in records:
+        for p in x["parameters"]:   # float32 against float64: a few rounding units, and the rule no worse
+            assert 0 < p["rule"] < 1e-5 and p["rule"] <= 10 * p["twin"], p
+    assert (run / "gradients.png").stat().st_size > 0
+    r = jaxbp("gradcheck", "--run-dir", str(run))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ckpt-" in r.stdout and "dense1.w" in r.stdout and "PASS: the rule is as close" in r.stdout

@@ -214,6 +214,28 @@ def check_user_op(spec, shapes=None, dtype="float64"):
     return report.ok
 
 
+def audit_saved_run(run_dir, data_dir=None, dtype="float32"):
+    """``jaxbp gradcheck --run-dir R``: print the audit of the run's newest
+    checkpoint (:func:`jaxbp.train.audit.audit_run`); True when every parameter passes."""
+    from jaxbp.train.audit import audit_run
+    rows, run = audit_run(run_dir, data_dir, dtype=dtype)
+    print(f"{run.checkpoint} (epoch {run.meta['epoch'] + 1}, step {int(run.state.step)}): {run.cfg.model} on "
+          f"{run.cfg.data}, its first {run.cfg.batch_size} training examples, {dtype} against the float64 truth")
+    return _print_audit([(r["parameter"], r["rule"], r["twin"]) for r in rows], dtype)
+
+
+def _print_audit(rows, dtype):
+    w = max([24] + [len(n) for n, _, _ in rows])
+    print(f"{'parameter':<{w}} {'rule err':>10} {'twin err':>10}  closer")
+    for n, rc, rt in rows:
+        print(f"{n:<{w}} {rc:10.2e} {rt:10.2e}  {_closer(rc, rt):<6} {'ok' if audit_passes(rc, rt, dtype) else 'FAIL'}")
+    passed = all(audit_passes(rc, rt, dtype) for _, rc, rt in rows)
+    closer = sum(_closer(rc, rt) != "twin" for _, rc, rt in rows)
+    print(f"\n{'PASS' if passed else 'FAIL'}: the rule is as close (within 10 %) or closer to the "
+          f"truth for {closer} of {len(rows)} parameters")
+    return passed
+
+
 def _draw(seed, dtype):
     def normal(*shapes):
         keys = jax.random.split(jax.random.key(seed), len(shapes))
@@ -276,16 +298,8 @@ def main(model="cnn", dtype="float64", ops=None):
 
     if low:
         rows = precision_audit(loss_fn, named, x, dtype=dt)
-        passed = all(audit_passes(rc, rt, dt) for _, _, rc, rt in rows)
         print(f"\nmodel {model}, every parameter, {dtype} against the float64 truth:")
-        print(f"{'parameter':<24} {'shape':<18} {'rule err':>10} {'twin err':>10}  closer")
-        for n, shape, rc, rt in rows:
-            print(f"{n:<24} {str(shape):<18} {rc:10.2e} {rt:10.2e}  {_closer(rc, rt):<6} "
-                  f"{'ok' if audit_passes(rc, rt, dt) else 'FAIL'}")
-        closer = sum(_closer(rc, rt) != "twin" for _, _, rc, rt in rows)
-        print(f"\n{'PASS' if ok and passed else 'FAIL'}: the rule is as close (within 10 %) or closer to the "
-              f"truth for {closer} of {len(rows)} parameters")
-        return ok and passed
+        return _print_audit([(n, rc, rt) for n, _, rc, rt in rows], dt) and ok
     r = compare_gradients(lambda ops, p: loss_fn(ops, p, x), named)
     print(f"\nmodel {model}, every parameter:\n{r.table(dotted=True)}")
     passed = r.ok(dtype)

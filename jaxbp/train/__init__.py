@@ -11,6 +11,7 @@ One module per job, imports pointing down (loop → step → pipeline → parall
     step.py        model, optimizer, loss and one jitted train/eval step
     loop.py        fit(): epochs, metrics, the non-finite guard, checkpoints, curves
     evaluation.py  evaluate_run(): a run's newest checkpoint in inference mode, confusion matrix
+    audit.py       the rules' float32 gradients against float64 on real batches (gradients.jsonl)
     rundir.py      one run per directory; what --resume may change
     checkpoint.py  crash-safe checkpoints of any pytree
     plot.py        curves.png, confusion.png

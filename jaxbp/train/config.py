@@ -108,6 +108,10 @@ class Config:
                         choices=layers.CNN_BLOCKS)
     # 0.5: on the 1,438 training digits, 0.25 left seeds 0-9 at 97.5-99.2 % (BENCHMARKS.md).
     dropout: float = option(0.5, "dropout rate before the last dense layer", **RATE)
+    audit_every: int = option(0, "every this many steps (at the end of the compiled chunk that reaches the "
+                                 "count), the float32 gradient of every parameter on that step's batch, by the "
+                                 "rules and by the twins, against float64: gradients.jsonl and gradients.png "
+                                 "(0: off)", **NONNEGATIVE_INT)
     stop_at_accuracy: float | None = option(None, "end the run at the first evaluation with test accuracy >= this "
                                                   "(e.g. 0.99), and say how long it took", **ACCURACY)
 

@@ -36,13 +36,18 @@ def class_names(name, num_classes):
     return data_lib.CIFAR_CLASSES if name == "cifar10" else tuple(str(k) for k in range(num_classes))
 
 
-def evaluate_run(run_dir, data_dir=None, batch_size=None, picture=True):
-    """Evaluate the newest usable checkpoint of the run in ``run_dir`` on its
-    data set's test split (``data_dir`` overrides the one in ``config.json``).
+class SavedRun(typing.NamedTuple):
+    cfg: Config
+    data: typing.Any          # the jaxbp.data.Dataset
+    model: typing.Any
+    optimizer: typing.Any
+    state: typing.Any         # the TrainState restored, host arrays
+    meta: dict
+    checkpoint: str
 
-    Writes ``evaluation.json`` and (with ``picture``) ``confusion.png`` into
-    the run directory, both atomically.
-    """
+
+def load_run(run_dir, data_dir=None):
+    """A run's config, data set, model and its newest usable checkpoint, on one device."""
     saved = rundir.read_config(run_dir)
     fields = {f.name for f in dataclasses.fields(Config)}
     cfg = Config(**{k: v for k, v in saved.items() if k in fields})
@@ -55,6 +60,17 @@ def evaluate_run(run_dir, data_dir=None, batch_size=None, picture=True):
     optimizer = build_optimizer(cfg, max(len(ds.x_train) // cfg.batch_size, 1))
     template = jax.tree.map(np.asarray, new_state(model, cfg, optimizer, ds.x_train.shape[1:]))
     ts, meta, path = checkpoint.restore_latest(os.path.join(run_dir, "checkpoints"), template)
+    return SavedRun(cfg, ds, model, optimizer, ts, meta, path)
+
+
+def evaluate_run(run_dir, data_dir=None, batch_size=None, picture=True):
+    """Evaluate the newest usable checkpoint of the run in ``run_dir`` on its
+    data set's test split (``data_dir`` overrides the one in ``config.json``).
+
+    Writes ``evaluation.json`` and (with ``picture``) ``confusion.png`` into
+    the run directory, both atomically.
+    """
+    cfg, ds, model, optimizer, ts, meta, path = load_run(run_dir, data_dir)
     test = eval_set(ds.x_test, ds.y_test, batch_size or cfg.eval_batch_size)
     loss, accuracy, predicted = evaluate(make_steps(model, optimizer, cfg).eval, ts.params, ts.state, test,
                                          predictions=True)

@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 from jaxbp import data as data_lib
-from jaxbp.train import checkpoint, rundir
+from jaxbp.train import audit, checkpoint, rundir
 from jaxbp.train.parallel import fetch, make_mesh, replicate
 from jaxbp.train.pipeline import epoch_order, eval_set, evaluate
 from jaxbp.train.step import build_model, build_optimizer, make_steps, new_state
@@ -164,6 +164,8 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
             begin, begin_losses = meta["in_epoch"], meta["losses"]
             saved.update(in_epoch=begin, step=int(fetch(ts.step)))
         history = rundir.read_metrics(cfg.run_dir)[:start_epoch]
+        if cfg.audit_every and chief:   # the audits past the checkpoint are done again
+            audit.write(cfg.run_dir, audit.read(cfg.run_dir, until_step=int(fetch(ts.step))))
         _log(quiet, f"resumed from {describe(saved)}")
     ts = replicate(ts, mesh)
     # The data sets live on the device(s) for the whole run.
@@ -218,8 +220,7 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
                        disable=bar_off, file=sys.stderr, dynamic_ncols=True)
             before = begin_losses if epoch == start_epoch else []  # this epoch's, from a mid-epoch checkpoint
             losses = []  # this call's steps of this epoch
-            for start in range(first, steps_per_epoch, chunk):
-                length = min(chunk, steps_per_epoch - start)
+            for start, length in _chunks(first, steps_per_epoch, chunk, epoch * steps_per_epoch, cfg.audit_every):
                 run = compiled(steps.chunk, ts, x_all, y_all, order, length=length)
                 if epoch == start_epoch and start == first:
                     _log(quiet, f"compiled the training program in {compile_s:.1f}s")
@@ -230,6 +231,9 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
                 bar.update(len(finite))
                 bar.set_postfix(loss=f"{np.mean(losses[-len(finite):]):.4f}")
                 done = start + length
+                at = epoch * steps_per_epoch + done   # steps of the run so far
+                if cfg.audit_every and cfg.run_dir and chief and at // cfg.audit_every > (at - length) // cfg.audit_every:
+                    _audit(cfg, model, ts, x_all, y_all, order[done - 1], at, epoch)
                 if (cfg.checkpoint_every and cfg.run_dir and chief and done < steps_per_epoch
                         and done // cfg.checkpoint_every > start // cfg.checkpoint_every):
                     # The state after this chunk, checked finite, and the epoch's losses so far.
@@ -270,6 +274,11 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
             from jaxbp.train.plot import plot_curves
             plot_curves(history, os.path.join(cfg.run_dir, "curves.png"),
                         title=f"{cfg.model} on {cfg.data}, {cfg.gradients} gradients")
+        if cfg.audit_every and cfg.run_dir and chief and audit.read(cfg.run_dir):
+            from jaxbp.train import plot
+            plot.save(audit.figure(audit.read(cfg.run_dir), f"{cfg.model} on {cfg.data}: float32 gradients "
+                                   "against float64, on training batches"),
+                      os.path.join(cfg.run_dir, audit.PICTURE))
     final = history[-1] if history else {}
     if cfg.stop_at_accuracy is not None and reached is None and chief and history:
         _log(quiet, f"test accuracy {100 * cfg.stop_at_accuracy:g}% not reached in {len(history)} epochs")
@@ -277,6 +286,27 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
         print(f"final test accuracy {100 * final.get('test_accuracy', float('nan')):.2f}% "
               f"({time.perf_counter() - t_start:.1f}s)", flush=True)
     return TrainResult(history, ts, final.get("test_accuracy"), model, step_losses)
+
+
+def _audit(cfg, model, ts, x_all, y_all, batch, step, epoch):
+    """:func:`jaxbp.train.audit.audit` on the batch of the chunk's last step (before augmentation)."""
+    params, state = jax.tree.map(fetch, (ts.params, ts.state))
+    x, y = fetch(x_all[batch]), fetch(y_all[batch])
+    rows = audit.audit(model, params, state, x, y, key=jax.random.fold_in(fetch(ts.key), step))
+    audit.append(cfg.run_dir, {"step": step, "epoch": epoch + 1, "dtype": "float32", "parameters": rows})
+
+
+def _chunks(first, steps, chunk, offset, every=0):
+    """``(start, length)`` of an epoch's chunks from step ``first``; with ``every``,
+    a chunk also ends where the run's step count (``offset + start``) reaches a
+    multiple of it (an audit there), at the cost of a program per new length."""
+    start = first
+    while start < steps:
+        length = min(chunk, steps - start)
+        if every:
+            length = min(length, every - (offset + start) % every)
+        yield start, length
+        start += length
 
 
 def chunk_size(steps, most=64):

@@ -19,7 +19,7 @@ ROOT = "runs"
 LATEST = "latest"
 # Options that may differ on --resume: extending the schedule, where it runs,
 # where the data and outputs are. Every other field defines the run.
-MAY_CHANGE = frozenset({"epochs", "devices", "data_dir", "run_dir", "resume", "overwrite", "stop_at_accuracy",
+MAY_CHANGE = frozenset({"audit_every", "epochs", "devices", "data_dir", "run_dir", "resume", "overwrite", "stop_at_accuracy",
                         "checkpoint_every"})
 
 
