@@ -43,3 +43,11 @@ def test_shard_map_recipe_equals_the_single_device_gradient():
     for got, want in zip(ns["grads"], expected, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
     assert jnp.abs(ns["grads"][0]).sum() > 0
+
+
+def test_the_readme_uses_public_names_only():
+    """A user's rule needs no private module: the README's code imports none."""
+    code = "\n".join(BLOCKS)
+    assert "jaxbp.Rule" in code and "jaxbp.check" in code
+    assert not re.search(r"jaxbp(\.\w+)*\._\w+|from jaxbp[\w.]* import _", code), \
+        re.findall(r"jaxbp(?:\.\w+)*\._\w+|from jaxbp[\w.]* import _\w+", code)
