@@ -135,7 +135,7 @@ def _rule_name(forward):
     name = getattr(forward, "__name__", "rule").strip("_")
     name = name[:-len("forward")].rstrip("_") if name.endswith("forward") else name
     if not name:  # `_forward` in an op family module: the module names the op
-        name = getattr(forward, "__module__", "rule").rsplit(".", 1)[-1].strip("_")
+        name = (getattr(forward, "__module__", None) or "rule").rsplit(".", 1)[-1].strip("_") or "rule"
     return name
 
 
