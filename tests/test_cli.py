@@ -16,6 +16,7 @@ def jaxbp(*args, cwd=None, **extra_env):
                           cwd=cwd, env=command_env(**extra_env), timeout=300)
 
 
+@pytest.mark.slow
 def test_default_train_reaches_98_percent_on_digits(tmp_path):
     """The README's main command, exactly as a user runs it (defaults), in a fresh directory."""
     r = jaxbp("train", cwd=tmp_path)
@@ -25,6 +26,7 @@ def test_default_train_reaches_98_percent_on_digits(tmp_path):
     assert "final test accuracy" in r.stdout and "epoch  60/60" in r.stdout
 
 
+@pytest.mark.slow
 def test_train_output_and_run_directory(tmp_path):
     r = jaxbp("train", "--model", "mlp", "--epochs", "2", "--run-dir", str(tmp_path / "run"))
     assert r.returncode == 0, r.stderr
@@ -67,6 +69,7 @@ def test_command_takes_gpu_memory_on_demand_unless_the_user_chose(given):
     assert r.stdout.strip() == str(expected)
 
 
+@pytest.mark.slow
 def test_startup_profile_lists_the_commands_calls(tmp_path):
     """benchmarks/startup_profile.py (BENCHMARKS.md's GPU start-up notes) runs a
     whole command under the profiler and lists where its time went."""
@@ -79,6 +82,7 @@ def test_startup_profile_lists_the_commands_calls(tmp_path):
     assert "(fit)" in r.stdout  # jaxbp.train.loop.fit, among the calls with the most time
 
 
+@pytest.mark.slow
 def test_train_on_idx_files(tmp_path):
     write_mnist_dir(tmp_path, n_train=64, n_test=16, gz=True)
     r = jaxbp("train", "--data", "mnist", "--data-dir", str(tmp_path), "--epochs", "1", "--batch-size", "16",
@@ -102,6 +106,7 @@ def test_usage_errors_are_one_line_with_exit_2(args, message):
     assert line.startswith("jaxbp: error: ")
 
 
+@pytest.mark.slow
 def test_gradcheck_cli(tmp_path):
     """The command's wiring (every op's problem runs in tests/test_gradcheck.py)."""
     r = jaxbp("gradcheck", "--model", "mlp", "--op", "dense", "--op", "relu")
@@ -154,6 +159,7 @@ def test_error_table_in_docs_is_current():
     assert r.returncode == 0, "docs/errors.md is stale: run python tools/error_table.py"
 
 
+@pytest.mark.slow
 def test_two_runs_in_one_directory_never_destroy_each_other(tmp_path):
     """The data-loss sequence: a second run in a used directory is refused (the
     first run's checkpoints stay), and --resume continues the first run."""
@@ -178,6 +184,7 @@ def test_two_runs_in_one_directory_never_destroy_each_other(tmp_path):
     assert len(open(os.path.join(run, "metrics.jsonl")).readlines()) == 1
 
 
+@pytest.mark.slow
 def test_default_run_directory_is_new_per_run_and_latest_points_at_it(tmp_path):
     """Also: the second run compiles nothing (JAX's persistent compilation cache)."""
     fast = ["train", "--model", "mlp", "--data", "synthetic", "--epochs", "1", "--quiet"]
@@ -198,6 +205,7 @@ def test_default_run_directory_is_new_per_run_and_latest_points_at_it(tmp_path):
     assert json.load(open(tmp_path / "runs" / runs[1] / "config.json"))["seed"] == 1
 
 
+@pytest.mark.slow
 def test_output_redirected_has_epoch_lines_and_no_progress_bar(tmp_path):
     r = jaxbp("train", "--model", "mlp", "--data", "synthetic", "--epochs", "2", "--run-dir", str(tmp_path / "r"))
     assert r.returncode == 0, r.stderr
@@ -230,6 +238,7 @@ def test_version_help_and_debug_after_the_subcommand(tmp_path):
     assert r.returncode == 1 and "Traceback" in r.stderr and "DataError" in r.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_what_was_saved_and_the_command_that_resumes(tmp_path):
     import signal
     import time
@@ -267,6 +276,7 @@ def test_ctrl_c_says_what_was_saved_and_the_command_that_resumes(tmp_path):
     assert [json.loads(l)["epoch"] for l in open(os.path.join(run, "metrics.jsonl"))] == list(range(1, done + 2))
 
 
+@pytest.mark.slow
 def test_non_finite_before_any_checkpoint_says_so(tmp_path):
     r = jaxbp("train", "--model", "mlp", "--data", "synthetic", "--optimizer", "sgd", "--lr", "1e30",
               "--run-dir", str(tmp_path / "r"), "--quiet")
@@ -291,6 +301,7 @@ def test_the_command_runs_from_a_source_tree_without_package_metadata(monkeypatc
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("op, extra, code, words", [
     ("user_rules:my_dense", [], 0, "jaxbp.check user_rules:my_dense: ok"),
     ("user_rules:my_dense_wrong", [], 1, "'w': ×2 everywhere"),
@@ -306,6 +317,7 @@ def test_gradcheck_a_users_op(op, extra, code, words):
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_gradcheck_float32_says_which_is_closer_to_the_truth():
     r = jaxbp("gradcheck", "--dtype", "float32", "--model", "mlp", "--op", "batch_norm")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -314,6 +326,7 @@ def test_gradcheck_float32_says_which_is_closer_to_the_truth():
     assert "dense1.w" in r.stdout and "PASS: the rule is as close (within 10 %) or closer" in r.stdout
 
 
+@pytest.mark.slow
 def test_train_audit_every_and_gradcheck_run_dir(tmp_path):
     run = tmp_path / "run"
     r = jaxbp("train", "--model", "mlp", "--epochs", "1", "--audit-every", "10", "--run-dir", str(run))

@@ -222,6 +222,7 @@ def conv_configs(draw):
                 layout=draw(st.sampled_from(["NCHW", "NHWC"])), algorithm=algorithm)
 
 
+@pytest.mark.slow
 @settings(max_examples=8, deadline=None)
 @given(conv_configs())
 def test_property_random_configurations(cfg):

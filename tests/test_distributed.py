@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from helpers import command_env
 
@@ -27,6 +28,7 @@ def load(path):
         return [z[k] for k in sorted(z.files, key=lambda k: int(k.split("_")[1]))]
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process(tmp_path):
     coordinator = f"127.0.0.1:{free_port()}"
     worker = os.path.join(HERE, "distributed_worker.py")
@@ -46,6 +48,7 @@ def test_two_processes_equal_one_process(tmp_path):
         np.testing.assert_array_equal(a, c)   # and equal the one-process, two-device run
 
 
+@pytest.mark.slow
 def test_cli_multi_process_run(tmp_path):
     coordinator = f"127.0.0.1:{free_port()}"
     cmd = [sys.executable, "-m", "jaxbp.cli", "train", "--model", "mlp", "--data", "synthetic", "--epochs", "1",

@@ -22,6 +22,7 @@ def resnet_run(tmp_path_factory):
     return cfg, result
 
 
+@pytest.mark.slow
 def test_resnet20_trains_on_cifar10_files(resnet_run):
     cfg, result = resnet_run
     assert cfg.augmentation() == (4, True)
@@ -29,6 +30,7 @@ def test_resnet20_trains_on_cifar10_files(resnet_run):
     assert result.state.step == 10 and len(checkpoint.list_checkpoints(cfg.run_dir + "/checkpoints")) == 2
 
 
+@pytest.mark.slow
 def test_evaluate_reports_the_newest_checkpoint_in_inference_mode(resnet_run):
     cfg, result = resnet_run
     r = train.evaluate_run(cfg.run_dir, batch_size=3)  # batches of 3: batch statistics would differ
@@ -44,6 +46,7 @@ def test_evaluate_reports_the_newest_checkpoint_in_inference_mode(resnet_run):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_evaluate_command(resnet_run, capsys):
     cfg, _ = resnet_run
     assert cli.main(["evaluate", "--run-dir", cfg.run_dir]) == 0

@@ -13,6 +13,7 @@ def _needs(module):
     return pytest.mark.skipif(importlib.util.find_spec(module) is None, reason=f"{module} is not installed")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script,args,expect", [
     ("train_cnn.py", ["--epochs", "1"], "test accuracy"),
     ("train_mlp.py", ["--steps", "20"], "MLP test accuracy"),

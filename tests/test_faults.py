@@ -9,6 +9,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from jaxbp.train import checkpoint
 from helpers import command_env
@@ -36,6 +37,7 @@ def final_arrays(run_dir):
         return os.path.basename(newest), {k: z[k] for k in z.files}
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(tmp_path):
     reference, cache = str(tmp_path / "reference"), str(tmp_path / "jax_cache")
     assert jaxbp(reference, cache=cache).returncode == 0

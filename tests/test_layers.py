@@ -90,6 +90,10 @@ def test_custom_and_autodiff_models_agree(build, channels):
     # jit: one compilation each instead of op-by-op dispatch (the suite's time)
     assert_close_trees(jax.jit(jax.grad(lambda p: loss(custom, p)))(params),
                        jax.jit(jax.grad(lambda p: loss(twin, p)))(params), 1e-10)
+    # Agreement alone would pass with the twins on both sides: the custom model's
+    # forward must call the hand-derived rules (custom_vjp), one per op, the twin's none.
+    calls = lambda model: str(jax.make_jaxpr(lambda p: loss(model, p))(params)).count("custom_vjp_call")
+    assert calls(custom) >= len(custom.children) // 2 and calls(twin) == 0, (calls(custom), calls(twin))
 
 
 @pytest.mark.parametrize("x_shape,w_shape,kwargs,backend,expected", [
@@ -106,6 +110,7 @@ def test_auto_algorithm(x_shape, w_shape, kwargs, backend, expected):
     assert jaxbp.ops.auto_algorithm(x_shape, w_shape, backend=backend, **kwargs) == expected
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="auto picks Winograd's conv on CPUs only")
 def test_auto_layers_compute_what_they_choose():
     """A cnn with algorithm="auto" is the same function as with the explicit conv

@@ -80,6 +80,7 @@ def test_every_op_has_a_gradcheck_problem():
     assert {p[0] for p in gradcheck.op_problems(jnp.float64).values()} == set(jaxbp.ops.__all__)
 
 
+@pytest.mark.slow
 def test_the_op_benchmark_covers_every_check_with_a_valid_call():
     # Each benchmark problem is its check at another size: the same layout,
     # stride, padding, dilation and groups (traced, not run; so is the

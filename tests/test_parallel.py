@@ -15,6 +15,7 @@ def digits(n_train, n_test=100):
     return data.Dataset(d.x_train[:n_train], d.y_train[:n_train], d.x_test[:n_test], d.y_test[:n_test], 10)
 
 
+@pytest.mark.slow
 @needs8
 @pytest.mark.parametrize("model,dtype,tol,state_tol", [
     ("cnn", "float64", 1e-12, 1e-12), ("mlp", "float64", 1e-12, 1e-12), ("mlp", "float32", 1e-5, 1e-5),
@@ -105,6 +106,7 @@ def test_dropping_the_psum_is_caught():
     assert not np.allclose(grads[0], global_grads[0], rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_cli_trains_on_eight_devices(tmp_path):
     import os
     import subprocess

@@ -95,6 +95,7 @@ def test_gradient_keeps_dtype(kind, dtype):
     assert jax.grad(lambda x: POOLS[kind](x, 2).astype(jnp.float32).sum())(x).dtype == dtype
 
 
+@pytest.mark.slow
 @settings(max_examples=6, deadline=None)
 @given(kind=st.sampled_from(list(POOLS)), kh=st.integers(1, 3), kw=st.integers(1, 3),
        sh=st.integers(1, 3), sw=st.integers(1, 3), ph=st.integers(0, 2), pw=st.integers(0, 2),

@@ -34,11 +34,15 @@ def trajectory(cfg, ds, steps):
     losses, batches = [], np.asarray(train.epoch_batches(len(ds.x_train), cfg.batch_size, ts.key, 0))
     for idx in batches[:steps]:
         x = ds.x_train[idx].astype(np.float64 if cfg.dtype == "float64" else np.float32)
+        if not losses:   # which rules the model runs: the hand-derived ones are custom_vjp calls
+            forward = lambda p: model.apply(p, ts.state, x, train=True, key=jax.random.PRNGKey(0))
+            rules = str(jax.make_jaxpr(forward)(ts.params)).count("custom_vjp_call")
         ts, m = step(ts, x, ds.y_train[idx])
         losses.append(float(m["loss"]))
-    return np.array(losses), ts.params
+    return np.array(losses), ts.params, rules
 
 
+@pytest.mark.slow
 def test_a_compiled_epoch_equals_its_steps_one_at_a_time(monkeypatch):
     """fit() runs an epoch as compiled chunks of steps (lax.scan over batches
     gathered from the device-resident data; here a chunk of 8, then one of 5);
@@ -50,12 +54,13 @@ def test_a_compiled_epoch_equals_its_steps_one_at_a_time(monkeypatch):
     ds = small_digits(n_train=16 * steps)
     cfg = Config(model="cnn", dtype="float64", batch_size=16, epochs=1, devices=1)
     result = train.fit(cfg, dataset=ds, quiet=True)
-    losses, params = trajectory(cfg, ds, steps)
+    losses, params, _ = trajectory(cfg, ds, steps)
     np.testing.assert_allclose(result.step_losses, losses, rtol=1e-12)
     for a, b in zip(jax.tree.leaves(result.state.params), jax.tree.leaves(params)):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 @cpu_only
 @pytest.mark.parametrize("devices", [1, 8])
 def test_uint8_pixels_train_and_evaluate_exactly_as_their_floats(devices):
@@ -113,14 +118,16 @@ def test_evaluation_is_one_call_over_padded_batches():
 def test_custom_and_autodiff_training_follow_the_same_trajectory(model):
     ds = small_digits()
     cfg = dict(model=model, dtype="float64", batch_size=16, epochs=1, optimizer="adam", lr=1e-2)
-    losses_c, params_c = trajectory(Config(gradients="custom", **cfg), ds, 20)
-    losses_a, params_a = trajectory(Config(gradients="autodiff", **cfg), ds, 20)
+    losses_c, params_c, rules_c = trajectory(Config(gradients="custom", **cfg), ds, 20)
+    losses_a, params_a, rules_a = trajectory(Config(gradients="autodiff", **cfg), ds, 20)
+    assert rules_c >= 3 and rules_a == 0, (rules_c, rules_a)   # else the two runs compare nothing
     assert losses_c[-1] < losses_c[0]  # it is learning
     assert np.max(np.abs(losses_c - losses_a) / np.abs(losses_a)) <= 1e-9
     for c, a in zip(jax.tree.leaves(params_c), jax.tree.leaves(params_a)):
         np.testing.assert_allclose(c, a, rtol=1e-7, atol=1e-10)
 
 
+@pytest.mark.slow
 @cpu_only
 def test_resume_equals_straight_run_bitwise(tmp_path):
     ds = small_digits(n_train=192)
@@ -135,6 +142,7 @@ def test_resume_equals_straight_run_bitwise(tmp_path):
     assert [json.loads(l)["train_loss"] for l in lines] == [r["train_loss"] for r in straight.history]
 
 
+@pytest.mark.slow
 @cpu_only
 def test_resume_from_a_checkpoint_written_mid_epoch_equals_a_straight_run_bitwise(tmp_path, monkeypatch, capsys):
     """With checkpoint_every, a checkpoint is also written after the chunk that
@@ -201,6 +209,7 @@ def test_run_directory_contents(tmp_path):
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["ckpt-000000004", "ckpt-000000008"]
 
 
+@pytest.mark.slow
 def test_stop_at_accuracy_ends_the_run_at_the_first_evaluation_reaching_it(tmp_path, capsys):
     ds = small_digits(n_train=128)
     cfg = dict(model="mlp", epochs=30, batch_size=32, lr=1e-2)
@@ -215,6 +224,7 @@ def test_stop_at_accuracy_ends_the_run_at_the_first_evaluation_reaching_it(tmp_p
     assert [r["train_loss"] for r in stopped.history] == [r["train_loss"] for r in full.history[:first]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["cnn", "mlp"])
 def test_evaluation_of_an_example_does_not_depend_on_its_batch(model):
     ds = small_digits()
@@ -281,6 +291,7 @@ def test_batch_larger_than_data_is_an_error():
         train.fit(Config(batch_size=504), dataset=small_digits(n_train=128), quiet=True)
 
 
+@pytest.mark.slow
 @cpu_only
 def test_same_seed_gives_bitwise_identical_params():
     ds = small_digits(n_train=96)
@@ -336,6 +347,7 @@ def test_curves_have_integer_epoch_ticks():
         assert ticks and all(float(t).is_integer() for t in ticks), ticks
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="matches XLA:CPU's event names")
 def test_the_step_profiler_lists_the_chunks_operations(capsys):
     """benchmarks/profile_step.py (BENCHMARKS.md's per-operation tables) runs
