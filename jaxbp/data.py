@@ -115,11 +115,13 @@ def _find(directory, stem):
     raise DataError(f"{directory} has no {stem} (or {stem}.gz), nor {dotted} (or {dotted}.gz)")
 
 
-def load_idx_dir(directory):
-    """MNIST-format train/test images and labels from ``directory``."""
+def load_idx_dir(directory, num_classes=10):
+    """MNIST-format train/test images and labels from ``directory`` (MNIST and
+    Fashion-MNIST both have 10 classes)."""
     if not directory or not os.path.isdir(directory):
         raise DataError(f"data directory {directory!r} does not exist or is not a directory")
-    arrays = {k: read_idx(_find(directory, stem)) for k, stem in IDX_FILES.items()}
+    paths = {k: _find(directory, stem) for k, stem in IDX_FILES.items()}
+    arrays = {k: read_idx(path) for k, path in paths.items()}
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
@@ -128,8 +130,37 @@ def load_idx_dir(directory):
     # 8-bit pixels stay uint8 (to_unit); other IDX types become float32 as they are.
     x = {s: arrays[f"{s}_images"][:, None] for s in ("train", "test")}
     x = {s: v if v.dtype == np.uint8 else v.astype(np.float32) for s, v in x.items()}
+    for split in ("train", "test"):
+        check_labels(arrays[f"{split}_labels"], num_classes, paths[f"{split}_labels"])
+        check_pixels(x[split], paths[f"{split}_images"])
     y = {s: arrays[f"{s}_labels"].astype(np.int32) for s in ("train", "test")}
-    return Dataset(x["train"], y["train"], x["test"], y["test"], int(max(y["train"].max(), y["test"].max())) + 1)
+    return Dataset(x["train"], y["train"], x["test"], y["test"], num_classes)
+
+
+def check_labels(labels, num_classes, where):
+    """Labels must be class ids in ``[0, num_classes)``: else a file's stray byte
+    would build a model with more classes, or a −1 end in a "non-finite loss"."""
+    labels = np.asarray(labels)
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        raise DataError(f"{where}: labels must be class ids in [0, {num_classes}), but {bad.size} are not; "
+                        f"the first is index {bad[0]}: {labels[bad[0]]}")
+
+
+def check_pixels(images, where):
+    """Float pixels must be finite (8-bit ones always are)."""
+    if images.dtype != np.uint8:
+        bad = np.flatnonzero(~np.isfinite(np.asarray(images).reshape(len(images), -1)).all(axis=1))
+        if bad.size:
+            raise DataError(f"{where}: images must be finite, but {bad.size} hold NaN or infinity; "
+                            f"the first is index {bad[0]}")
+
+
+def check_dataset(ds, where="the dataset"):
+    """A :class:`Dataset`'s labels and pixels, as the loaders check their files'."""
+    for split in ("train", "test"):
+        check_labels(getattr(ds, f"y_{split}"), ds.num_classes, f"{where} ({split} labels)")
+        check_pixels(getattr(ds, f"x_{split}"), f"{where} ({split} images)")
 
 
 class _BatchUnpickler(pickle.Unpickler):

@@ -175,3 +175,29 @@ def test_to_unit_gives_v_over_255_on_the_host_and_on_the_device():
     np.testing.assert_array_equal(np.asarray(on_device), expected)
     x = np.linspace(0, 1, 5)
     assert data.to_unit(x) is x
+
+
+@pytest.mark.parametrize("where, value, message", [
+    ("train_labels", 200, r"train-labels-idx1-ubyte: labels must be class ids in \[0, 10\), but 1 are not; "
+                          r"the first is index 3: 200"),
+    ("test_labels", -1, r"t10k-labels-idx1-ubyte: labels must be class ids in \[0, 10\), but 1 are not; "
+                        r"the first is index 3: -1"),
+    ("train_images", np.nan, r"train-images-idx3-ubyte: images must be finite, but 1 hold NaN or infinity; "
+                             r"the first is index 3"),
+], ids=["label_200", "label_minus_one", "nan_pixel"])
+def test_bad_labels_and_pixels_are_named_with_file_and_index(tmp_path, where, value, message):
+    """A stray label byte built a 201-class model; a −1 or a NaN pixel ended as a "non-finite loss"."""
+    arrays = write_mnist_dir(tmp_path)
+    a = arrays[where].astype(np.int8 if value == -1 else np.float32 if np.isnan(value) else arrays[where].dtype)
+    a[3] = value
+    data.write_idx(str(tmp_path / data.IDX_FILES[where]), a)
+    with pytest.raises(data.DataError, match=message):
+        data.load_idx_dir(str(tmp_path))
+
+
+def test_a_dataset_given_to_fit_is_checked_too():
+    from jaxbp import train
+    ds = data.synthetic(n_train=64, n_test=16)
+    bad = ds._replace(y_train=np.where(np.arange(64) == 5, 10, ds.y_train))
+    with pytest.raises(data.DataError, match=r"fit's dataset \(train labels\): .* the first is index 5: 10"):
+        train.fit(train.Config(data="synthetic", model="mlp", epochs=1), dataset=bad, quiet=True)

@@ -75,9 +75,9 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint
     good = data.synthetic()
     train.fit(train.Config(**cfg), dataset=good, quiet=True, max_epochs=1)
     before = final_arrays(run)
-    bad = good._replace(x_train=np.full_like(good.x_train, np.inf))
+    bad = good._replace(x_train=np.full_like(good.x_train, 3e38))   # finite, but the products overflow
     with pytest.raises(train.NonFiniteError,
-                       match=r"non-finite (loss|gradients) at step 9; the checkpoint after epoch 1 "
+                       match=r"non-finite (loss|gradients|state \(.*\)) at step 9; the checkpoint after epoch 1 "
                              r"\(.*ckpt-000000008\) is the last good state"):
         train.fit(train.Config(resume=True, **cfg), dataset=bad, quiet=True)
     after = final_arrays(run)
@@ -85,3 +85,19 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint
     for k in before[1]:
         np.testing.assert_array_equal(after[1][k], before[1][k])
         assert np.all(np.isfinite(after[1][k].astype(np.float64))) or after[1][k].dtype.kind in "iu"
+
+
+def test_a_non_finite_state_is_never_checkpointed_as_the_last_good_one(tmp_path):
+    """With a huge learning rate the running variance overflowed while the loss was
+    still finite: that state was saved as "the last good state" (evaluating it gave
+    chance accuracy, resuming failed again). Every checkpoint must be finite."""
+    from jaxbp import data, train
+    run = tmp_path / "run"
+    ds = data.load_digits()
+    cfg = train.Config(model="cnn", width=8, epochs=4, lr=1e6, warmup_epochs=0, run_dir=str(run))
+    with pytest.raises(train.NonFiniteError, match=r"non-finite \w+"):
+        train.fit(cfg, dataset=ds._replace(x_train=ds.x_train[:256], y_train=ds.y_train[:256]), quiet=True)
+    for path in glob.glob(str(run / "checkpoints" / "ckpt-*" / "arrays.npz")):
+        with np.load(path) as z:
+            for k in z.files:
+                assert z[k].dtype.kind in "iub" or np.isfinite(z[k].astype(np.float64)).all(), (path, k)

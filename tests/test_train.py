@@ -317,6 +317,9 @@ def test_first_non_finite_step_and_quantity_are_named():
         _check_finite([(t, t), (t, f), (f, f)], 40)
     with pytest.raises(train.NonFiniteError, match="non-finite loss at step 41"):
         _check_finite([(f, t), (f, f)], 40)
+    with pytest.raises(train.NonFiniteError, match=r"non-finite state \(parameters, optimizer state or running "
+                                                   r"statistics\) at step 43"):
+        _check_finite([(t, t, t), (t, t, t), (t, t, f)], 40)
 
 
 def test_a_run_directory_holds_one_run(tmp_path):

@@ -140,6 +140,7 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
         ds = data_lib.load(cfg.data, cfg.data_dir, cfg.seed)
     else:
         ds = dataset() if callable(dataset) else dataset
+        data_lib.check_dataset(ds, "fit's dataset")
     data_s = time.perf_counter() - t
     t = time.perf_counter()
     n = len(ds.x_train)
@@ -225,7 +226,8 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
                 if epoch == start_epoch and start == first:
                     _log(quiet, f"compiled the training program in {compile_s:.1f}s")
                 ts, m = run(ts, x_all, y_all, order)
-                finite = np.stack([fetch(m["loss_finite"]), fetch(m["grads_finite"])], 1)  # waits for the chunk
+                finite = np.stack([fetch(m[k]) for k in ("loss_finite", "grads_finite", "state_finite")],
+                                  1)  # waits for the chunk
                 _check_finite(finite, epoch * steps_per_epoch + start, saved)
                 losses += fetch(m["loss"]).tolist()
                 bar.update(len(finite))
@@ -318,14 +320,16 @@ def chunk_size(steps, most=64):
 
 
 def _check_finite(finite, first_step, saved=None):
-    """Raise at the first step (1-based, counted over the run) whose loss or
-    gradients are not finite, naming which and what was saved before it.
-    ``finite``: ``(steps, 2)`` booleans, loss and gradients finite."""
+    """Raise at the first step (1-based, counted over the run) whose loss,
+    gradients or new state (parameters, optimizer state, running statistics)
+    are not finite, naming which and what was saved before it. ``finite``:
+    ``(steps, 2 or 3)`` booleans in that order."""
     flags = np.asarray(finite, bool)
     bad = np.flatnonzero(~flags.all(axis=1))
     if bad.size:
         step = first_step + int(bad[0]) + 1
-        what = "loss" if not flags[bad[0], 0] else "gradients"
+        what = ("loss", "gradients", "state (parameters, optimizer state or running statistics)")[
+            int(np.argmin(flags[bad[0]]))]
         kept = f"{describe(saved)} is the last good state" if saved else "no checkpoint was written before it"
         raise NonFiniteError(f"non-finite {what} at step {step}; {kept}; try a smaller --lr, "
                              "or --debug-nans to locate it")

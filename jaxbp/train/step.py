@@ -146,8 +146,12 @@ def make_steps(model, optimizer, cfg, mesh=None):
         if mesh is not None:
             params, state, opt_state = jax.lax.with_sharding_constraint((params, state, opt_state),
                                                                         replicated(mesh))
-        metrics = {"loss": loss, "loss_finite": jnp.isfinite(loss),
-                   "grads_finite": jnp.all(jnp.array([jnp.isfinite(g).all() for g in jax.tree.leaves(grads)]))}
+        finite = lambda tree: jnp.all(jnp.array([jnp.isfinite(v).all() for v in jax.tree.leaves(tree)
+                                                 if jnp.issubdtype(v.dtype, jnp.inexact)] or [True]))
+        # The whole new state, not only the loss: a running variance can overflow while the loss
+        # is still finite, and a checkpoint of it would be no "last good state".
+        metrics = {"loss": loss, "loss_finite": jnp.isfinite(loss), "grads_finite": finite(grads),
+                   "state_finite": finite((params, state, opt_state))}
         return TrainState(params, state, opt_state, ts.step + 1, ts.key), metrics
 
     def train_step(ts, x, y):
