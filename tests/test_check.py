@@ -5,6 +5,7 @@ import pathlib
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import jaxbp
@@ -123,16 +124,18 @@ def test_second_order_through_the_rule():
 
 
 def test_a_rule_that_breaks_under_vmap_is_reported():
-    def backward(res, g):
+    def backward(res, g):   # a mask computed on the host: no batching rule
         (z,) = res
-        if z.ndim != 2:   # a rule that assumes its input's rank
-            raise ValueError(f"expected a matrix, got rank {z.ndim}")
-        return (jnp.where(z > 0, g, 0.0),)
-    rule = jaxbp.op(jaxbp.Rule(lambda z: (jnp.where(z > 0, z, 0.0), (z,)), backward, name="rank-2 relu"))
-    report = jaxbp.check(rule, W.x8, **{**FAST, "transforms": ("vmap",)})
-    rows = [r for r in report.rows if r.check == "under vmap"]
-    assert report.ok or rows, report    # vmap gives the rule per-example ranks: no error is right too
-    assert all(a.ok for a in report.arguments)
+        mask = jax.pure_callback(lambda z: np.asarray(z > 0), jax.ShapeDtypeStruct(z.shape, jnp.bool_), z)
+        return (jnp.where(mask, g, 0.0),)
+    rule = jaxbp.op(jaxbp.Rule(lambda z: (jnp.where(z > 0, z, 0.0), (z,)), backward, name="host relu"))
+    report = jaxbp.check(rule, W.x8, **{**FAST, "transforms": ("vmap", "checkpoint")})
+    rows = {r.check: r for r in report.rows if r.check.startswith("under")}
+    assert not rows["under vmap"].ok and "NotImplementedError" in rows["under vmap"].detail, report
+    assert rows["under checkpoint"].ok and all(a.ok for a in report.arguments), report
+    assert diagnosed(report, "under vmap: the rule raises NotImplementedError"), report
+    with pytest.raises(ValueError, match=r"transforms: unknown \['pmap'\]"):
+        jaxbp.check(rule, W.x8, transforms=("pmap",))
 
 
 def test_a_jitted_function_or_no_rule_is_refused_not_passed():

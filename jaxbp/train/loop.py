@@ -234,7 +234,8 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
                 bar.set_postfix(loss=f"{np.mean(losses[-len(finite):]):.4f}")
                 done = start + length
                 at = epoch * steps_per_epoch + done   # steps of the run so far
-                if cfg.audit_every and cfg.run_dir and chief and at // cfg.audit_every > (at - length) // cfg.audit_every:
+                every = cfg.audit_every
+                if every and cfg.run_dir and chief and at // every > (at - length) // every:
                     _audit(cfg, model, ts, x_all, y_all, order[done - 1], at, epoch)
                 if (cfg.checkpoint_every and cfg.run_dir and chief and done < steps_per_epoch
                         and done // cfg.checkpoint_every > start // cfg.checkpoint_every):
