@@ -330,8 +330,23 @@ def _given(argv):
     return set(vars(probe.parse_args(argv)))
 
 
+def _one_line_warnings():
+    """jaxbp's own warnings (a checkpoint skipped for an older one) as one
+    ``jaxbp: warning: ...`` line, not Python's two lines with a source line."""
+    import warnings
+    from jaxbp.train.checkpoint import CheckpointWarning
+    python_format = warnings.formatwarning
+
+    def format(message, category, *args, **kwargs):
+        if issubclass(category, CheckpointWarning):
+            return f"jaxbp: warning: {message}\n"
+        return python_format(message, category, *args, **kwargs)
+    warnings.formatwarning = format
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    _one_line_warnings()
     args = build_parser().parse_args(argv)
     args.given = _given(argv)
     if getattr(args, "debug", False):

@@ -1,13 +1,15 @@
 """A ResNet-20 trained on CIFAR-10-format files, then `jaxbp evaluate`: the
 newest checkpoint in inference mode, its confusion matrix."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from jaxbp import cli, train
 from jaxbp.train import checkpoint
-from helpers import write_cifar_dir
+from helpers import command_env, write_cifar_dir
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +63,23 @@ def test_evaluate_without_a_checkpoint_says_so(tmp_path, capsys):
     rundir.write_json(str(tmp_path / "config.json"), dataclasses.asdict(train.Config(run_dir=str(tmp_path))))
     assert cli.main(["evaluate", "--run-dir", str(tmp_path)]) == 1
     assert f"jaxbp: error: no checkpoint in {tmp_path}/checkpoints" in capsys.readouterr().err
+
+
+def test_a_skipped_checkpoint_is_one_jaxbp_line(tmp_path):
+    """A corrupt newest checkpoint falls back to the older one with jaxbp's one-line
+    warning (was Python's UserWarning with its source line)."""
+    from jaxbp import data
+    run = tmp_path / "run"
+    ds = data.load_digits()
+    train.fit(train.Config(model="mlp", epochs=2, run_dir=str(run)), dataset=ds, quiet=True)
+    newest = checkpoint.list_checkpoints(str(run / "checkpoints"))[-1]
+    with open(f"{newest}/arrays.npz", "r+b") as f:
+        f.seek(100)
+        f.write(b"garbage")
+    # A process of its own: pytest records warnings instead of printing them.
+    r = subprocess.run([sys.executable, "-m", "jaxbp.cli", "evaluate", "--run-dir", str(run)], capture_output=True,
+                       text=True, env=command_env(), timeout=300)
+    assert r.returncode == 0, r.stderr
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("jaxbp: warning: ") and "trying an older checkpoint" in err[0], err
+    assert issubclass(checkpoint.CheckpointMismatch, checkpoint.CheckpointError)

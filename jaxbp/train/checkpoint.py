@@ -38,6 +38,15 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt, or does not fit the template."""
 
 
+class CheckpointMismatch(CheckpointError):
+    """A checkpoint that reads fine but belongs to another model or optimizer:
+    an older one would not fit either, so nothing falls back."""
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint skipped for an older one (``jaxbp`` prints it as one line)."""
+
+
 def _fsync_dir(path):
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -137,7 +146,7 @@ def restore(path, template):
                  for w, g in zip(want, got) if w != g][:3]
         if len(want) != len(got):
             diffs.insert(0, f"{len(want)} leaves in the model vs {len(got)} in the checkpoint")
-        raise CheckpointError(f"checkpoint {path} does not fit this model/optimizer: " + "; ".join(diffs))
+        raise CheckpointMismatch(f"checkpoint {path} does not fit this model/optimizer: " + "; ".join(diffs))
     with np.load(io.BytesIO(raw)) as npz:
         arrays = [npz[str(i)] for i in range(len(saved))]
     arrays = [a.view(jnp.bfloat16) if s["dtype"] == "bfloat16" else a for a, s in zip(arrays, saved)]
@@ -156,11 +165,11 @@ def restore_latest(directory, template):
     for path in reversed(candidates):
         try:
             tree, metadata = restore(path, template)
+        except CheckpointMismatch:
+            raise
         except CheckpointError as e:
-            if "does not fit" in str(e):
-                raise
             errors.append(str(e))
-            warnings.warn(f"{e}; trying an older checkpoint", stacklevel=2)
+            warnings.warn(f"{e}; trying an older checkpoint", CheckpointWarning, stacklevel=2)
             continue
         return tree, metadata, path
     raise CheckpointError("no usable checkpoint: " + "; ".join(errors))
