@@ -101,3 +101,34 @@ def test_a_non_finite_state_is_never_checkpointed_as_the_last_good_one(tmp_path)
         with np.load(path) as z:
             for k in z.files:
                 assert z[k].dtype.kind in "iub" or np.isfinite(z[k].astype(np.float64)).all(), (path, k)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c.pop("lr"), r"config.json has no 'lr': the run's lr is unknown"),
+    (lambda c: c.update(seed="0"), r"config.json: 'seed' must be an integer, got \"0\""),
+    (lambda c: c.update(lr=None), r"config.json: 'lr' must be a number, got null"),
+    (lambda c: c.update(batch_size=[32]), r"config.json: 'batch_size' must be an integer, got \[32\]"),
+    (lambda c: c.update(model="vgg"), r"config.json: 'model' must be one of"),
+    (lambda c: c.update(colour="blue"), r"config.json: unknown key 'colour'"),
+], ids=["missing_lr", "seed_string", "lr_null", "batch_size_list", "model_unknown", "unknown_key"])
+def test_an_edited_config_json_is_refused_naming_the_key(tmp_path, edit, message):
+    """A missing key silently took today's default (--lr 0.01 resumed as 0.003);
+    a list, null or a string gave a traceback."""
+    import dataclasses
+    import json
+    from jaxbp import train
+    from jaxbp.train import rundir
+    cfg = train.Config(model="mlp", lr=0.01, run_dir=str(tmp_path))
+    saved = dataclasses.asdict(cfg)
+    edit(saved)
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(rundir.RunDirError, match=message):
+        train.fit(dataclasses.replace(cfg, resume=True), quiet=True)
+
+
+def test_a_config_json_without_the_options_that_may_change_still_resumes(tmp_path):
+    import dataclasses
+    from jaxbp.train import rundir
+    saved = {k: v for k, v in dataclasses.asdict(__import__("jaxbp").train.Config()).items()
+             if k not in rundir.MAY_CHANGE}
+    rundir.check_saved(saved, "config.json")   # e.g. a run written before --audit-every existed

@@ -91,9 +91,48 @@ def read_config(run_dir):
         raise RunDirError(f"run directory {run_dir} has no config.json: there is no run to resume")
     try:
         with open(path) as f:
-            return json.load(f)
+            saved = json.load(f)
     except (OSError, ValueError) as e:
         raise RunDirError(f"cannot read {path}: {e}") from None
+    check_saved(saved, path)
+    return saved
+
+
+_TYPES = {"str": ((str,), "a string"), "int": ((int,), "an integer"), "float": ((int, float), "a number"),
+          "bool": ((bool,), "true or false")}
+
+
+def check_saved(saved, path):
+    """``config.json`` as strictly as the command line: an object with every
+    option that defines the run (those in :data:`MAY_CHANGE` may be absent), each
+    of its type and valid; one line naming the key. A missing key would silently
+    take today's default and rewrite the run's config."""
+    import dataclasses
+    from jaxbp.train.config import Config
+    if not isinstance(saved, dict):
+        raise RunDirError(f"{path} must hold a JSON object of the run's options, got {type(saved).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    for key in saved:
+        if key not in fields:
+            raise RunDirError(f"{path}: unknown key {key!r}")
+    for name, f in fields.items():
+        if name not in saved:
+            if name in MAY_CHANGE:
+                continue
+            raise RunDirError(f"{path} has no {name!r}: the run's {name} is unknown (restore the line, "
+                              f"e.g. \"{name}\": {json.dumps(f.default)} if the run used the default)")
+        value, optional = saved[name], f.type.endswith("| None")
+        kinds, kind = _TYPES[f.type.split(" |")[0]]
+        if value is None and optional:
+            continue
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise RunDirError(f"{path}: {name!r} must be {'null or ' if optional else ''}{kind}, "
+                              f"got {json.dumps(value)}")
+        meta = f.metadata
+        if "choices" in meta and value not in meta["choices"]:
+            raise RunDirError(f"{path}: {name!r} must be one of {', '.join(meta['choices'])}, got {value!r}")
+        if "rule" in meta and not meta["rule"][0](value):
+            raise RunDirError(f"{path}: {name!r} must be {meta['rule'][1]}, got {value!r}")
 
 
 def conflicts(saved, given):
