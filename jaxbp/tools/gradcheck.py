@@ -145,26 +145,6 @@ def projected(name, args, argnums, kwargs):
     return loss
 
 
-def precision_audit(loss_fn, params, *args, dtype="float32"):
-    """Per parameter leaf, in ``dtype``: the custom rules' and the twins' gradient
-    errors against the float64 truth (the twins' gradient in float64 at the same,
-    rounded, inputs). ``loss_fn(ops, params, *args)`` as for :func:`compare_gradients`;
-    needs ``jax_enable_x64``. Returns ``[(name, shape, rule_err, twin_err)]``."""
-    low = jnp.dtype(dtype)
-    cast = lambda t, d: jax.tree.map(lambda a: a.astype(d) if jnp.issubdtype(a.dtype, jnp.floating) else a, t)
-    p_low, a_low = cast(params, low), cast(args, low)
-    grad = lambda ops: jax.jit(jax.grad(lambda p, *a: loss_fn(ops, p, *a)))
-    truth = grad(autodiff)(cast(p_low, jnp.float64), *cast(a_low, jnp.float64))
-    gc, gt = grad(custom_ops)(p_low, *a_low), grad(autodiff)(p_low, *a_low)
-    flat = jax.tree_util.tree_flatten_with_path(truth)[0]
-    scale = float(np.sqrt(sum(np.sum(np.asarray(t, np.float64) ** 2) for _, t in flat)))
-    rows = []
-    for (path, t), c, w in zip(flat, jax.tree.leaves(gc), jax.tree.leaves(gt)):
-        err = lambda g: _leaf_error(path, g, t, scale).rel_err
-        rows.append((dotted(path), tuple(t.shape), err(c), err(w)))
-    return rows
-
-
 def audit_passes(rule_err, twin_err, dtype="float32"):
     """The rule may be a little further from the truth than the twin, not far (as :func:`jaxbp.check`)."""
     from jaxbp.tools.check import LOW_PRECISION_FACTOR
@@ -297,10 +277,11 @@ def main(model="cnn", dtype="float64", ops=None):
         logits, _ = build("custom" if ops is custom_ops else "autodiff").apply(params, state, x, train=True)
         return ops.softmax_cross_entropy(logits, y).mean()
 
-    if low:
-        rows = precision_audit(loss_fn, named, x, dtype=dt)
+    if low:   # the audit `jaxbp train --audit-every` records, on these 32 digits
+        from jaxbp.train.audit import audit
+        rows = audit(net, params, state, x, y, dtype=dt)
         print(f"\nmodel {model}, every parameter, {dtype} against the float64 truth:")
-        return _print_audit([(n, rc, rt) for n, _, rc, rt in rows], dt) and ok
+        return _print_audit([(r["parameter"], r["rule"], r["twin"]) for r in rows], dt) and ok
     r = compare_gradients(lambda ops, p: loss_fn(ops, p, x), named)
     print(f"\nmodel {model}, every parameter:\n{r.table(dotted=True)}")
     passed = r.ok(dtype)
