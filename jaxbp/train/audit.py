@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbp import layers
+from jaxbp._files import atomic_write
 from jaxbp.data import to_unit
 from jaxbp.ops._recipe import _twin
 
@@ -104,11 +105,7 @@ def append(run_dir, record):
 
 
 def write(run_dir, records):
-    path = os.path.join(run_dir, FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
-    os.replace(tmp, path)
+    atomic_write(os.path.join(run_dir, FILE), lambda f: f.writelines(json.dumps(r) + "\n" for r in records))
 
 
 def read(run_dir, until_step=None):

@@ -1,9 +1,10 @@
 """Crash-safe checkpoints of any pytree of arrays.
 
 A checkpoint is a directory ``ckpt-<step>/`` holding ``arrays.npz`` (one entry
-per leaf) and ``meta.json`` (each leaf's tree path, shape and dtype, the
-SHA-256 of ``arrays.npz`` and the caller's metadata). It is written under a
-temporary name, flushed to disk, then renamed into place: a crash leaves
+per leaf, no pickles) and ``meta.json`` (each leaf's tree path, shape and
+dtype, the SHA-256 of ``arrays.npz``, the caller's metadata, and the SHA-256
+of all of that: a hand edit is caught like a flipped bit). It is written under
+the writer's own temporary name, flushed to disk, then renamed into place: a crash leaves
 either the complete new checkpoint or none, and older checkpoints stay until
 the new one is complete (the ``keep`` newest up to the one written are kept;
 one of a higher step, which ``--resume`` skipped as corrupt, stays too).
@@ -22,16 +23,16 @@ import hashlib
 import io
 import json
 import os
-import shutil
-import time
 import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbp import _files
+
 PREFIX = "ckpt-"
-_WRITE_DELAY = float(os.environ.get("JAXBP_CHECKPOINT_WRITE_DELAY", "0"))
+FORMAT = 2   # meta.json under its own checksum (format 1: only arrays.npz was)
 
 
 class CheckpointError(ValueError):
@@ -47,14 +48,6 @@ class CheckpointWarning(UserWarning):
     """A checkpoint skipped for an older one (``jaxbp`` prints it as one line)."""
 
 
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _leaves(tree):
     flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
     return [jax.tree_util.keystr(p) for p, _ in flat], [v for _, v in flat], treedef
@@ -66,46 +59,55 @@ def _encode(leaf):
     return a.view(np.uint16) if a.dtype == jnp.bfloat16 else a
 
 
+def _meta_digest(meta):
+    """SHA-256 of everything in ``meta`` but its own ``sha256`` (canonical JSON)."""
+    body = json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
 def save(directory, step, tree, metadata=None, keep=2):
-    """Write ``tree`` as ``directory/ckpt-<step>`` atomically; keep the newest ``keep``."""
+    """Write ``tree`` as ``directory/ckpt-<step>`` atomically; keep the newest ``keep``.
+
+    ``metadata``: a JSON object kept with the arrays, under the same checksum."""
     os.makedirs(directory, exist_ok=True)
     paths, leaves, _ = _leaves(tree)
     leaves = [np.asarray(jax.device_get(v)) for v in leaves]
     final = os.path.join(directory, f"{PREFIX}{step:09d}")
-    tmp = os.path.join(directory, f".tmp-{PREFIX}{step:09d}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    arrays = os.path.join(tmp, "arrays.npz")
-    with open(arrays, "wb") as f:
-        np.savez(f, **{str(i): _encode(v) for i, v in enumerate(leaves)})
-        f.flush()
-        os.fsync(f.fileno())
-    with open(arrays, "rb") as f:
-        digest = hashlib.sha256(f.read()).hexdigest()
-    meta = {"step": int(step), "sha256": digest, "metadata": metadata or {},
-            "leaves": [{"path": p, "shape": list(v.shape), "dtype": str(v.dtype)}
-                       for p, v in zip(paths, leaves)]}
-    with open(os.path.join(tmp, "meta.json"), "w") as f:
-        json.dump(meta, f)
-        f.flush()
-        os.fsync(f.fileno())
-    _fsync_dir(tmp)
-    if _WRITE_DELAY:  # fault-injection tests widen the window in which a kill lands mid-write
-        time.sleep(_WRITE_DELAY)
-    if os.path.exists(final):  # the same step again: move the old one aside first
-        os.replace(final, tmp + ".old")
-    os.replace(tmp, final)
-    _fsync_dir(directory)
-    shutil.rmtree(tmp + ".old", ignore_errors=True)
+    tmp = _files.temporary(final)  # this writer's own: no other process touches it
+    try:
+        os.makedirs(tmp)
+        arrays = os.path.join(tmp, "arrays.npz")
+        with _files.naming(os.path.join(final, "arrays.npz")), open(arrays, "wb") as f:
+            np.savez(f, **{str(i): _encode(v) for i, v in enumerate(leaves)})
+            f.flush()
+            os.fsync(f.fileno())
+        with open(arrays, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        meta = {"format": FORMAT, "step": int(step), "arrays_sha256": digest, "metadata": metadata or {},
+                "leaves": [{"path": p, "shape": list(v.shape), "dtype": str(v.dtype)}
+                           for p, v in zip(paths, leaves)]}
+        meta["sha256"] = _meta_digest(meta)
+        with _files.naming(os.path.join(final, "meta.json")), open(os.path.join(tmp, "meta.json"), "w") as f:
+            json.dump(meta, f)
+            f.flush()
+            os.fsync(f.fileno())
+        _files.fsync_dir(tmp)
+        old = _files.temporary(final + "-old")
+        if os.path.lexists(final):  # the same step again: move the old one aside first
+            os.replace(final, old)
+        os.replace(tmp, final)
+        _files.fsync_dir(directory)
+    except BaseException:
+        _files.remove(tmp)
+        raise
+    _files.remove(old)
     # Prune among this run's checkpoints up to the one just written: a newer
     # one (a corrupt checkpoint that --resume skipped) is never a reason to
     # delete what this run just wrote.
     older = [c for c in list_checkpoints(directory) if _step(c) <= step]
-    for old in older[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    for name in os.listdir(directory):  # leftovers of writers that crashed
-        if name.startswith(".tmp-") and not name.endswith(f"-{os.getpid()}"):
-            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+    for path in older[:-keep]:
+        _files.remove(path)
+    _files.remove_stale(directory)  # left by writers that died
     return final
 
 
@@ -114,11 +116,42 @@ def _step(path):
 
 
 def list_checkpoints(directory):
-    """Complete checkpoint directories, oldest first."""
+    """Checkpoint directories (a link to one that leads nowhere is none), oldest first."""
     if not os.path.isdir(directory):
         return []
     names = sorted(n for n in os.listdir(directory) if n.startswith(PREFIX) and n[len(PREFIX):].isdigit())
-    return [os.path.join(directory, n) for n in names]
+    return [os.path.join(directory, n) for n in names if os.path.isdir(os.path.join(directory, n))]
+
+
+def _read(path):
+    """``(meta, arrays.npz bytes)`` of the checkpoint at ``path``, both verified
+    against their checksums."""
+    try:
+        with open(os.path.join(path, "meta.json")) as f:
+            meta = json.load(f)
+        with open(os.path.join(path, "arrays.npz"), "rb") as f:
+            raw = f.read()
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} is unreadable: {e}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {path} is corrupt: meta.json is not a JSON object")
+    if meta.get("format") == FORMAT:
+        if meta.get("sha256") != _meta_digest(meta):
+            raise CheckpointError(f"checkpoint {path} is corrupt: meta.json does not match its checksum")
+        arrays_sha256 = meta["arrays_sha256"]
+    elif "format" not in meta:  # format 1: arrays.npz alone was checked
+        arrays_sha256 = meta.get("sha256")
+    else:
+        raise CheckpointError(f"checkpoint {path} has format {meta['format']!r}; this jaxbp reads {FORMAT}")
+    if hashlib.sha256(raw).hexdigest() != arrays_sha256:
+        raise CheckpointError(f"checkpoint {path} is corrupt: arrays.npz does not match its checksum")
+    try:  # format 1's meta.json has no checksum of its own
+        saved = [(s["path"], list(s["shape"]), s["dtype"]) for s in meta["leaves"]]
+        if not isinstance(meta["metadata"], dict):
+            raise TypeError("metadata is not an object")
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {path} is corrupt: meta.json's leaves or metadata: {e}") from None
+    return meta, saved, raw
 
 
 def restore(path, template):
@@ -127,19 +160,9 @@ def restore(path, template):
     Returns ``(tree, metadata)``. Raises :class:`CheckpointError` naming what
     is wrong: unreadable or corrupt files, or leaves that do not match.
     """
-    try:
-        with open(os.path.join(path, "meta.json")) as f:
-            meta = json.load(f)
-        with open(os.path.join(path, "arrays.npz"), "rb") as f:
-            raw = f.read()
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} is unreadable: {e}") from None
-    if hashlib.sha256(raw).hexdigest() != meta.get("sha256"):
-        raise CheckpointError(f"checkpoint {path} is corrupt: arrays.npz does not match its checksum")
+    meta, got, raw = _read(path)
     paths, leaves, treedef = _leaves(template)
-    saved = meta["leaves"]
     want = [(p, list(np.shape(v)), str(jnp.asarray(v).dtype)) for p, v in zip(paths, leaves)]
-    got = [(s["path"], s["shape"], s["dtype"]) for s in saved]
     if want != got:
         fmt = lambda leaf: f"{leaf[0]} {tuple(leaf[1])} {leaf[2]}"
         diffs = [f"{fmt(w)} in the model vs {fmt(g)} in the checkpoint"
@@ -147,16 +170,27 @@ def restore(path, template):
         if len(want) != len(got):
             diffs.insert(0, f"{len(want)} leaves in the model vs {len(got)} in the checkpoint")
         raise CheckpointMismatch(f"checkpoint {path} does not fit this model/optimizer: " + "; ".join(diffs))
-    with np.load(io.BytesIO(raw)) as npz:
-        arrays = [npz[str(i)] for i in range(len(saved))]
-    arrays = [a.view(jnp.bfloat16) if s["dtype"] == "bfloat16" else a for a, s in zip(arrays, saved)]
+    arrays = []
+    try:  # no pickles: a file of arrays is all a checkpoint may hold
+        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+            for i, (_, shape, dtype) in enumerate(got):
+                a = npz[str(i)]
+                a = a.view(jnp.bfloat16) if dtype == "bfloat16" else a
+                if list(a.shape) != shape or str(a.dtype) != dtype:
+                    raise ValueError(f"array {i} is {a.shape} {a.dtype}, meta.json says {tuple(shape)} {dtype}")
+                arrays.append(a)
+    except Exception as e:  # a zip that is not one, a pickle, a missing entry
+        raise CheckpointError(f"checkpoint {path} is corrupt: arrays.npz cannot be read: {e}") from None
     return treedef.unflatten([jnp.asarray(a) for a in arrays]), meta["metadata"]
 
 
-def restore_latest(directory, template):
+def restore_latest(directory, template, check=None):
     """Restore the newest checkpoint that loads, warning about each one skipped.
 
-    Returns ``(tree, metadata, path)``; raises :class:`CheckpointError` when none loads.
+    ``check(metadata, tree)``, if given, raises :class:`CheckpointError` for a
+    checkpoint that loads but does not make sense to the caller (it is skipped
+    like a corrupt one). Returns ``(tree, metadata, path)``; raises
+    :class:`CheckpointError` when none loads.
     """
     candidates = list_checkpoints(directory)
     if not candidates:
@@ -165,6 +199,8 @@ def restore_latest(directory, template):
     for path in reversed(candidates):
         try:
             tree, metadata = restore(path, template)
+            if check is not None:
+                check(metadata, tree)
         except CheckpointMismatch:
             raise
         except CheckpointError as e:

@@ -2,8 +2,9 @@
 pyplot, whose import alone costs ~0.2 s of every run)."""
 from __future__ import annotations
 
-import os
 import threading
+
+from jaxbp._files import atomic_write
 
 
 def preload():
@@ -28,9 +29,7 @@ def plot_curves(history, path, title=""):
 
 def save(fig, path):
     """``fig`` as a PNG at ``path``, atomically (a crash leaves the old file or none)."""
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: fig.savefig(f, dpi=100, format="png"), "wb")
 
 
 def figure(history, title=""):
