@@ -68,31 +68,46 @@ class Dataset(typing.NamedTuple):
     num_classes: int
 
 
+def regular_file(path):
+    """Raise :class:`DataError` unless ``path`` is a regular file (or a link to
+    one): opening a FIFO left in a data directory would wait forever."""
+    if not os.path.isfile(path):
+        what = "does not exist" if not os.path.lexists(path) else "is not a regular file"
+        raise DataError(f"{path} {what}; put the data set's file there, or remove it and run again")
+
+
 def read_idx(path):
     """Parse one IDX file (raw or gzip) into a numpy array, checking it fully.
 
     Layout: two zero bytes, a type byte, the number of dimensions ``d``, then
-    ``d`` big-endian int32 sizes, then exactly ``prod(sizes)`` items.
+    ``d`` big-endian int32 sizes, then exactly ``prod(sizes)`` items. A gzip
+    file is decompressed no further than the header's size plus one byte, so
+    a small file that expands to gigabytes costs no more than the data set.
     """
+    regular_file(path)
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-        if data[:2] == b"\x1f\x8b":
-            data = gzip.decompress(data)
-    except (OSError, EOFError) as e:
+        with open(path, "rb") as raw:
+            gz = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            f = gzip.GzipFile(fileobj=raw) if gz else raw
+            data = f.read(4)
+            if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in IDX_TYPES:
+                raise DataError(f"{path} is not an IDX file: bad magic number {data[:4].hex() or '(empty)'} "
+                                "(expected 0000 then a type byte 08/09/0b/0c/0d/0e and a rank)")
+            dtype, ndim = np.dtype(IDX_TYPES[data[2]]), data[3]
+            header = 4 + 4 * ndim
+            data += f.read(4 * ndim)
+            if len(data) < header:
+                raise DataError(f"{path} is truncated: {len(data)} bytes, the header alone needs {header}")
+            shape = tuple(int(s) for s in np.frombuffer(data, ">i4", ndim, 4))
+            expected = header + int(np.prod(shape)) * dtype.itemsize
+            data += f.read(expected - header + 1)   # one byte more than promised: is there more?
+    except (OSError, EOFError) as e:  # gzip's errors too (BadGzipFile is an OSError)
         raise DataError(f"cannot read IDX file {path}: {e}") from None
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in IDX_TYPES:
-        raise DataError(f"{path} is not an IDX file: bad magic number {data[:4].hex() or '(empty)'} "
-                        "(expected 0000 then a type byte 08/09/0b/0c/0d/0e and a rank)")
-    dtype, ndim = np.dtype(IDX_TYPES[data[2]]), data[3]
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(f"{path} is truncated: {len(data)} bytes, the header alone needs {header}")
-    shape = tuple(int(s) for s in np.frombuffer(data, ">i4", ndim, 4))
-    expected = header + int(np.prod(shape)) * dtype.itemsize
-    if len(data) != expected:
-        what = "truncated" if len(data) < expected else "longer than its header says"
-        raise DataError(f"{path} is {what}: {len(data)} bytes, expected {expected} for shape {shape}")
+    if len(data) < expected:
+        raise DataError(f"{path} is truncated: {len(data)} bytes, expected {expected} for shape {shape}")
+    if len(data) > expected:
+        raise DataError(f"{path} is longer than its header says: more than the {expected} bytes of shape {shape}")
     return np.frombuffer(data, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -215,10 +230,12 @@ def load_cifar10(directory):
             path = os.path.join(folder, name)
             if not os.path.exists(path):
                 raise DataError(f"{folder} has test_batch but no {name}")
+            regular_file(path)
             with open(path, "rb") as f:
                 return read_cifar_batch(f, path)
         (xt, yt), (xv, yv) = splits(read)
     elif os.path.exists(tar_path):
+        regular_file(tar_path)
         try:
             with tarfile.open(tar_path, "r:gz") as tar:
                 members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}

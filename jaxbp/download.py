@@ -18,6 +18,8 @@ import os
 import sys
 import typing
 
+from jaxbp import _files
+
 
 class Source(typing.NamedTuple):
     url: str                 # base URL; the file names are appended
@@ -52,9 +54,15 @@ def cache_dir(name):
 
 
 def _present(path, sha256):
-    """Whether ``path`` exists with this SHA-256 (a cached file that can be reused)."""
+    """Whether ``path`` exists with this SHA-256 (a cached file that can be reused).
+    Something there that is not a regular file (a FIFO would never end the hash)
+    is an error naming it."""
     import pooch
-    return os.path.exists(path) and pooch.file_hash(path) == sha256
+    if not os.path.lexists(path):
+        return False
+    from jaxbp.data import regular_file
+    regular_file(path)
+    return pooch.file_hash(path) == sha256
 
 
 def cached(name, directory=None, source=None):
@@ -84,14 +92,20 @@ def fetch(name, directory=None, source=None):
             source = source._replace(url=f"{mirror.rstrip('/')}/{name}/")
     directory = cache_dir(name) if directory is None else directory
     logging.getLogger("pooch").setLevel(logging.WARNING)  # jaxbp prints its own line
+    _files.remove_stale(directory)  # downloads killed half-way
     for fname, sha256 in source.files.items():
         if _present(os.path.join(directory, fname), sha256):
             continue
         url = source.url + fname
         print(f"downloading {url} -> {directory}", file=sys.stderr, flush=True)
+        # Into this process's own folder, moved into place once complete and
+        # checked: a download killed half-way leaves that folder, which the next
+        # fetch recognizes as stale (its writer gone) and removes.
+        partial = _files.temporary(os.path.join(directory, "download"))
         try:
-            pooch.retrieve(url, known_hash=f"sha256:{sha256}", fname=fname, path=directory,
+            pooch.retrieve(url, known_hash=f"sha256:{sha256}", fname=fname, path=partial,
                            progressbar=sys.stderr.isatty())
+            os.replace(os.path.join(partial, fname), os.path.join(directory, fname))
         except Exception as e:  # network errors, HTTP errors, a wrong checksum: one message
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             files = ", ".join(source.files)
@@ -100,4 +114,6 @@ def fetch(name, directory=None, source=None):
                 f"Download {files} from {source.url} yourself (SHA-256 listed in jaxbp/download.py), "
                 f"put them in {directory} (or any directory and pass --data-dir), and run again."
             ) from None
+        finally:
+            _files.remove(partial)
     return directory

@@ -1,3 +1,4 @@
+import gzip
 import os
 
 import numpy as np
@@ -40,13 +41,50 @@ def test_bad_magic(tmp_path):
         data.read_idx(str(tmp_path / "x"))
 
 
-@pytest.mark.parametrize("cut", [2, 10, 30])
-def test_truncated_file(tmp_path, cut):
+@pytest.mark.parametrize("keep, message", [
+    (50, r"is truncated: 50 bytes, expected 52 for shape \(4, 3, 3\)"),     # in the items
+    (22, r"is truncated: 22 bytes, expected 52 for shape \(4, 3, 3\)"),
+    (10, r"is truncated: 10 bytes, the header alone needs 16"),             # in the sizes
+    (3, r"is not an IDX file: bad magic number 000008 "),                   # in the magic number
+    (0, r"is not an IDX file: bad magic number \(empty\)"),
+])
+@pytest.mark.parametrize("gz", [False, True])
+def test_truncated_file(tmp_path, keep, message, gz):
     data.write_idx(str(tmp_path / "a"), np.zeros((4, 3, 3), np.uint8))
     raw = (tmp_path / "a").read_bytes()
-    (tmp_path / "b").write_bytes(raw[:-cut] if cut < len(raw) else raw[:3])
-    with pytest.raises(data.DataError, match="truncated|not an IDX"):
-        data.read_idx(str(tmp_path / "b"))
+    assert len(raw) == 52
+    path = tmp_path / ("b.gz" if gz else "b")
+    path.write_bytes(gzip.compress(raw[:keep]) if gz else raw[:keep])
+    with pytest.raises(data.DataError, match=message):
+        data.read_idx(str(path))
+
+
+def test_a_gzip_bomb_is_read_no_further_than_its_header_promises(tmp_path):
+    """A 13 MB .gz of 3 GB of zeros reached 6.1 GB of memory before "truncated"."""
+    import tracemalloc
+    header = bytes([0, 0, 8, 3]) + np.asarray((100, 28, 28), ">i4").tobytes()
+    path = tmp_path / "bomb.gz"
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(header)
+        zeros = bytes(1 << 20)
+        for _ in range(64):   # 64 MiB after a header that promises 78 KB
+            f.write(zeros)
+    tracemalloc.start()
+    try:
+        with pytest.raises(data.DataError, match=r"bomb.gz is longer than its header says: more than the 78416 bytes "
+                                                 r"of shape \(100, 28, 28\)"):
+            data.read_idx(str(path))
+        assert tracemalloc.get_traced_memory()[1] < 8 << 20
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_fifo_in_a_data_directory_is_refused_not_waited_on(tmp_path):
+    write_mnist_dir(tmp_path)
+    os.remove(tmp_path / "train-labels-idx1-ubyte")
+    os.mkfifo(tmp_path / "train-labels-idx1-ubyte")
+    with pytest.raises(data.DataError, match=r"train-labels-idx1-ubyte is not a regular file"):
+        data.load_idx_dir(str(tmp_path))
 
 
 def test_trailing_bytes(tmp_path):

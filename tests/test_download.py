@@ -5,6 +5,9 @@ import gzip
 import hashlib
 import http.server
 import os
+import socket
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -107,7 +110,7 @@ def test_mnist_from_the_cache_directory_and_a_mirror(mnist_mirror, server, tmp_p
     ds = data.load("mnist")
     np.testing.assert_array_equal(ds.y_train, arrays["train_labels"])
     assert sorted(os.listdir(tmp_path / "cache" / "mnist")) == sorted(files)
-    assert all(r for r in server.requests)
+    assert sorted(server.requests) == sorted(files)   # each file once, through the mirror
 
 
 def test_a_background_load_reads_only_what_needs_no_download(mnist_mirror, server, tmp_path):
@@ -138,3 +141,23 @@ def test_a_background_load_raises_in_the_waiting_thread(tmp_path):
 def test_the_published_hashes_are_sha256():
     for source in download.SOURCES.values():
         assert all(len(h) == 64 and int(h, 16) >= 0 for h in source.files.values())
+
+
+def test_a_download_killed_half_way_is_cleaned_up_by_the_next(server, tmp_path):
+    """A killed download left its temporary file in the cache forever."""
+    source = _source(server, {"a.gz": b"a" * 100})
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    partial = tmp_path / f".download~{socket.gethostname()}~{dead.pid}.tmp"
+    partial.mkdir()
+    (partial / "a.gz").write_bytes(b"a" * 50)
+    download.fetch("x", str(tmp_path), source)
+    assert os.listdir(tmp_path) == ["a.gz"]
+
+
+def test_a_fifo_in_the_cache_is_refused_not_waited_on(server, tmp_path):
+    source = _source(server, {"a.gz": b"a" * 100})
+    os.mkfifo(tmp_path / "a.gz")
+    with pytest.raises(data.DataError, match=r"a.gz is not a regular file; put the data set's file there, or remove "
+                                             r"it and run again"):
+        download.fetch("x", str(tmp_path), source)
