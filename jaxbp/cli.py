@@ -1,8 +1,9 @@
 """The ``jaxbp`` command: ``train``, ``gradcheck``, ``bench``.
 
-Usage errors end with one line on stderr and exit code 2; other failures
-(bad data, unusable checkpoint, non-finite training) with one line and exit
-code 1. ``--debug`` shows the full traceback instead.
+Usage errors, and a run directory in use by another process, end with one
+line on stderr and exit code 2; other failures (bad data, unusable
+checkpoint, non-finite training, a file that cannot be written) with one line
+and exit code 1. ``--debug`` shows the full traceback instead.
 """
 from __future__ import annotations
 
@@ -87,6 +88,9 @@ def _add_train(sub):
                    help="multi-process run: address of process 0 (jax.distributed)")
     p.add_argument("--num-processes", type=_positive_int, default=1, help="multi-process run: process count")
     p.add_argument("--process-id", type=int, default=0, help="multi-process run: this process, 0 to P-1")
+    p.add_argument("--peer-timeout", type=_positive_int, default=60, metavar="SECONDS",
+                   help="multi-process run: how long to wait for the other processes to join, and how long "
+                        "one may go silent before the run ends as lost")
     p.add_argument("--quiet", action="store_true", help="only the final result line and the run directory")
     p.add_argument("--debug-nans", action="store_true", help="turn on JAX's NaN checking")
     p.set_defaults(func=_train)
@@ -121,6 +125,7 @@ def _compilation_cache():
 
 
 _distributed = False  # whether this process joined a multi-process run (jax.distributed)
+_run = {}             # this process's run: its directory, its place among the processes
 
 
 def _train(a):
@@ -139,8 +144,13 @@ def _train(a):
             raise _UsageError("--num-processes > 1 needs --coordinator HOST:PORT")
         if not 0 <= a.process_id < a.num_processes:
             raise _UsageError(f"--process-id must be in [0, {a.num_processes}), got {a.process_id}")
-        jax.distributed.initialize(a.coordinator, a.num_processes, a.process_id)
+        from jaxbp.train.parallel import join
+        print(f"jaxbp: process {a.process_id} of {a.num_processes}: joining the others at {a.coordinator} "
+              f"(up to {a.peer_timeout} s)", file=sys.stderr, flush=True)
+        join(a.coordinator, a.num_processes, a.process_id, a.peer_timeout)
         _distributed = True
+        _tell_supervisor("joined")
+    _run.update(process=a.process_id, of=a.num_processes)
     if a.devices is not None and a.devices > jax.device_count():
         raise _UsageError(f"--devices {a.devices}: only {jax.device_count()} device(s) available")
     from jaxbp import precision
@@ -160,16 +170,13 @@ def _train(a):
     else:
         run_dir = a.run_dir or rundir.new_path(a.model, a.data)
         cfg = Config.for_data(**{**given, "data": a.data, "run_dir": run_dir})
+    _run["run_dir"] = run_dir
     precision.enable(cfg.dtype)
     if a.debug_nans:
         jax.config.update("jax_debug_nans", True)
-    if not a.resume and chief:
-        # Before data loading and compilation, so that a mistake costs nothing.
-        rundir.prepare_new(run_dir, cfg.overwrite)
-        if a.run_dir is None:
-            rundir.point_latest(run_dir)
     same = pending is not None and (cfg.data, cfg.data_dir, cfg.seed) == (a.data, a.data_dir, a.seed)
-    fit(cfg, dataset=pending if same else None, quiet=a.quiet or not chief)
+    fit(cfg, dataset=pending if same else None, quiet=a.quiet or not chief,
+        point_latest=a.run_dir is None and not a.resume)
     if chief:
         print(f"run directory: {run_dir}")
     return 0
@@ -355,26 +362,59 @@ def main(argv=None):
     from jaxbp.data import DataError
     from jaxbp.train import NonFiniteError, TrainingInterrupted
     from jaxbp.train.loop import describe
+    from jaxbp.train.parallel import PeerError
+    from jaxbp.train.rundir import RunDirBusy
     try:
         return args.func(args)
-    except _UsageError as e:
-        print(f"jaxbp: error: {e}", file=sys.stderr)
+    except (_UsageError, RunDirBusy) as e:
+        _say(f"jaxbp: error: {e}")
         return EXIT_USAGE
-    except (DataError, CheckpointError, NonFiniteError, ValueError, OSError) as e:
-        print(f"jaxbp: error: {e}", file=sys.stderr)
+    except (DataError, CheckpointError, NonFiniteError, PeerError, ValueError, OSError) as e:
+        _say(f"jaxbp: error: {e}")
         return EXIT_FAILURE
     except TrainingInterrupted as e:
         if e.saved:
-            print(f"jaxbp: interrupted; saved: {describe(e.saved)}; "
-                  f"resume with: jaxbp train --run-dir {e.run_dir} --resume",
-                  file=sys.stderr)
+            _say(f"jaxbp: interrupted; saved: {describe(e.saved)}; "
+                 f"resume with: jaxbp train --run-dir {e.run_dir} --resume")
         else:
-            print(f"jaxbp: interrupted before the first checkpoint: nothing to resume in {e.run_dir}",
-                  file=sys.stderr)
+            _say(f"jaxbp: interrupted before the first checkpoint: nothing to resume in {e.run_dir}")
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        print("jaxbp: interrupted", file=sys.stderr)
+        _say("jaxbp: interrupted")
         return EXIT_INTERRUPTED
+    except Exception as e:
+        if not _distributed:
+            raise
+        # In a multi-process run, an error from JAX's runtime (a collective
+        # whose peer is gone) is the run's end, not a bug to show as a traceback.
+        _say(f"jaxbp: error: {_lost(str(e))}")
+        return EXIT_FAILURE
+
+
+def _say(line):
+    """The command's last line: on stderr, or, for a process run by
+    :func:`_supervise`, to the supervisor, which prints it once this process
+    has ended (after anything JAX's threads still print)."""
+    import os
+    fd = os.environ.get(SUPERVISED)
+    if fd and fd.isdigit():
+        try:
+            os.write(int(fd), f"say {line}\n".encode())
+            return
+        except OSError:
+            pass
+    print(line, file=sys.stderr, flush=True)
+
+
+def _lost(reason):
+    """A multi-process run that lost a process, in one line: which process,
+    what happened, the newest checkpoint, how to go on."""
+    from jaxbp.train import checkpoint
+    import os
+    newest = checkpoint.list_checkpoints(os.path.join(_run.get("run_dir", ""), "checkpoints"))
+    first = reason.strip().splitlines()[0][:300] if reason.strip() else "no reason given"
+    return (f"process {_run.get('process', '?')} of {_run.get('of', '?')}: the run lost another process ({first}); "
+            f"newest checkpoint: {newest[-1] if newest else 'none'}; start every process again with --resume")
 
 
 # JAX's GPU memory settings (read when it starts its devices).
@@ -404,18 +444,101 @@ def run():
     do is tear the interpreter down, ~0.3 s with JAX and matplotlib loaded
     (BENCHMARKS.md). So the streams are flushed, the exit handlers run (they are
     quick: temporary files, logging, JAX's own), and the process exits without
-    the teardown. Not in a multi-process run: there JAX's distributed service
-    takes its leave of the other processes during that shutdown."""
+    the teardown. Not in a multi-process run that succeeded: there JAX's
+    distributed service takes its leave of the other processes during that
+    shutdown (one that failed does not wait for peers that may be gone).
+    A multi-process run's process runs under :func:`_supervise`."""
+    import os
     process_defaults()
+    if _processes(sys.argv[1:]) > 1 and SUPERVISED not in os.environ:
+        sys.exit(_supervise(sys.argv[1:]))
     code = main()
-    if _distributed:
+    if _distributed and code == 0:
         sys.exit(code)
     import atexit
-    import os
     sys.stdout.flush()
     sys.stderr.flush()
-    atexit._run_exitfuncs()  # what a normal exit runs first (CPython)
+    if not _distributed:  # a failed multi-process run: JAX's exit handler would wait for, or abort on, peers
+        atexit._run_exitfuncs()  # what a normal exit runs first (CPython)
     os._exit(code)
+
+
+SUPERVISED = "JAXBP_SUPERVISED"
+
+
+def _option(argv, name, default):
+    """The value typed for option ``name`` (``--name V`` or ``--name=V``; the
+    last one, as argparse takes it), read before anything heavy is imported."""
+    value = default
+    for i, arg in enumerate(argv):
+        if arg.startswith(name + "="):
+            value = arg.partition("=")[2]
+        elif arg == name and i + 1 < len(argv):
+            value = argv[i + 1]
+    return value
+
+
+def _processes(argv):
+    value = _option(argv, "--num-processes", "1")
+    return int(value) if value.isdigit() else 1
+
+
+def _die_with_parent():
+    """In the child, before it starts: end when the supervisor ends (Linux), so
+    that killing the process a user sees kills the run's process too."""
+    import ctypes
+    import signal
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _tell_supervisor(word):
+    import os
+    fd = os.environ.get(SUPERVISED)
+    if fd and fd.isdigit():
+        os.write(int(fd), f"{word}\n".encode())
+
+
+def _supervise(argv):
+    """Run this process of a multi-process run as a child and wait for it.
+
+    When another process dies, JAX's distributed service may end this one
+    from C++ (an abort, exit 134, with a page of logs) before Python can say
+    anything. The supervisor, which imports nothing heavy, prints the child's
+    last line (sent through a pipe) once the child has ended, or, for a child
+    that was aborted, says what happened. Ctrl-C reaches both (one process
+    group); the child's own handling decides."""
+    import os
+    import signal
+    import subprocess
+    read, write = os.pipe()
+    child = subprocess.Popen([sys.executable, "-m", "jaxbp.cli", *argv], env={**os.environ, SUPERVISED: str(write)},
+                             pass_fds=(write,), preexec_fn=_die_with_parent)
+    os.close(write)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: child.terminate())
+    with os.fdopen(read) as f:
+        told = f.read().splitlines()   # until the child ends
+    code = child.wait()
+    said = [line[len("say "):] for line in told if line.startswith("say ")]
+    if said:
+        print(*said, sep="\n", file=sys.stderr, flush=True)
+    if code >= 0 and code != 134:   # the child ended itself, having said why
+        return code
+    _run.update(process=_option(argv, "--process-id", "0"), of=_processes(argv),
+                run_dir=_option(argv, "--run-dir", os.path.join("runs", "latest")))
+    if "joined" not in told:
+        coordinator, timeout = _option(argv, "--coordinator", "?"), _option(argv, "--peer-timeout", "60")
+        line = (f"process {_run['process']} of {_run['of']}: the other processes did not join at {coordinator} "
+                f"within {timeout} s (--peer-timeout): start them, or check the address")
+    else:
+        how = ("aborted by JAX's distributed service" if code in (134, -signal.SIGABRT) else
+               f"killed by {signal.Signals(-code).name}")
+        line = _lost(f"{how}: another process died or stopped answering")
+    print(f"jaxbp: error: {line}", file=sys.stderr, flush=True)
+    return EXIT_FAILURE
 
 
 if __name__ == "__main__":

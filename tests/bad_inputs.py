@@ -150,6 +150,9 @@ def restored_environ():
         os.environ.update(saved)
 
 
+_HELD = []   # lock files held by the cases (as another process would hold them)
+
+
 def cli_error_cases(workdir):
     """name -> (argument factory, exit code, message regex); the factory writes any
     files it needs and may set environment variables (run it inside :func:`restored_environ`)."""
@@ -194,6 +197,65 @@ def cli_error_cases(workdir):
         os.environ["JAXBP_DATA_MIRROR"] = "http://127.0.0.1:9"
         return ["train", "--data", "mnist", "--run-dir", os.path.join(workdir, "offline_run")]
 
+    def held(resume):
+        """A run directory whose lock another process holds (a fixed holder
+        written in the lock file, so that the message reads the same each time)."""
+        import fcntl
+        import json
+        run = a_run() if resume else os.path.join(workdir, "held_run")
+        os.makedirs(run, exist_ok=True)
+        path = os.path.join(run, ".lock")
+        with open(path, "w") as f:
+            json.dump({"pid": 4242, "host": "node7", "since": "2026-12-02T10:00:00"}, f)
+        fd = os.open(path, os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX)   # released when the test's process ends or the fd is closed
+        _HELD.append(fd)
+        return ["train", "--run-dir", run] + (["--resume"] if resume else [])
+
+    def mnist_dir(edit):
+        """Small MNIST files in a directory, then ``edit(directory)``."""
+        d = os.path.join(workdir, "mnist_" + edit.__name__)
+        os.makedirs(d, exist_ok=True)
+        write_mnist_dir(__import__("pathlib").Path(d))
+        edit(d)
+        return ["train", "--data", "mnist", "--data-dir", d, "--run-dir", os.path.join(workdir, "never_created")]
+
+    def label_200(d):
+        path = os.path.join(d, "train-labels-idx1-ubyte")
+        raw = bytearray(open(path, "rb").read())
+        raw[8 + 3] = 200
+        open(path, "wb").write(bytes(raw))
+
+    def fifo(d):
+        os.remove(os.path.join(d, "t10k-images-idx3-ubyte"))
+        os.mkfifo(os.path.join(d, "t10k-images-idx3-ubyte"))
+
+    def gzip_longer(d):
+        import gzip
+        path = os.path.join(d, "train-images-idx3-ubyte")
+        raw = open(path, "rb").read()
+        os.remove(path)
+        with gzip.open(path + ".gz", "wb") as f:
+            f.write(raw + bytes(1 << 20))   # a megabyte of zeros past what the header promises
+
+    def config_without_lr():
+        import json
+        run = a_run()
+        path = os.path.join(run, "config.json")
+        saved = json.load(open(path))
+        del saved["lr"]
+        json.dump(saved, open(path, "w"))
+        return ["train", "--run-dir", run, "--resume"]
+
+    def edited_checkpoint():
+        import json
+        run = a_run()
+        path = checkpoint.save(os.path.join(run, "checkpoints"), 8, {"w": np.ones(3)}, {"epoch": 1})
+        meta = json.load(open(os.path.join(path, "meta.json")))
+        meta["metadata"]["epoch"] = 0
+        json.dump(meta, open(os.path.join(path, "meta.json"), "w"))
+        return ["train", "--run-dir", run, "--resume"]
+
     def run_dir_file():
         path = os.path.join(workdir, "a_file")
         open(path, "w").close()
@@ -236,6 +298,67 @@ def cli_error_cases(workdir):
                                                 os.path.join(workdir, "big")], 1,
                                        "batch_size 5000 is larger than the training set"),
         "cli_run_dir_is_a_file": (run_dir_file, 1, "run directory .*a_file exists and is not a directory"),
+        "cli_run_dir_in_use": (lambda: held(False), 2, r"run directory .*held_run is in use by process 4242 on node7 "
+                                                          r"\(since 2026-12-02T10:00:00\): a run directory is written by "
+                                                          "one process at a time"),
+        "cli_resume_while_the_run_goes_on": (lambda: held(True), 2, r"run directory .*a_run is in use by process 4242"),
+        "cli_label_out_of_range": (lambda: mnist_dir(label_200), 1,
+                                   r"train-labels-idx1-ubyte: labels must be class ids in \[0, 10\), but 1 are not; "
+                                   "the first is index 3: 200"),
+        "cli_data_file_is_a_fifo": (lambda: mnist_dir(fifo), 1, r"t10k-images-idx3-ubyte is not a regular file"),
+        "cli_gzip_longer_than_its_header": (lambda: mnist_dir(gzip_longer), 1,
+                                            r"train-images-idx3-ubyte.gz is longer than its header says: more than "
+                                            r"the 376 bytes of shape \(12, 6, 5\)"),
+        "cli_config_json_missing_key": (config_without_lr, 1, r"config.json has no 'lr': the run's lr is unknown"),
+        "cli_checkpoint_meta_edited": (edited_checkpoint, 1, r"no usable checkpoint: checkpoint .*ckpt-000000008 is "
+                                                             r"corrupt: meta.json does not match its checksum"),
+        "cli_peer_timeout_zero": (lambda: ["train", "--peer-timeout", "0"], 2,
+                                  "--peer-timeout: expected a positive integer, got '0'"),
         "cli_gradcheck_dtype": (lambda: ["gradcheck", "--dtype", "float16"], 2, "--dtype: invalid choice"),
         "cli_bench_batch_size": (lambda: ["bench", "--batch-size", "0"], 2, "--batch-size: expected a positive"),
     }
+
+
+# Faults met while a run goes on (the tests that cause each are named): what
+# happens, the message's pattern (those tests match it) and an example of it.
+FAULTS = {
+    "run_dir_raced": ("two processes start with one --run-dir (test_faults.py::test_two_processes_racing...)",
+                      r"jaxbp: error: run directory .* is in use by process \d+ on .* \(since .*\): a run directory is "
+                      r"written by one process at a time; wait for that run to end, or choose another --run-dir",
+                      "jaxbp: error: run directory runs/a is in use by process 812 on node7 (since 2026-12-02T10:00:00): "
+                      "a run directory is written by one process at a time; wait for that run to end, or choose "
+                      "another --run-dir"),
+    "write_failed": ("a checkpoint or metrics file cannot be written: disk full, file too large, read-only "
+                     "(test_faults.py::test_a_failed_write..., ::test_a_file_size_limit...)",
+                     r"jaxbp: error: cannot write .*: .*; (the checkpoint .* is intact; once it can be written, resume "
+                     r"the run \(--resume\)|no checkpoint had been written yet; once it can be written, start the run "
+                     r"again \(--overwrite\))",
+                     "jaxbp: error: cannot write runs/a/checkpoints/ckpt-000000008/arrays.npz: No space left on "
+                     "device; the checkpoint after epoch 1 (runs/a/checkpoints/ckpt-000000004) is intact; once it "
+                     "can be written, resume the run (--resume)"),
+    "checkpoint_skipped": ("the newest checkpoint does not verify (edited, corrupt, truncated) and an older one does "
+                           "(test_faults.py::test_an_edited_checkpoint_epoch...)",
+                           r"jaxbp: warning: checkpoint .* is (corrupt|unreadable): .*; trying an older checkpoint",
+                           "jaxbp: warning: checkpoint runs/a/checkpoints/ckpt-000000008 is corrupt: meta.json does "
+                           "not match its checksum; trying an older checkpoint"),
+    "non_finite": ("the loss, gradients or state (running statistics included) stop being finite "
+                   "(test_faults.py::test_non_finite...)",
+                   r"jaxbp: error: non-finite (loss|gradients|state \(.*\)) at step \d+; (the checkpoint .* is the "
+                   r"last good state|no checkpoint was written before it); try a smaller --lr, or --debug-nans to "
+                   r"locate it",
+                   "jaxbp: error: non-finite state (parameters, optimizer state or running statistics) at step 9; "
+                   "the checkpoint after epoch 1 (runs/a/checkpoints/ckpt-000000008) is the last good state; try a "
+                   "smaller --lr, or --debug-nans to locate it"),
+    "peer_lost": ("a process of a multi-process run dies (test_distributed.py::test_a_killed_process...)",
+                  r"jaxbp: error: process \d+ of \d+: the run lost another process \(.*\); newest checkpoint: .*; "
+                  r"start every process again with --resume",
+                  "jaxbp: error: process 0 of 2: the run lost another process (UNKNOWN: Gloo all-reduce failed: "
+                  "... Connection reset by peer); newest checkpoint: runs/a/checkpoints/ckpt-000000064; start every "
+                  "process again with --resume"),
+    "peers_absent": ("a process of a multi-process run waits for peers that never come "
+                     "(test_distributed.py::test_a_process_whose_peers_never_come_says_so)",
+                     r"jaxbp: error: process \d+ of \d+: the other processes did not join at .* within \d+ s "
+                     r"\(--peer-timeout\): start them, or check the address",
+                     "jaxbp: error: process 1 of 2: the other processes did not join at 10.0.0.1:8476 within 60 s "
+                     "(--peer-timeout): start them, or check the address"),
+}

@@ -31,7 +31,8 @@ def test_train_output_and_run_directory(tmp_path):
     r = jaxbp("train", "--model", "mlp", "--epochs", "2", "--run-dir", str(tmp_path / "run"))
     assert r.returncode == 0, r.stderr
     assert "epoch   1/2  train_loss" in r.stdout and "test_acc" in r.stdout
-    assert sorted(os.listdir(tmp_path / "run")) == ["checkpoints", "config.json", "curves.png", "metrics.jsonl"]
+    assert sorted(os.listdir(tmp_path / "run")) == [".lock", "checkpoints", "config.json", "curves.png",
+                                                    "metrics.jsonl"]   # .lock: free once the run ended
 
 
 @pytest.mark.parametrize("code", [0, 1, 130])
@@ -135,10 +136,13 @@ def test_bench_cli_json(flags):
 
 
 @pytest.mark.parametrize("name", list(cli_error_cases("/unused")))
-def test_cli_error(name, tmp_path, capsys):
+def test_cli_error(name, tmp_path, capsys, monkeypatch):
+    """Each bad input: one line, its exit code, and no run directory left
+    behind (a failed start left an empty runs/<time>-… and moved runs/latest)."""
     import re
     import warnings
     from jaxbp import cli
+    monkeypatch.chdir(tmp_path)   # where runs/ would appear
     make_args, code, message = cli_error_cases(str(tmp_path))[name]
     with warnings.catch_warnings(), restored_environ():
         warnings.simplefilter("ignore")
@@ -151,6 +155,7 @@ def test_cli_error(name, tmp_path, capsys):
     lines = [l for l in err.splitlines() if l.startswith("jaxbp: error")]
     assert len(lines) == 1 and re.search(message, lines[0]), err
     assert "Traceback" not in err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "never_created").exists()
 
 
 def test_error_table_in_docs_is_current():

@@ -5,7 +5,7 @@ import pathlib
 import pytest
 
 import jaxbp
-from bad_inputs import OP_CASES as CASES
+from bad_inputs import FAULTS, OP_CASES as CASES
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -27,3 +27,10 @@ def test_twin_validates_too(name):
             mp.setattr(jaxbp, op, getattr(jaxbp.autodiff, op))
         with pytest.raises(error, match=message):
             call()
+
+
+@pytest.mark.parametrize("name", list(FAULTS))
+def test_each_documented_fault_example_fits_its_pattern(name):
+    import re
+    _, pattern, example = FAULTS[name]
+    assert re.fullmatch(pattern, example)

@@ -169,7 +169,8 @@ def test_resume_from_a_checkpoint_written_mid_epoch_equals_a_straight_run_bitwis
     monkeypatch.setattr(checkpoint, "save", save_and_snapshot)
     straight = train.fit(Config(run_dir=str(tmp_path / "a"), **cfg), dataset=ds, quiet=True)
     assert [s for s, _ in written] == [8, 12, 20, 24]
-    assert written[2][1] == {"epoch": 0, "in_epoch": 8, "losses": straight.step_losses[12:20]}
+    assert written[2][1] == {"epoch": 0, "in_epoch": 8, "losses": straight.step_losses[12:20],
+                             "history": straight.history[:1]}
     assert sorted(os.listdir(tmp_path / "a" / "checkpoints")) == ["ckpt-000000020", "ckpt-000000024"]
     monkeypatch.setattr(checkpoint, "save", real_save)
     capsys.readouterr()

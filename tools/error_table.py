@@ -55,6 +55,13 @@ def table():
            "| case | where | exception | message |", "|---|---|---|---|"]
     escape = lambda m: m.replace("|", "\\|").replace("\n", " ")
     out += [f"| {n} | {w} | {t} | {escape(m)} |" for n, w, t, m in rows]
+    from bad_inputs import FAULTS
+    out += ["", "## Faults during a run", "",
+            "What the `jaxbp` command says when something goes wrong while a run goes on; the test that causes",
+            "each matches the message against its pattern (`tests/bad_inputs.py`, `FAULTS`). Nothing saved is lost",
+            "in any of them: the newest checkpoint that verifies is the one named.", "",
+            "| case | when | message (an example) |", "|---|---|---|"]
+    out += [f"| {n} | {escape(when)} | {escape(example)} |" for n, (when, _, example) in FAULTS.items()]
     return "\n".join(out) + "\n"
 
 

@@ -104,12 +104,17 @@ def _prepare_run_dir(cfg, chief):
         for field, given, old in rundir.conflicts(saved, dataclasses.asdict(cfg))[:1]:
             raise rundir.RunDirError(rundir.conflict_message(cfg.run_dir, field, given, old))
         if chief:
+            rundir.check_free(cfg.run_dir)
             rundir.check_writable(cfg.run_dir)
     elif chief:
-        rundir.prepare_new(cfg.run_dir, cfg.overwrite)
+        rundir.check_new(cfg.run_dir, cfg.overwrite)  # created once the run can start
 
 
-def fit(cfg, dataset=None, quiet=False, max_epochs=None):
+class SaveError(OSError):
+    """A file of the run could not be written (a full disk, say); says what was saved."""
+
+
+def fit(cfg, dataset=None, quiet=False, max_epochs=None, point_latest=False):
     """Train ``cfg.model`` on ``cfg.data``; return a :class:`TrainResult`.
 
     ``dataset``: the :class:`jaxbp.data.Dataset` to use instead of loading
@@ -117,17 +122,25 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
     (what :func:`jaxbp.data.load_in_background` returns).
     ``max_epochs`` stops this call after that many epochs (the schedule still
     spans ``cfg.epochs``), so a run can be done in pieces with ``resume``.
+    ``point_latest``: point ``<parent>/latest`` at the run directory once its
+    ``config.json`` is written (what the ``jaxbp`` command does for its own runs).
 
     With ``cfg.run_dir``: writes ``config.json``, ``metrics.jsonl`` (one object
     per epoch), ``curves.png`` and ``checkpoints/`` (after every epoch, and every
     ``cfg.checkpoint_every`` steps inside one, at the end of a chunk). The
-    directory must be new or empty (``cfg.overwrite`` replaces what is there).
+    directory must be new or empty (``cfg.overwrite`` replaces what is there);
+    it is created once the data and model are ready, and is locked for this
+    process while it trains (:class:`jaxbp.train.rundir.RunDirBusy` if another
+    holds it). The checkpoints hold the metrics too: a resumed run rebuilds
+    ``metrics.jsonl`` from its checkpoint.
     With ``cfg.resume``: continues the run in ``cfg.run_dir`` from its newest
     usable checkpoint; ``cfg`` must equal its ``config.json`` except in
     :data:`jaxbp.train.rundir.MAY_CHANGE`.
     Raises :class:`NonFiniteError` at the first non-finite step (the last
-    checkpoint stays the last good one) and :class:`TrainingInterrupted` on
-    Ctrl-C. ``quiet`` silences the per-epoch lines, not the final one.
+    checkpoint stays the last good one), :class:`SaveError` when a file cannot
+    be written (naming it, and the checkpoint that is intact) and
+    :class:`TrainingInterrupted` on Ctrl-C. ``quiet`` silences the per-epoch
+    lines, not the final one.
     """
     cfg.validate()
     chief = jax.process_index() == 0  # the one process that writes files
@@ -154,65 +167,70 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
     steps = make_steps(model, optimizer, cfg, mesh)
 
     ckpt_dir = os.path.join(cfg.run_dir, "checkpoints") if cfg.run_dir else None
-    history, start_epoch, saved = [], 0, None
-    # Where the first epoch of this call begins: its step, and its losses so far.
-    begin, begin_losses = 0, []
-    if cfg.resume:
-        ts, meta, path = checkpoint.restore_latest(ckpt_dir, jax.tree.map(fetch, ts))
-        start_epoch = meta["epoch"] + 1  # epochs completed
-        saved = {"epoch": start_epoch, "path": path}
-        if "in_epoch" in meta:  # written mid-epoch
-            begin, begin_losses = meta["in_epoch"], meta["losses"]
-            saved.update(in_epoch=begin, step=int(fetch(ts.step)))
-        history = rundir.read_metrics(cfg.run_dir)[:start_epoch]
-        if cfg.audit_every and chief:   # the audits past the checkpoint are done again
-            audit.write(cfg.run_dir, audit.read(cfg.run_dir, until_step=int(fetch(ts.step))))
-        _log(quiet, f"resumed from {describe(saved)}")
-    ts = replicate(ts, mesh)
-    # The data sets live on the device(s) for the whole run.
-    x_all, y_all = replicate((ds.x_train, ds.y_train), mesh)
-    test = eval_set(ds.x_test, ds.y_test, cfg.eval_batch_size, mesh)
-    chunk = chunk_size(steps_per_epoch)
-    setup_s = time.perf_counter() - t
-    programs, compile_s = {}, 0.0
-
-    def compiled(fn, *args, **static):
-        """``fn`` compiled ahead of time (once for each ``static``), the time the
-        run waits for it counted (for one compiling in the background: the wait)."""
-        nonlocal compile_s
-        key = (fn, tuple(static.items()))
-        if not isinstance(programs.get(key), jax.stages.Compiled):
-            t = time.perf_counter()
-            pending = programs.get(key)
-            programs[key] = pending.result() if pending is not None else fn.lower(*args, **static).compile()
-            compile_s += time.perf_counter() - t
-        return programs[key]
-
+    writing = bool(cfg.run_dir and chief)
+    # From here on the run directory is this process's (created now for a new run).
+    claim = rundir.claim(cfg.run_dir, cfg.overwrite, cfg.resume) if writing else None
+    history, start_epoch, saved, failed = [], 0, None, True
     background = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxbp-compile")
-
-    def compile_in_background(fn, *args, **static):
-        """Start compiling ``fn`` in a thread; :func:`compiled` waits for it."""
-        key = (fn, tuple(static.items()))
-        if key not in programs:  # shapes and shardings only: the arrays may be donated meanwhile
-            specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), args)
-            programs[key] = background.submit(lambda: fn.lower(*specs, **static).compile())
-
-    order_of = jax.jit(lambda key, step: epoch_order(key, step, n, cfg.batch_size))
-
-    if cfg.run_dir and chief:
-        rundir.write_json(os.path.join(cfg.run_dir, "config.json"), dataclasses.asdict(cfg))
-        rundir.write_metrics(cfg.run_dir, history)
-
-    from tqdm.auto import tqdm
-    t_start, startup_s = time.perf_counter(), elapsed()
-    _log(quiet, f"started in {startup_s:.1f}s (data {data_s:.1f}s, model state and devices {setup_s:.1f}s)")
-    end_epoch = cfg.epochs if max_epochs is None else min(cfg.epochs, start_epoch + max_epochs)
-    # The bar is for a person at a terminal; a log gets the per-epoch lines only.
-    bar_off = quiet or not sys.stderr.isatty()
-    step_losses, reached = [], None
-    # The evaluation compiles beside the training program and the first steps.
-    compile_in_background(steps.eval, ts.params, ts.state, test.xs, test.ys, test.masks)
     try:
+        # Where the first epoch of this call begins: its step, and its losses so far.
+        begin, begin_losses = 0, []
+        if cfg.resume:
+            ts, meta, path = checkpoint.restore_latest(ckpt_dir, jax.tree.map(fetch, ts),
+                                                       check=_resumable(cfg.run_dir, steps_per_epoch))
+            start_epoch = meta["epoch"] + 1  # epochs completed
+            saved = {"epoch": start_epoch, "path": path}
+            if "in_epoch" in meta:  # written mid-epoch
+                begin, begin_losses = meta["in_epoch"], meta["losses"]
+                saved.update(in_epoch=begin, step=int(fetch(ts.step)))
+            history = meta["history"]
+            if cfg.audit_every and chief:   # the audits past the checkpoint are done again
+                audit.write(cfg.run_dir, audit.read(cfg.run_dir, until_step=int(fetch(ts.step))))
+            _log(quiet, f"resumed from {describe(saved)}")
+        ts = replicate(ts, mesh)
+        # The data sets live on the device(s) for the whole run.
+        x_all, y_all = replicate((ds.x_train, ds.y_train), mesh)
+        test = eval_set(ds.x_test, ds.y_test, cfg.eval_batch_size, mesh)
+        chunk = chunk_size(steps_per_epoch)
+        setup_s = time.perf_counter() - t
+        programs, compile_s = {}, 0.0
+
+        def compiled(fn, *args, **static):
+            """``fn`` compiled ahead of time (once for each ``static``), the time the
+            run waits for it counted (for one compiling in the background: the wait)."""
+            nonlocal compile_s
+            key = (fn, tuple(static.items()))
+            if not isinstance(programs.get(key), jax.stages.Compiled):
+                t = time.perf_counter()
+                pending = programs.get(key)
+                programs[key] = pending.result() if pending is not None else fn.lower(*args, **static).compile()
+                compile_s += time.perf_counter() - t
+            return programs[key]
+
+        def compile_in_background(fn, *args, **static):
+            """Start compiling ``fn`` in a thread; :func:`compiled` waits for it."""
+            key = (fn, tuple(static.items()))
+            if key not in programs:  # shapes and shardings only: the arrays may be donated meanwhile
+                specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), args)
+                programs[key] = background.submit(lambda: fn.lower(*specs, **static).compile())
+
+        order_of = jax.jit(lambda key, step: epoch_order(key, step, n, cfg.batch_size))
+
+        if writing:
+            rundir.write_json(os.path.join(cfg.run_dir, "config.json"), dataclasses.asdict(cfg))
+            rundir.write_metrics(cfg.run_dir, history)  # the checkpoint's: metrics.jsonl may have lost rows
+            if point_latest:
+                rundir.point_latest(cfg.run_dir)
+
+        from tqdm.auto import tqdm
+        t_start, startup_s = time.perf_counter(), elapsed()
+        _log(quiet, f"started in {startup_s:.1f}s (data {data_s:.1f}s, model state and devices {setup_s:.1f}s)")
+        end_epoch = cfg.epochs if max_epochs is None else min(cfg.epochs, start_epoch + max_epochs)
+        # The bar is for a person at a terminal; a log gets the per-epoch lines only.
+        bar_off = quiet or not sys.stderr.isatty()
+        step_losses, reached = [], None
+        # The evaluation compiles beside the training program and the first steps.
+        compile_in_background(steps.eval, ts.params, ts.state, test.xs, test.ys, test.masks)
         for epoch in range(start_epoch, end_epoch):
             t0 = time.perf_counter()
             order = compiled(order_of, ts.key, ts.step)(ts.key, ts.step)  # on the device(s), from (key, epoch)
@@ -235,14 +253,15 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
                 done = start + length
                 at = epoch * steps_per_epoch + done   # steps of the run so far
                 every = cfg.audit_every
-                if every and cfg.run_dir and chief and at // every > (at - length) // every:
+                if every and writing and at // every > (at - length) // every:
                     _audit(cfg, model, ts, x_all, y_all, order[done - 1], at, epoch)
-                if (cfg.checkpoint_every and cfg.run_dir and chief and done < steps_per_epoch
+                if (cfg.checkpoint_every and writing and done < steps_per_epoch
                         and done // cfg.checkpoint_every > start // cfg.checkpoint_every):
                     # The state after this chunk, checked finite, and the epoch's losses so far.
                     step = int(fetch(ts.step))
                     path = checkpoint.save(ckpt_dir, step, jax.tree.map(fetch, ts),
-                                           {"epoch": epoch - 1, "in_epoch": done, "losses": before + losses})
+                                           {"epoch": epoch - 1, "in_epoch": done, "losses": before + losses,
+                                            "history": list(history)})
                     saved = {"epoch": epoch, "in_epoch": done, "step": step, "path": path}
             bar.close()
             step_losses += losses
@@ -258,9 +277,9 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
             history.append(record)
             _log(quiet, f"epoch {epoch + 1:3d}/{cfg.epochs}  train_loss {train_loss:.4f}  "
                         f"test_loss {test_loss:.4f}  test_acc {100 * test_acc:6.2f}%  {record['seconds']:.1f}s")
-            if cfg.run_dir and chief:
+            if writing:  # the checkpoint first: it holds the metrics too
                 path = checkpoint.save(ckpt_dir, int(fetch(ts.step)), jax.tree.map(fetch, ts),
-                                       {"epoch": epoch})
+                                       {"epoch": epoch, "history": list(history)})
                 saved = {"epoch": epoch + 1, "path": path}
                 rundir.write_metrics(cfg.run_dir, history)
             if cfg.stop_at_accuracy is not None and test_acc >= cfg.stop_at_accuracy:
@@ -269,19 +288,18 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
                             f"at epoch {epoch + 1}: {record['elapsed']:.1f}s since the process started, "
                             f"{time.perf_counter() - t_start:.1f}s of training (compilation included)")
                 break
+        failed = False
     except KeyboardInterrupt:
         raise TrainingInterrupted(cfg.run_dir, saved) from None
+    except OSError as e:
+        if not writing:
+            raise
+        raise SaveError(_save_failed(e, saved)) from None
     finally:
         background.shutdown(wait=False, cancel_futures=True)
-        if cfg.run_dir and chief and history[start_epoch:]:
-            from jaxbp.train.plot import plot_curves
-            plot_curves(history, os.path.join(cfg.run_dir, "curves.png"),
-                        title=f"{cfg.model} on {cfg.data}, {cfg.gradients} gradients")
-        if cfg.audit_every and cfg.run_dir and chief and audit.read(cfg.run_dir):
-            from jaxbp.train import plot
-            plot.save(audit.figure(audit.read(cfg.run_dir), f"{cfg.model} on {cfg.data}: float32 gradients "
-                                   "against float64, on training batches"),
-                      os.path.join(cfg.run_dir, audit.PICTURE))
+        if writing:
+            _pictures(cfg, history[start_epoch:] and history, failed)
+            claim.release()
     final = history[-1] if history else {}
     if cfg.stop_at_accuracy is not None and reached is None and chief and history:
         _log(quiet, f"test accuracy {100 * cfg.stop_at_accuracy:g}% not reached in {len(history)} epochs")
@@ -289,6 +307,48 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None):
         print(f"final test accuracy {100 * final.get('test_accuracy', float('nan')):.2f}% "
               f"({time.perf_counter() - t_start:.1f}s)", flush=True)
     return TrainResult(history, ts, final.get("test_accuracy"), model, step_losses)
+
+
+def _save_failed(error, saved):
+    """A failed write in words: the file, why, and what is safe."""
+    then = ("is intact; once it can be written, resume the run (--resume)" if saved else
+            "no checkpoint had been written yet; once it can be written, start the run again (--overwrite)")
+    return (f"cannot write {error.filename or 'a file of the run'}: {error.strerror or error}; "
+            + (f"{describe(saved)} {then}" if saved else then))
+
+
+def _pictures(cfg, history, failed):
+    """``curves.png`` (and the audit's picture) of ``history`` (none if empty).
+    After a failure, one that cannot be written is skipped: the failure is the
+    message, not this."""
+    from jaxbp.train import plot
+    try:
+        if history:
+            plot.plot_curves(history, os.path.join(cfg.run_dir, "curves.png"),
+                             title=f"{cfg.model} on {cfg.data}, {cfg.gradients} gradients")
+        if cfg.audit_every and audit.read(cfg.run_dir):
+            plot.save(audit.figure(audit.read(cfg.run_dir), f"{cfg.model} on {cfg.data}: float32 gradients "
+                                   "against float64, on training batches"),
+                      os.path.join(cfg.run_dir, audit.PICTURE))
+    except OSError:
+        if not failed:
+            raise
+
+
+def _resumable(run_dir, steps_per_epoch):
+    """The check :func:`jaxbp.train.checkpoint.restore_latest` makes of a
+    checkpoint's metadata: its epoch, step and metrics agree with each other."""
+    def check(meta, ts):
+        step = int(fetch(ts.step))
+        if "history" not in meta:  # written by an older jaxbp: its metrics are in metrics.jsonl
+            meta["history"] = rundir.read_metrics(run_dir)[:meta["epoch"] + 1]
+        epochs = [r.get("epoch") for r in meta["history"]]
+        expected = (meta["epoch"] + 1) * steps_per_epoch + meta.get("in_epoch", 0)
+        if step != expected or epochs != list(range(1, meta["epoch"] + 2)):
+            raise checkpoint.CheckpointError(
+                f"checkpoint at step {step} says {meta['epoch'] + 1} epochs of {steps_per_epoch} steps "
+                f"(+{meta.get('in_epoch', 0)}) and holds metrics of epochs {epochs}: they disagree")
+    return check
 
 
 def _audit(cfg, model, ts, x_all, y_all, batch, step, epoch):

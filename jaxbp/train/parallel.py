@@ -46,3 +46,22 @@ def fetch(x):
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
         return np.asarray(x.addressable_data(0))
     return np.asarray(x)
+
+
+class PeerError(RuntimeError):
+    """A multi-process run lost (or never found) one of its processes."""
+
+
+def join(coordinator, num_processes, process_id, timeout=60):
+    """Join a run of ``num_processes`` processes (``jax.distributed``) within
+    ``timeout`` seconds, and declare a process dead after ``timeout`` seconds
+    without its heartbeat (JAX's defaults: 300 s and 100 s, in which a run whose
+    peer died shows nothing). Raises :class:`PeerError` when the others do not
+    join in time."""
+    try:
+        jax.distributed.initialize(coordinator, num_processes, process_id, initialization_timeout=timeout,
+                                   heartbeat_timeout_seconds=timeout, shutdown_timeout_seconds=timeout)
+    except Exception as e:  # JAX's own error: a deadline, a refused connection
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PeerError(f"process {process_id} of {num_processes}: the other processes did not join at "
+                        f"{coordinator} within {timeout} s ({first[:200]})") from None

@@ -13,10 +13,20 @@ import datetime
 import json
 import os
 import shutil
+import socket
 import tempfile
+
+from jaxbp._files import atomic_write
+
+try:
+    import fcntl
+except ImportError:  # Windows: run directories are not locked
+    fcntl = None
 
 ROOT = "runs"
 LATEST = "latest"
+LOCK = ".lock"          # held by the process writing the run (Claim)
+METRICS = "metrics.jsonl"
 # Options that may differ on --resume: extending the schedule, where it runs,
 # where the data and outputs are. Every other field defines the run.
 MAY_CHANGE = frozenset({"audit_every", "epochs", "devices", "data_dir", "run_dir", "resume", "overwrite", "stop_at_accuracy",
@@ -53,14 +63,28 @@ def point_latest(run_dir):
 
 
 def contents(run_dir):
-    return sorted(os.listdir(run_dir)) if os.path.isdir(run_dir) else []
+    """What ``run_dir`` holds besides its lock file."""
+    return sorted(n for n in os.listdir(run_dir) if n != LOCK) if os.path.isdir(run_dir) else []
 
 
-def prepare_new(run_dir, overwrite=False):
-    """Make ``run_dir`` ready for a new run; check it can be written.
+def check_new(run_dir, overwrite=False):
+    """Whether a new run can start in ``run_dir``, changing nothing: a start
+    that fails later (bad data, say) must not leave an empty run behind.
 
-    Raises :class:`RunDirError` if it already holds files (unless ``overwrite``,
-    which removes them first) or cannot be written."""
+    Raises :class:`RunDirError` if it is not a directory, already holds files
+    (unless ``overwrite``), is in use, or could not be created or written."""
+    _check_empty(run_dir, overwrite)
+    check_free(run_dir)
+    parent = os.path.abspath(run_dir)
+    while not os.path.exists(parent):  # what exists of the path must be a writable directory
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise RunDirError(f"run directory {run_dir} cannot be written: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise RunDirError(f"run directory {run_dir} cannot be written: {parent} is not writable")
+
+
+def _check_empty(run_dir, overwrite):
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         raise RunDirError(f"run directory {run_dir} exists and is not a directory")
     existing = contents(run_dir)
@@ -68,18 +92,108 @@ def prepare_new(run_dir, overwrite=False):
         shown = ", ".join(existing[:5]) + (", …" if len(existing) > 5 else "")
         raise RunDirError(f"run directory {run_dir} already holds a run ({shown}); choose a new "
                           "--run-dir, continue that run with --resume, or replace it with --overwrite")
-    if existing:
-        shutil.rmtree(run_dir)
-    check_writable(run_dir)
 
 
 def check_writable(run_dir):
     try:
-        os.makedirs(run_dir, exist_ok=True)
         with tempfile.TemporaryFile(dir=run_dir):
             pass
     except OSError as e:
         raise RunDirError(f"run directory {run_dir} cannot be written: {e.strerror or e}") from None
+
+
+class RunDirBusy(RunDirError):
+    """The run directory is held by another process (the ``jaxbp`` command exits 2)."""
+
+
+def _holder(path):
+    """Who holds the lock file at ``path``, in words."""
+    try:
+        with open(path) as f:
+            held = json.load(f)
+        return f"process {held['pid']} on {held['host']} (since {held['since']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+def _busy(path):
+    return RunDirBusy(f"run directory {os.path.dirname(path)} is in use by {_holder(path)}: a run directory "
+                      "is written by one process at a time; wait for that run to end, or choose another --run-dir")
+
+
+def check_free(run_dir):
+    """Raise :class:`RunDirBusy` if another process holds ``run_dir`` now."""
+    path = os.path.join(run_dir, LOCK)
+    if fcntl is None or not os.path.exists(path):
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _busy(path) from None
+    finally:
+        os.close(fd)
+
+
+class Claim:
+    """This process's hold on a run directory: an exclusive ``flock`` on its
+    ``.lock`` file, which holds the holder's host, pid and start time. The
+    kernel drops the lock when the process ends, however it ends, so a lock
+    file left by a dead process is free (and rewritten). Without ``fcntl``
+    (Windows) nothing is locked."""
+
+    def __init__(self, run_dir):
+        self.fd = None
+        if fcntl is None:
+            return
+        path = os.path.join(run_dir, LOCK)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise _busy(path) from None
+        self.fd = fd
+        since = datetime.datetime.now().isoformat(timespec="seconds")
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}).encode())
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)  # the lock file stays: removing it would race with a process locking it
+            self.fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def claim(run_dir, overwrite=False, resume=False):
+    """Take ``run_dir`` for this process's run (:class:`Claim`), creating it.
+
+    A new run (``resume`` false) checks again, under the lock, that the
+    directory holds nothing (or removes what it holds, with ``overwrite``):
+    another process may have started there since :func:`check_new`."""
+    if not resume:
+        check_new(run_dir, overwrite)
+        try:
+            os.makedirs(run_dir, exist_ok=True)
+        except OSError as e:
+            raise RunDirError(f"run directory {run_dir} cannot be created: {e.strerror or e}") from None
+    held = Claim(run_dir)
+    try:
+        if not resume:
+            _check_empty(run_dir, overwrite)  # again: another process may have run here meanwhile
+            for name in contents(run_dir):
+                path = os.path.join(run_dir, name)
+                shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+        check_writable(run_dir)
+    except BaseException:
+        held.release()
+        raise
+    return held
 
 
 def read_config(run_dir):
@@ -149,23 +263,29 @@ def conflict_message(run_dir, field, given, saved):
 
 
 def write_json(path, obj):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: json.dump(obj, f, indent=2))
 
 
 def write_metrics(run_dir, history):
-    path = os.path.join(run_dir, "metrics.jsonl")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in history)
-    os.replace(tmp, path)
+    atomic_write(os.path.join(run_dir, METRICS), lambda f: f.writelines(json.dumps(r) + "\n" for r in history))
 
 
 def read_metrics(run_dir):
-    path = os.path.join(run_dir, "metrics.jsonl")
+    """The rows of ``metrics.jsonl`` (none if it is missing); a line that is not
+    a JSON object raises :class:`RunDirError` naming the file and line."""
+    path = os.path.join(run_dir, METRICS)
     if not os.path.exists(path):
         return []
+    rows = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise RunDirError(f"{path}, line {number}: not a JSON object ({e})") from None
+            if not isinstance(row, dict):
+                raise RunDirError(f"{path}, line {number}: not a JSON object")
+            rows.append(row)
+    return rows
