@@ -69,7 +69,7 @@ echo "tests exit $? ($(grep -c PASSED "$OUT/gpu_tests.log") passed, $(grep -c FA
 # The benchmark tables (train steps vs Flax, ceilings, convolutions, ops), written as they finish
 # (BENCH_TIMEOUT=0 skips them).
 if [ "${BENCH_TIMEOUT:-140}" -gt 0 ]; then
-  timeout ${BENCH_TIMEOUT:-140} python3 benchmarks/gpu.py "$OUT/gpu_results.md" > "$OUT/gpu_bench.log" 2>&1
+  timeout ${BENCH_TIMEOUT:-140} python3 benchmarks/gpu.py --out "$OUT/gpu_results.md" > "$OUT/gpu_bench.log" 2>&1
   echo "benchmarks exit $?" >> "$log"
 fi
 tail -12 "$log"

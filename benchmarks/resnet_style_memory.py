@@ -4,11 +4,19 @@ of two basic blocks, 1×1 projections, global average pool, dense 10; implicit
 conv, NHWC), custom rules vs twins, written with the public ops only so that it
 runs on older commits too:
 
-    python benchmarks/resnet_style_memory.py 256
+    python benchmarks/resnet_style_memory.py --batch-size 256
 """
-import sys, jax, jax.numpy as jnp, optax
+import argparse
+
+import jax
+import jax.numpy as jnp
+import optax
+
 import jaxbp
-B = int(sys.argv[1])
+
+_parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+_parser.add_argument("--batch-size", type=int, default=256)
+B = _parser.parse_args().batch_size
 
 def init(key):
     ks = iter(jax.random.split(key, 64))

@@ -1,5 +1,5 @@
-"""The README's Python code blocks run as written, so the README cannot drift
-from the code."""
+"""The Python code blocks of the README and of docs/ run as written, so the
+documents cannot drift from the code; the README stays short."""
 import pathlib
 import re
 
@@ -8,12 +8,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PAGES = [README] + sorted((ROOT / "docs").glob("*.md"))
+BLOCKS = [(page.relative_to(ROOT), block) for page in PAGES
+          for block in re.findall(r"```python\n(.*?)```", page.read_text(), re.S)]
 
 
-def test_the_readme_has_its_code_blocks():
-    assert len(BLOCKS) >= 2 and any("shard_map" in b for b in BLOCKS)
+def test_the_documents_have_their_code_blocks():
+    assert sum(page == README.relative_to(ROOT) for page, _ in BLOCKS) >= 2
+    assert any("shard_map" in b for _, b in BLOCKS)
+
+
+def test_the_readme_is_short_and_links_pages_that_exist():
+    text = README.read_text()
+    assert len(text.splitlines()) <= 180
+    for link in re.findall(r"\]\(((?:docs/)?[\w./-]+\.md)\)", text):
+        assert (ROOT / link).exists(), link
 
 
 def run(block, name):
@@ -26,13 +37,14 @@ def run(block, name):
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_block_runs(index):
-    run(BLOCKS[index], f"README.md block {index}")
+    page, block = BLOCKS[index]
+    run(block, f"{page} block {index}")
 
 
 def test_shard_map_recipe_equals_the_single_device_gradient():
     import jaxbp
-    (block,) = [b for b in BLOCKS if "shard_map" in b]
-    ns = run(block, "README.md shard_map block")
+    (block,) = [b for _, b in BLOCKS if "shard_map" in b]
+    ns = run(block, "the shard_map block")
 
     def single(w, gamma):
         z = jaxbp.dense(ns["x"], w, ns["b"])
@@ -47,7 +59,7 @@ def test_shard_map_recipe_equals_the_single_device_gradient():
 
 def test_the_readme_uses_public_names_only():
     """A user's rule needs no private module: the README's code imports none."""
-    code = "\n".join(BLOCKS)
+    code = "\n".join(b for _, b in BLOCKS)
     assert "jaxbp.Rule" in code and "jaxbp.check" in code
     assert not re.search(r"jaxbp(\.\w+)*\._\w+|from jaxbp[\w.]* import _", code), \
         re.findall(r"jaxbp(?:\.\w+)*\._\w+|from jaxbp[\w.]* import _\w+", code)
