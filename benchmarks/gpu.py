@@ -1,6 +1,6 @@
 """Everything issue-level that needs an accelerator, in one process, one table file.
 
-    python benchmarks/gpu.py OUT.md [--quick]
+    python benchmarks/gpu.py --out OUT.md [--quick]
 
 1. Ceilings: float32 matmul at the default precision (TF32 on NVIDIA GPUs) and
    device-to-device copy bandwidth (bytes read + written).
@@ -30,6 +30,13 @@ import ops as ops_bench  # noqa: E402
 import jaxbp  # noqa: E402
 from jaxbp.tools import bench  # noqa: E402
 from jaxbp.tools.timing import interleaved, machine  # noqa: E402
+
+
+def mlp_flops(batch_size, width, in_features=784, num_classes=bench.NUM_CLASSES):
+    """Matmul FLOPs of one MLP train step (two hidden layers): every layer's
+    forward and weight gradient, and the input gradient of all but the first."""
+    per_pass = (in_features * width, width * width, width * num_classes)
+    return 2 * batch_size * (2 * per_pass[0] + 3 * per_pass[1] + 3 * per_pass[2])
 
 
 def log(out, text):
@@ -97,7 +104,7 @@ def conv_variants(rounds, dtype, quick):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("out", metavar="OUT.md", help="the table file (appended to)")
+    p.add_argument("--out", metavar="OUT.md", required=True, help="the table file (appended to)")
     p.add_argument("--quick", action="store_true", help="small problems and few rounds (a smoke run)")
     a = p.parse_args()
     out, quick = a.out, a.quick
@@ -123,7 +130,7 @@ def main():
                  f", width {width}" + ("" if bn else ", no batch norm"))
         log(out, bench.table(r, model, bs, dtype, extra))
         if model == "mlp":
-            flops = bench.mlp_flops(bs, width)
+            flops = mlp_flops(bs, width)
             log(out, "\nMLP step: " + "; ".join(
                 f"{c['candidate']} {flops / (c['step_ms'] / 1e3) / 1e12:.1f} TFLOP/s = "
                 f"{flops / (c['step_ms'] / 1e3) / mm_rate:.0%}" for c in r if "step_ms" in c)

@@ -23,6 +23,18 @@ from jaxbp.tools.check import CheckFailed, CheckReport, check
 from jaxbp.tools.gradcheck import compare_gradients
 
 __version__ = "0.1.0"
+_SUBPACKAGES = ("data", "download", "layers", "precision", "train", "tools")
+
+
+def __getattr__(name):
+    """``jaxbp.train``, ``jaxbp.data``, … on first use (``import jaxbp`` stays
+    light: training pulls in optax and the data readers)."""
+    if name in _SUBPACKAGES:
+        import importlib
+        return importlib.import_module(f"jaxbp.{name}")
+    raise AttributeError(f"module 'jaxbp' has no attribute {name!r}")
+
+
 # The extension API (docs/extending.md): Rule, op, saved, validate, check.
 __all__ = list(_ops_all) + ["autodiff", "ops", "validate", "Rule", "op", "saved", "check", "CheckReport",
                             "CheckFailed", "compare_gradients"]

@@ -21,7 +21,11 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
     """Each option's default after its help line; not for on/off flags."""
 
     def _get_help_string(self, action):
-        return action.help if action.nargs == 0 else super()._get_help_string(action)
+        """One default per option: none for flags, for ``None`` (the help says
+        what happens then) or where the help already states it."""
+        if action.nargs == 0 or action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -73,8 +77,14 @@ def _add_train(sub):
     # One option per Config field: names, choices, defaults and help come from the config.
     for f in dataclasses.fields(Config):
         meta, flag = dict(f.metadata), "--" + f.name.replace("_", "-")
-        changed = [f"{data} on {'CPUs' if where == 'cpu' else 'accelerators'}: {value[f.name]}"
-                   for data, recipes in RECIPES.items() for where, value in recipes.items() if f.name in value]
+        changed = []
+        for data, recipes in RECIPES.items():
+            values = {where: value[f.name] for where, value in recipes.items() if f.name in value}
+            if len(values) == len(recipes) and len(set(map(repr, values.values()))) == 1:
+                changed.append(f"{data}: {next(iter(values.values()))}")   # the same on every backend
+            else:
+                changed += [f"{data} on {'CPUs' if where == 'cpu' else 'accelerators'}: {v}"
+                            for where, v in values.items()]
         if changed:  # a data set's recipe changes this default
             meta["help"] += f" ({'; '.join(changed)})"
         if f.type == "bool":
@@ -169,7 +179,7 @@ def _train(a):
                         "run_dir": run_dir, "resume": True, "overwrite": False})
     else:
         run_dir = a.run_dir or rundir.new_path(a.model, a.data)
-        cfg = Config.for_data(**{**given, "data": a.data, "run_dir": run_dir})
+        cfg = Config(**{**given, "data": a.data, "run_dir": run_dir})
     _run["run_dir"] = run_dir
     precision.enable(cfg.dtype)
     if a.debug_nans:
@@ -377,7 +387,8 @@ def main(argv=None):
             _say(f"jaxbp: interrupted; saved: {describe(e.saved)}; "
                  f"resume with: jaxbp train --run-dir {e.run_dir} --resume")
         else:
-            _say(f"jaxbp: interrupted before the first checkpoint: nothing to resume in {e.run_dir}")
+            _say(f"jaxbp: interrupted before the first checkpoint; start it again with: jaxbp train "
+                 f"--run-dir {e.run_dir} --resume")
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         _say("jaxbp: interrupted")
@@ -427,10 +438,10 @@ def process_defaults():
     GPU memory taken as the arrays need it (JAX's
     ``XLA_PYTHON_CLIENT_PREALLOCATE=false``) instead of 75 % of the card up
     front, unless one of :data:`GPU_MEMORY_ENV` is set (then all are left as
-    the user has them). On an H200 a warm MNIST run took 5.1 s with JAX's
-    default, 3.3–3.6 s without (BENCHMARKS.md), its steps as fast. Growing on
-    demand fragments memory more (JAX's GPU memory notes): a model that needs
-    most of the card may want ``XLA_PYTHON_CLIENT_PREALLOCATE=true``."""
+    the user has them): reserving the card up front made a short run's start
+    seconds slower, its steps no faster (BENCHMARKS.md). Growing on demand
+    fragments memory more (JAX's GPU memory notes): a model that needs most of
+    the card may want ``XLA_PYTHON_CLIENT_PREALLOCATE=true``."""
     import os
     if not any(name in os.environ for name in GPU_MEMORY_ENV):
         os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
@@ -441,8 +452,8 @@ def run():
 
     When ``main`` returns, every file the command wrote is complete (written to
     a temporary name, fsynced, renamed); what Python's own shutdown would still
-    do is tear the interpreter down, ~0.3 s with JAX and matplotlib loaded
-    (BENCHMARKS.md). So the streams are flushed, the exit handlers run (they are
+    do is tear the interpreter down, a noticeable part of a short run with JAX
+    and matplotlib loaded (BENCHMARKS.md). So the streams are flushed, the exit handlers run (they are
     quick: temporary files, logging, JAX's own), and the process exits without
     the teardown. Not in a multi-process run that succeeded: there JAX's
     distributed service takes its leave of the other processes during that

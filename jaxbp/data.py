@@ -111,15 +111,6 @@ def read_idx(path):
     return np.frombuffer(data, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
-def write_idx(path, array):
-    """Write ``array`` as an IDX file (gzip if ``path`` ends in .gz); for tests and tools."""
-    code = {np.dtype(v).newbyteorder("="): k for k, v in IDX_TYPES.items()}[array.dtype]
-    payload = (bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, ">i4").tobytes()
-               + array.astype(np.dtype(IDX_TYPES[code])).tobytes())
-    with (gzip.open if str(path).endswith(".gz") else open)(path, "wb") as f:
-        f.write(payload)
-
-
 def _find(directory, stem):
     """``stem`` in either common naming (``train-images-idx3-ubyte`` or
     ``train-images.idx3-ubyte``), raw or gzip."""

@@ -65,6 +65,18 @@ def _present(path, sha256):
     return pooch.file_hash(path) == sha256
 
 
+def _reason(error):
+    """Why a download failed, in a few words: the innermost cause's own words
+    (a refused connection, an HTTP status, a wrong checksum), not the client
+    library's page of wrappers."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if "] " in text and text.startswith("<"):   # urllib3's "<connection object>: Failed ... [Errno 111] ..."
+        text = text.rsplit("] ", 1)[-1]
+    return text[:200]
+
+
 def cached(name, directory=None, source=None):
     """Whether every file of data set ``name`` is in ``directory`` (default
     :func:`cache_dir`) with its SHA-256: :func:`fetch` would download nothing."""
@@ -91,7 +103,7 @@ def fetch(name, directory=None, source=None):
         if mirror:
             source = source._replace(url=f"{mirror.rstrip('/')}/{name}/")
     directory = cache_dir(name) if directory is None else directory
-    logging.getLogger("pooch").setLevel(logging.WARNING)  # jaxbp prints its own line
+    pooch.get_logger().setLevel(logging.WARNING)  # jaxbp prints its own line (pooch's is not logging's "pooch")
     _files.remove_stale(directory)  # downloads killed half-way
     for fname, sha256 in source.files.items():
         if _present(os.path.join(directory, fname), sha256):
@@ -107,12 +119,11 @@ def fetch(name, directory=None, source=None):
                            progressbar=sys.stderr.isatty())
             os.replace(os.path.join(partial, fname), os.path.join(directory, fname))
         except Exception as e:  # network errors, HTTP errors, a wrong checksum: one message
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             files = ", ".join(source.files)
             raise DataError(
-                f"could not download {fname} for --data {name} from {url}: {reason}\n"
-                f"Download {files} from {source.url} yourself (SHA-256 listed in jaxbp/download.py), "
-                f"put them in {directory} (or any directory and pass --data-dir), and run again."
+                f"could not download {fname} for --data {name} from {url} ({_reason(e)}); download "
+                f"{files} yourself (SHA-256 in jaxbp/download.py), put them in {directory} (or any directory, "
+                "with --data-dir), and run again"
             ) from None
         finally:
             _files.remove(partial)

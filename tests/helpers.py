@@ -7,6 +7,7 @@ arguments differentiated. The custom op is ``case.op``, its twin
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import importlib.util
 import os
 import pathlib
@@ -172,6 +173,15 @@ def sharded_test(cases, batch_args=(0,)):
     return test_sharded
 
 
+def write_idx(path, array):
+    """Write ``array`` as an IDX file (gzip if ``path`` ends in .gz), as MNIST's files are."""
+    code = {np.dtype(v).newbyteorder("="): k for k, v in jaxbp_data.IDX_TYPES.items()}[array.dtype]
+    payload = (bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, ">i4").tobytes()
+               + array.astype(np.dtype(jaxbp_data.IDX_TYPES[code])).tobytes())
+    with (gzip.open if str(path).endswith(".gz") else open)(path, "wb") as f:
+        f.write(payload)
+
+
 def write_mnist_dir(path, n_train=12, n_test=5, gz=False):
     rng = np.random.default_rng(0)
     suffix = ".gz" if gz else ""
@@ -180,7 +190,7 @@ def write_mnist_dir(path, n_train=12, n_test=5, gz=False):
               "test_images": rng.integers(0, 256, (n_test, 6, 5), dtype=np.uint8),
               "test_labels": rng.integers(0, 10, n_test, dtype=np.uint8)}
     for key, stem in jaxbp_data.IDX_FILES.items():
-        jaxbp_data.write_idx(str(path / (stem + suffix)), arrays[key])
+        write_idx(str(path / (stem + suffix)), arrays[key])
     return arrays
 
 

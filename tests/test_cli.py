@@ -155,6 +155,7 @@ def test_cli_error(name, tmp_path, capsys, monkeypatch):
     lines = [l for l in err.splitlines() if l.startswith("jaxbp: error")]
     assert len(lines) == 1 and re.search(message, lines[0]), err
     assert "Traceback" not in err
+    assert all(l.startswith(("jaxbp: ", "downloading ")) for l in err.splitlines()), err   # one line, no page
     assert not (tmp_path / "runs").exists() and not (tmp_path / "never_created").exists()
 
 
@@ -347,3 +348,18 @@ def test_train_audit_every_and_gradcheck_run_dir(tmp_path):
     r = jaxbp("gradcheck", "--run-dir", str(run))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "ckpt-" in r.stdout and "dense1.w" in r.stdout and "PASS: the rule is as close" in r.stdout
+
+
+def test_help_gives_each_option_one_default_and_no_none():
+    """'(default: download…) (default: None)' on one option; the CPU and
+    accelerator values repeated when equal."""
+    import re
+    from jaxbp import cli
+    parser = cli.build_parser()
+    (train,) = [a.choices["train"] for a in parser._actions if getattr(a, "choices", None) and "train" in a.choices]
+    text = " ".join(train.format_help().split())
+    options = re.split(r" (?=--[a-z])", text[text.index("options:"):])
+    for option in options:
+        assert option.count("(default:") + option.count("; default:") <= 1, option
+        assert "(default: None)" not in option, option
+    assert "mnist on CPUs: 0.1; mnist on accelerators: 0.1" not in text and "(mnist: 0.1)" in text

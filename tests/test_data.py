@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from jaxbp import data
-from helpers import write_cifar_dir, write_mnist_dir
+from helpers import write_cifar_dir, write_idx, write_mnist_dir
 
 
 def test_idx_files_named_with_a_dot_are_accepted(tmp_path):
@@ -29,7 +29,7 @@ def test_idx_directory_round_trip(tmp_path, gz):
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64])
 def test_read_idx_every_type(tmp_path, dtype):
     a = (np.arange(24).reshape(2, 3, 4) - 5).astype(dtype)
-    data.write_idx(str(tmp_path / "a.idx"), a)
+    write_idx(str(tmp_path / "a.idx"), a)
     b = data.read_idx(str(tmp_path / "a.idx"))
     assert b.dtype == np.dtype(dtype) and b.shape == a.shape
     np.testing.assert_array_equal(a, b)
@@ -50,7 +50,7 @@ def test_bad_magic(tmp_path):
 ])
 @pytest.mark.parametrize("gz", [False, True])
 def test_truncated_file(tmp_path, keep, message, gz):
-    data.write_idx(str(tmp_path / "a"), np.zeros((4, 3, 3), np.uint8))
+    write_idx(str(tmp_path / "a"), np.zeros((4, 3, 3), np.uint8))
     raw = (tmp_path / "a").read_bytes()
     assert len(raw) == 52
     path = tmp_path / ("b.gz" if gz else "b")
@@ -88,14 +88,14 @@ def test_a_fifo_in_a_data_directory_is_refused_not_waited_on(tmp_path):
 
 
 def test_trailing_bytes(tmp_path):
-    data.write_idx(str(tmp_path / "a"), np.zeros((2, 2), np.uint8))
+    write_idx(str(tmp_path / "a"), np.zeros((2, 2), np.uint8))
     (tmp_path / "a").write_bytes((tmp_path / "a").read_bytes() + b"\x00")
     with pytest.raises(data.DataError, match="longer than its header says"):
         data.read_idx(str(tmp_path / "a"))
 
 
 def test_truncated_gzip(tmp_path):
-    data.write_idx(str(tmp_path / "a.gz"), np.zeros((50, 3), np.uint8))
+    write_idx(str(tmp_path / "a.gz"), np.zeros((50, 3), np.uint8))
     raw = (tmp_path / "a.gz").read_bytes()
     (tmp_path / "a.gz").write_bytes(raw[: len(raw) // 2])
     with pytest.raises(data.DataError, match="cannot read IDX file"):
@@ -111,7 +111,7 @@ def test_missing_directory_and_file(tmp_path):
 
 def test_images_and_labels_must_match(tmp_path):
     write_mnist_dir(tmp_path)
-    data.write_idx(str(tmp_path / "train-labels-idx1-ubyte"), np.zeros(7, np.uint8))
+    write_idx(str(tmp_path / "train-labels-idx1-ubyte"), np.zeros(7, np.uint8))
     with pytest.raises(data.DataError, match=r"train images \(12, 6, 5\) and labels \(7,\)"):
         data.load_idx_dir(str(tmp_path))
 
@@ -228,7 +228,7 @@ def test_bad_labels_and_pixels_are_named_with_file_and_index(tmp_path, where, va
     arrays = write_mnist_dir(tmp_path)
     a = arrays[where].astype(np.int8 if value == -1 else np.float32 if np.isnan(value) else arrays[where].dtype)
     a[3] = value
-    data.write_idx(str(tmp_path / data.IDX_FILES[where]), a)
+    write_idx(str(tmp_path / data.IDX_FILES[where]), a)
     with pytest.raises(data.DataError, match=message):
         data.load_idx_dir(str(tmp_path))
 

@@ -72,8 +72,12 @@ def test_files_are_downloaded_checked_and_then_reused(server, tmp_path):
     assert server.requests[2:] == ["b.gz"] and (tmp_path / "b.gz").read_bytes() == b"bb"
 
 
-@pytest.mark.parametrize("fault", ["wrong checksum", "truncated", "missing"])
-def test_a_bad_transfer_is_a_clear_error_and_leaves_nothing(fault, server, tmp_path):
+@pytest.mark.parametrize("fault, reason", [("wrong checksum", r"SHA256 hash of downloaded file \(bad.gz\) does not "
+                                                               r"match the known hash"),
+                                           ("truncated", r"IncompleteRead\(2500 bytes read, 2500 more expected\)"),
+                                           ("missing", r"404 Client Error: Not Found")])
+def test_a_bad_transfer_is_a_clear_error_and_leaves_nothing(fault, reason, server, tmp_path):
+    """One line: the file, the URL, the innermost reason, the way out."""
     source = _source(server, {"good.gz": b"good", "bad.gz": b"x" * 5000})
     if fault == "wrong checksum":
         server.files["bad.gz"] = b"y" * 5000
@@ -81,9 +85,12 @@ def test_a_bad_transfer_is_a_clear_error_and_leaves_nothing(fault, server, tmp_p
         server.truncate.add("bad.gz")
     else:
         del server.files["bad.gz"]
-    with pytest.raises(data.DataError, match=rf"could not download bad.gz for --data x from {server.url}bad.gz: "
-                                             r".*\nDownload good.gz, bad.gz from .* put them in "):
+    with pytest.raises(data.DataError, match=rf"could not download bad.gz for --data x from {server.url}bad.gz "
+                                             rf"\({reason}.*\); download good.gz, bad.gz yourself \(SHA-256 in "
+                                             r"jaxbp/download.py\), put them in .* \(or any directory, with "
+                                             r"--data-dir\), and run again$") as raised:
         download.fetch("x", str(tmp_path), source)
+    assert "\n" not in str(raised.value)
     assert os.listdir(tmp_path) == ["good.gz"]  # no partial or temporary file
 
 

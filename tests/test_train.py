@@ -20,6 +20,11 @@ from helpers import load_benchmark
 cpu_only = pytest.mark.skipif(jax.default_backend() != "cpu", reason="bitwise reproducibility is promised on CPU")
 
 
+def epoch_batches(n, batch_size, key, epoch):
+    """The batches ``fit`` trains on in epoch ``epoch`` (0-based), to replay them step by step."""
+    return jax.jit(train.epoch_order, static_argnums=(2, 3))(key, epoch * (n // batch_size), n, batch_size)
+
+
 def small_digits(n_train=320, n_test=100):
     d = data.load_digits()
     return data.Dataset(d.x_train[:n_train], d.y_train[:n_train], d.x_test[:n_test], d.y_test[:n_test], 10)
@@ -31,7 +36,7 @@ def trajectory(cfg, ds, steps):
     opt = train.build_optimizer(cfg, len(ds.x_train) // cfg.batch_size)
     ts = train.new_state(model, cfg, opt, ds.x_train.shape[1:])
     step = train.make_steps(model, opt, cfg).train
-    losses, batches = [], np.asarray(train.epoch_batches(len(ds.x_train), cfg.batch_size, ts.key, 0))
+    losses, batches = [], np.asarray(epoch_batches(len(ds.x_train), cfg.batch_size, ts.key, 0))
     for idx in batches[:steps]:
         x = ds.x_train[idx].astype(np.float64 if cfg.dtype == "float64" else np.float32)
         if not losses:   # which rules the model runs: the hand-derived ones are custom_vjp calls
@@ -81,14 +86,14 @@ def test_uint8_pixels_train_and_evaluate_exactly_as_their_floats(devices):
 
 def test_the_epoch_order_is_a_permutation_per_epoch_drawn_from_the_key():
     key, n, b = jax.random.PRNGKey(3), 103, 10  # 10 batches; 3 examples left out each epoch
-    first, second = (np.asarray(train.epoch_batches(n, b, key, e)) for e in (0, 1))
+    first, second = (np.asarray(epoch_batches(n, b, key, e)) for e in (0, 1))
     for order in (first, second):
         assert order.shape == (10, 10) and order.dtype == np.int32
         assert len(set(order.ravel())) == 100 and 0 <= order.min() and order.max() < n
     assert not np.array_equal(first, second)
     # What the chunk program sees mid-epoch: the epoch is step // steps_per_epoch.
     np.testing.assert_array_equal(train.epoch_order(key, 17, n, b), second)
-    assert not np.array_equal(train.epoch_batches(n, b, jax.random.PRNGKey(4), 0), first)
+    assert not np.array_equal(epoch_batches(n, b, jax.random.PRNGKey(4), 0), first)
 
 
 def test_chunks_divide_the_epoch_when_they_can():
@@ -360,3 +365,45 @@ def test_the_step_profiler_lists_the_chunks_operations(capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "us/step" not in line]
     assert len(rows) == 5
     assert any("transpose(jvp" in row for row in rows)  # the backward pass's operations are named
+
+
+def test_resume_before_the_first_checkpoint_starts_the_run_again(tmp_path, capsys):
+    """Interrupted before its first checkpoint, a run sent the user in a circle:
+    rerun said "use --resume", --resume said "no checkpoint"."""
+    from jaxbp.train import rundir
+    cfg = Config(model="mlp", epochs=2, run_dir=str(tmp_path / "run"))
+    claim = rundir.claim(cfg.run_dir)          # the directory as an interrupted start leaves it
+    rundir.write_json(str(tmp_path / "run" / "config.json"), dataclasses.asdict(cfg))
+    claim.release()
+    result = train.fit(dataclasses.replace(cfg, resume=True), dataset=small_digits(n_train=128))
+    assert "the run starts from its beginning" in capsys.readouterr().out
+    assert [r["epoch"] for r in result.history] == [1, 2]
+
+
+def test_resume_with_more_epochs_says_the_schedule_changes(tmp_path, capsys):
+    cfg = Config(model="mlp", epochs=1, run_dir=str(tmp_path / "run"))
+    train.fit(cfg, dataset=small_digits(n_train=128), quiet=True)
+    capsys.readouterr()
+    train.fit(dataclasses.replace(cfg, epochs=2, resume=True), dataset=small_digits(n_train=128))
+    assert "the schedule now spans 2 epochs (the run had 1)" in capsys.readouterr().out
+
+
+def test_jaxbp_train_is_reachable_from_import_jaxbp():
+    """`import jaxbp; jaxbp.train.fit(...)` as the README writes it was an AttributeError."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", "import jaxbp; print(jaxbp.train.fit.__name__, jaxbp.data.Dataset)"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("fit "), r.stderr
+
+
+def test_the_api_applies_the_recipe_the_command_line_applies():
+    """`fit(Config(data="mnist"))` ran the 60-epoch default CNN where `jaxbp
+    train --data mnist` ran MNIST's recipe."""
+    from jaxbp import cli
+    a = cli.build_parser().parse_args(["train", "--data", "mnist"])
+    a.given = cli._given(["train", "--data", "mnist"])
+    given = {k: v for k, v in vars(a).items() if k in a.given and k in Config.__dataclass_fields__}
+    assert Config(data="mnist") == Config.for_data("mnist") == Config(**given)
+    assert Config(data="mnist").epochs != Config().epochs
+    assert Config(data="mnist", epochs=60).epochs == 60   # what is given still wins

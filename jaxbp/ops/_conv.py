@@ -122,9 +122,8 @@ def _patch_product(cols, kernel):
     """``Ỹ = X̃ F̃`` for a 2-D ``X̃`` ``(rows, K)`` and ``F̃ᵀ`` ``(O, K)``. On CPUs a
     narrow ``X̃`` (``K < 16``: a 3×3 conv of one channel has 9 columns) with at
     most 16 outputs gets zero columns up to 16, as does ``F̃``: the product is
-    unchanged (the zeros add nothing), and XLA:CPU computes it ~1.5× faster
-    (MNIST's first conv, 9 columns, 12 outputs, batch 32: 0.30 -> 0.20 ms;
-    BENCHMARKS.md). With more outputs it was not faster."""
+    unchanged (the zeros add nothing), and XLA:CPU computes it faster
+    (BENCHMARKS.md); with more outputs it was not faster."""
     def plain(cols, kernel):
         return cols @ kernel.T
 
@@ -158,10 +157,9 @@ def _whole(stride, pads, dilation, groups, layout, x, w, g):
         if kk * c < 32 <= o:
             # A narrow X̃ (one input channel: 9 columns) and ≥ 32 outputs: δF̃ = X̃ᵀ δỸ
             # with X̃ᵀ built as such, rows (fh, fw, i), from the channels-first input.
-            # XLA:CPU's product over the rows of X̃ as laid out ran at ~15 GFLOP/s
-            # (the MNIST CNN's step at width 32 on 2 cores: 7.1 -> 6.8 ms); the second
-            # im2col costs more than that saves with fewer outputs (width 12: 2.27 ->
-            # 2.36 ms) or a wider X̃ (12 channels: 2.5 -> 2.8 ms).
+            # XLA:CPU's product over the rows of X̃ as laid out was slow; the second
+            # im2col costs more than that saves with fewer outputs or a wider X̃
+            # (BENCHMARKS.md).
             xt = _windows.pad(x, pads, layout).transpose(3, 0, 1, 2)
             cols_t = jnp.stack([_windows.window_entry(xt, dilation[0] * i, dilation[1] * j, stride, (ho, wo),
                                                       "NCHW") for _, (i, j) in _windows.entries((fh, fw))])
@@ -285,10 +283,10 @@ def auto_algorithm(x_shape, w_shape, stride=1, dilation=1, groups=1, layout="NCH
 
     On CPUs, Winograd's where it applies and the input has ≥ 32 channels of
     ≥ 14×14, else the explicit im2col; on other backends :data:`DEFAULT_ALGORITHM`.
-    Measured in the MNIST CNN's train step on a 2-core CPU (BENCHMARKS.md): the
-    second conv (32 → 64 channels, 14×14) 8.5 → 6.9 ms per step with Winograd's,
-    while at 12 → 24 channels, or with 1 input channel, its transforms cost more
-    than its products save; on 8×8 and 7×7 inputs too (alone, 64 → 64 channels).
+    Measured in the MNIST CNN's train step on a 2-core CPU (BENCHMARKS.md):
+    Winograd's wins on the second conv (32 → 64 channels, 14×14), while with
+    fewer channels, one input channel or small inputs its transforms cost more
+    than its products save.
     ``backend``: default JAX's default backend, where the model will run."""
     if (backend or jax.default_backend()) != "cpu":
         return DEFAULT_ALGORITHM

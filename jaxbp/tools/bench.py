@@ -136,13 +136,6 @@ def flax_step(model, dtype, width, x, batch_norm=True):
     return step, state
 
 
-def mlp_flops(batch_size, width, in_features=784, num_classes=NUM_CLASSES):
-    """Matmul FLOPs of one MLP train step (two hidden layers): every layer's
-    forward and weight gradient, and the input gradient of all but the first."""
-    per_pass = (in_features * width, width * width, width * num_classes)
-    return 2 * batch_size * (2 * per_pass[0] + 3 * per_pass[1] + 3 * per_pass[2])
-
-
 def run(model="cnn", batch_size=128, dtype="float32", width=256, rounds=20, layout="NHWC",
         algorithm=ops.DEFAULT_ALGORITHM, flax=True, batch_norm=True):
     """Time the train step of each candidate; returns a list of result dicts.

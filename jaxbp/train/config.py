@@ -72,7 +72,8 @@ class Config:
                                  "downloaded once, or read from --data-dir)", choices=data_lib.DATASETS)
     data_dir: str | None = option(None, "directory with the data set's files (default: download them into "
                                         "$JAXBP_DATA or the user cache directory)")
-    epochs: int = option(60, "epochs of the whole run (with --resume: extends the run to this many)",
+    epochs: int = option(60, "epochs of the whole run (with --resume: extends the run to this many, and the "
+                             "learning rate's cosine then spans the longer run)",
                          **POSITIVE_INT)
     batch_size: int = option(32, "examples per step", **POSITIVE_INT)
     lr: float = option(3e-3, "peak learning rate (warm-up, then cosine decay)", **POSITIVE_FLOAT)
@@ -117,9 +118,15 @@ class Config:
 
     @classmethod
     def for_data(cls, data="digits", backend=None, **given):
-        """The config for ``data``: the defaults, then the data set's recipe
-        for ``backend`` (:func:`recipe`), then ``given``."""
-        return cls(**{"data": data, **recipe(data, backend), **given})
+        """The config for ``data`` on ``backend`` (default: where JAX computes):
+        the defaults, then the data set's recipe (:func:`recipe`), then
+        ``given``. ``Config(data=..., ...)`` is the same on JAX's backend."""
+        cfg = cls.__new__(cls)
+        _FIELDS_INIT(cfg, data=data, **given)
+        for name, value in recipe(data, backend).items():
+            if name not in given:
+                setattr(cfg, name, value)
+        return cfg
 
     def validate(self):
         """Raise ValueError naming the first bad field."""
@@ -158,3 +165,19 @@ class Config:
         """``(decoupled, l2)``: AdamW decays weights itself; the other optimizers
         get the derivation's term R = (λ/2)Σ‖W‖² in the loss. Decided here only."""
         return (self.weight_decay, 0.0) if self.optimizer == "adamw" else (0.0, self.weight_decay)
+
+
+_FIELDS_INIT = Config.__init__
+
+
+def _init(self, *args, **given):
+    """``Config(...)``: the fields given, then, for those not given, the data
+    set's recipe (as ``jaxbp train --data mnist`` applies it), then the defaults."""
+    names = [f.name for f in dataclasses.fields(Config)]
+    given.update(zip(names, args))
+    data = given.get("data", Config.__dataclass_fields__["data"].default)
+    cfg = Config.for_data(data, **{k: v for k, v in given.items() if k != "data"})
+    self.__dict__.update(cfg.__dict__)
+
+
+Config.__init__ = _init

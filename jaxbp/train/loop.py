@@ -106,6 +106,7 @@ def _prepare_run_dir(cfg, chief):
         if chief:
             rundir.check_free(cfg.run_dir)
             rundir.check_writable(cfg.run_dir)
+        return saved
     elif chief:
         rundir.check_new(cfg.run_dir, cfg.overwrite)  # created once the run can start
 
@@ -144,7 +145,10 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None, point_latest=False):
     """
     cfg.validate()
     chief = jax.process_index() == 0  # the one process that writes files
-    _prepare_run_dir(cfg, chief)
+    saved_cfg = _prepare_run_dir(cfg, chief)
+    if saved_cfg and saved_cfg.get("epochs", cfg.epochs) != cfg.epochs:
+        _log(quiet, f"the schedule now spans {cfg.epochs} epochs (the run had {saved_cfg['epochs']}): from here "
+                    "the learning rate follows the warm-up + cosine of the longer run")
     if cfg.run_dir and chief:
         from jaxbp.train.plot import preload
         preload()  # curves.png at the end
@@ -175,7 +179,10 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None, point_latest=False):
     try:
         # Where the first epoch of this call begins: its step, and its losses so far.
         begin, begin_losses = 0, []
-        if cfg.resume:
+        if cfg.resume and not checkpoint.list_checkpoints(ckpt_dir):
+            # Stopped before its first checkpoint: nothing to lose, so it starts again.
+            _log(quiet, f"no checkpoint in {ckpt_dir} yet: the run starts from its beginning")
+        elif cfg.resume:
             ts, meta, path = checkpoint.restore_latest(ckpt_dir, jax.tree.map(fetch, ts),
                                                        check=_resumable(cfg.run_dir, steps_per_epoch))
             start_epoch = meta["epoch"] + 1  # epochs completed
@@ -187,6 +194,11 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None, point_latest=False):
             if cfg.audit_every and chief:   # the audits past the checkpoint are done again
                 audit.write(cfg.run_dir, audit.read(cfg.run_dir, until_step=int(fetch(ts.step))))
             _log(quiet, f"resumed from {describe(saved)}")
+        if writing:
+            rundir.write_json(os.path.join(cfg.run_dir, "config.json"), dataclasses.asdict(cfg))
+            rundir.write_metrics(cfg.run_dir, history)  # the checkpoint's: metrics.jsonl may have lost rows
+            if point_latest:
+                rundir.point_latest(cfg.run_dir)
         ts = replicate(ts, mesh)
         # The data sets live on the device(s) for the whole run.
         x_all, y_all = replicate((ds.x_train, ds.y_train), mesh)
@@ -215,12 +227,6 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None, point_latest=False):
                 programs[key] = background.submit(lambda: fn.lower(*specs, **static).compile())
 
         order_of = jax.jit(lambda key, step: epoch_order(key, step, n, cfg.batch_size))
-
-        if writing:
-            rundir.write_json(os.path.join(cfg.run_dir, "config.json"), dataclasses.asdict(cfg))
-            rundir.write_metrics(cfg.run_dir, history)  # the checkpoint's: metrics.jsonl may have lost rows
-            if point_latest:
-                rundir.point_latest(cfg.run_dir)
 
         from tqdm.auto import tqdm
         t_start, startup_s = time.perf_counter(), elapsed()

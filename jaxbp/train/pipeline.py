@@ -26,12 +26,6 @@ def epoch_order(key, step, n, batch_size):
     return jax.random.permutation(k, n)[: steps * batch_size].reshape(steps, batch_size).astype(jnp.int32)
 
 
-def epoch_batches(n, batch_size, key, epoch):
-    """:func:`epoch_order` of epoch ``epoch`` (0-based), computed now: the batches
-    ``fit`` trains on, for replaying them step by step."""
-    return jax.jit(epoch_order, static_argnums=(2, 3))(key, epoch * (n // batch_size), n, batch_size)
-
-
 def random_shift(key, x, max_shift):
     """Translate each NCHW image by up to ``max_shift`` pixels (zero fill)."""
     n, c, h, w = x.shape

@@ -1,5 +1,5 @@
 """Loss and accuracy curves as a PNG (matplotlib's object API: no display, no
-pyplot, whose import alone costs ~0.2 s of every run)."""
+pyplot, whose import alone is a visible part of a short run)."""
 from __future__ import annotations
 
 import threading
@@ -10,7 +10,7 @@ from jaxbp._files import atomic_write
 def preload():
     """Import matplotlib in a background thread while the run starts and trains
     (the host mostly waits on the device then), so that the curves written at
-    the end do not wait for the import (~0.3 s)."""
+    the end do not wait for the import."""
     threading.Thread(target=_import_matplotlib, daemon=True, name="jaxbp-import-matplotlib").start()
 
 

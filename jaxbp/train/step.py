@@ -191,9 +191,9 @@ def new_state(model, cfg, optimizer, input_shape):
     """The initial :class:`TrainState` (what ``jaxbp bench`` and ``fit`` start from).
 
     Built by one program compiled without backend optimization: it runs once,
-    and op by op (or optimized) the random initializers alone compiled for ~2 s
-    on a 2-core CPU, every run; this takes ~0.4 s, and JAX's persistent cache
-    keeps it (one program for every seed: the key is its argument). The values
+    and op by op (or optimized) the random initializers alone compiled for
+    seconds on a CPU, every run; this compiles in a fraction of that, and JAX's
+    persistent cache keeps it (one program for every seed: the key is its argument). The values
     are the same random draws (within an ulp of op by op)."""
     def build(key):
         params, state, key = init_state(model, cfg, input_shape, key)
