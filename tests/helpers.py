@@ -46,8 +46,11 @@ class Case:
 
 
 def normal(seed, *shapes, dtype=jnp.float64):
-    keys = jax.random.split(jax.random.key(seed), len(shapes))
-    return tuple(jax.random.normal(k, s, dtype) for k, s in zip(keys, shapes))
+    """Standard normal arrays, one per shape, from NumPy's generator: JAX's
+    would compile a program for every new shape (~0.1 s each, hundreds of
+    shapes in the suite)."""
+    rng = np.random.default_rng(seed)
+    return tuple(jnp.asarray(rng.standard_normal(s), dtype) for s in shapes)
 
 
 def rel_err(a, b):

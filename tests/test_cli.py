@@ -35,6 +35,7 @@ def test_train_output_and_run_directory(tmp_path):
                                                     "metrics.jsonl"]   # .lock: free once the run ended
 
 
+@pytest.mark.slow   # jaxbp processes
 @pytest.mark.parametrize("code", [0, 1, 130])
 def test_command_exit_keeps_output_and_exit_handlers(code):
     """The command ends without Python's teardown (cli.run): main's exit code is
@@ -50,6 +51,7 @@ def test_command_exit_keeps_output_and_exit_handlers(code):
     assert r.stdout.splitlines() == ["buffered out", "exit handler ran"] and r.stderr == "buffered err\n"
 
 
+@pytest.mark.slow   # jaxbp processes
 @pytest.mark.parametrize("given", [None, "XLA_PYTHON_CLIENT_PREALLOCATE=true",
                                    "XLA_CLIENT_MEM_FRACTION=.5", "XLA_PYTHON_CLIENT_MEM_FRACTION=.5",
                                    "XLA_PYTHON_CLIENT_ALLOCATOR=platform"])
@@ -95,6 +97,7 @@ def test_train_on_idx_files(tmp_path):
     assert (config["epochs"], config["batch_size"], config["dropout"]) == (1, 16, 0.1)
 
 
+@pytest.mark.slow   # a jaxbp process per case (cli_error checks the same messages in process)
 @pytest.mark.parametrize("args,message", [
     (["--epochs", "0"], "argument --epochs: expected a positive integer, got '0'"),
     (["--lr", "-1"], "argument --lr: expected a positive finite number, got '-1'"),
@@ -117,6 +120,7 @@ def test_gradcheck_cli(tmp_path):
     assert "PASS" in r.stdout and "dense1.w" in r.stdout
 
 
+@pytest.mark.slow   # jaxbp processes
 @pytest.mark.parametrize("flags", [[], ["--no-batch-norm"]])
 def test_bench_cli_json(flags):
     r = jaxbp("bench", "--model", "mlp", "--batch-size", "32", "--width", "32", "--rounds", "2", "--json",
@@ -219,6 +223,7 @@ def test_output_redirected_has_epoch_lines_and_no_progress_bar(tmp_path):
     assert r.stdout.count("train_loss") == 2
 
 
+@pytest.mark.slow   # jaxbp processes
 def test_version_help_and_debug_after_the_subcommand(tmp_path):
     from importlib.metadata import version
 

@@ -67,6 +67,7 @@ def test_evaluate_without_a_checkpoint_says_so(tmp_path, capsys):
     assert f"jaxbp: error: no checkpoint in {tmp_path}/checkpoints" in capsys.readouterr().err
 
 
+@pytest.mark.slow   # training, then a jaxbp process
 def test_a_skipped_checkpoint_is_one_jaxbp_line(tmp_path):
     """A corrupt newest checkpoint falls back to the older one with jaxbp's one-line
     warning (was Python's UserWarning with its source line)."""
