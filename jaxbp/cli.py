@@ -295,7 +295,7 @@ def _gradcheck(a):
 
 
 def _add_bench(sub):
-    from jaxbp.ops import ALGORITHMS, DEFAULT_ALGORITHM
+    from jaxbp.ops import CHOICES, DEFAULT_ALGORITHM
     p = sub.add_parser("bench", help="time one train step: custom, autodiff twins, Flax NNX",
                        description="Interleaved timing after warm-up (median), plus compiled temp memory.")
     from jaxbp import layers, precision
@@ -307,7 +307,7 @@ def _add_bench(sub):
     p.add_argument("--no-batch-norm", dest="batch_norm", action="store_false",
                    help="mlp without batch norm: dense + relu only (the matmul-bound case)")
     p.add_argument("--layout", choices=["NCHW", "NHWC"], default="NHWC", help="layout inside the CNN and ResNets")
-    p.add_argument("--algorithm", choices=ALGORITHMS + ("auto",), default=DEFAULT_ALGORITHM,
+    p.add_argument("--algorithm", choices=CHOICES, default=DEFAULT_ALGORITHM,
                    help="conv2d algorithm, as jaxbp train's")
     p.add_argument("--rounds", type=_positive_int, default=20, help="timed rounds (one call of each candidate)")
     p.add_argument("--no-flax", action="store_true", help="skip the Flax NNX baseline")

@@ -111,9 +111,7 @@ def Conv2D(features, kernel, stride=1, padding="SAME", *, ops=custom_ops, init="
     ch = 1 if layout == "NCHW" else 3
 
     def conv(x, w, b):
-        alg = (custom_ops.auto_algorithm(x.shape, w.shape, stride, dilation, groups, layout)
-               if algorithm == "auto" else algorithm)
-        return ops.conv2d(x, w, b, stride, padding, dilation, groups, layout=layout, algorithm=alg)
+        return ops.conv2d(x, w, b, stride, padding, dilation, groups, layout=layout, algorithm=algorithm)
 
     def init_params(key, shape):
         c = shape[ch] // groups

@@ -40,7 +40,7 @@ OP_CASES = {
     "conv_layout": (lambda: jaxbp.conv2d(x4, w4, b4, layout="CHWN"), ValueError,
                     r"layout must be 'NCHW' or 'NHWC', got 'CHWN'"),
     "conv_algorithm": (lambda: jaxbp.conv2d(x4, w4, b4, algorithm="fft"), ValueError,
-                       r"algorithm must be one of 'explicit', 'implicit', 'winograd', got 'fft'"),
+                       r"algorithm must be one of 'explicit', 'implicit', 'winograd', 'auto', got 'fft'"),
     "conv_winograd_stride": (lambda: jaxbp.conv2d(x4, w4, b4, stride=2, algorithm="winograd"), ValueError,
                              r"algorithm='winograd' computes 3×3 convolutions with stride 1, dilation 1 and "
                              r"groups 1; got w of shape \(4, 3, 3, 3\) \(kernel \(3, 3\)\), stride \(2, 2\)"),

@@ -234,3 +234,14 @@ def test_property_random_configurations(cfg):
     np.testing.assert_allclose(case.op(*case.args, **case.kwargs),
                                lax_conv(*case.args, layout=cfg["layout"]), rtol=1e-12, atol=1e-12)
     assert_twin(case)
+
+
+def test_conv2d_takes_auto_and_computes_what_auto_algorithm_picks():
+    """`conv2d(algorithm="auto")` was refused while the layers accepted it."""
+    x, w, b = normal(60, (32, 32, 8, 8), (32, 32, 3, 3), (32,))   # 2,048 positions, 32 channels
+    picked = jaxbp.ops.auto_algorithm(x.shape, w.shape)
+    assert picked == ("winograd" if jax.default_backend() == "cpu" else jaxbp.ops.DEFAULT_ALGORITHM)
+    auto = jax.jit(lambda x, w: jaxbp.conv2d(x, w, b, 1, 1, algorithm="auto"))
+    fixed = jax.jit(lambda x, w: jaxbp.conv2d(x, w, b, 1, 1, algorithm=picked))
+    np.testing.assert_array_equal(auto(x, w), fixed(x, w))
+    assert str(jax.make_jaxpr(auto)(x, w)) == str(jax.make_jaxpr(fixed)(x, w))

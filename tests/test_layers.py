@@ -96,14 +96,23 @@ def test_custom_and_autodiff_models_agree(build, channels):
     assert calls(custom) >= len(custom.children) // 2 and calls(twin) == 0, (calls(custom), calls(twin))
 
 
+# Each row a layer of a shipped model, with the algorithm measured fastest for
+# it on the 2-core CPU (benchmarks/conv_algorithms.py; BENCHMARKS.md).
 @pytest.mark.parametrize("x_shape,w_shape,kwargs,backend,expected", [
     ((32, 32, 14, 14), (64, 32, 3, 3), {}, "cpu", "winograd"),       # the MNIST CNN's conv 2 at width 32
     ((32, 14, 14, 32), (64, 32, 3, 3), {"layout": "NHWC"}, "cpu", "winograd"),
-    ((32, 12, 14, 14), (24, 12, 3, 3), {}, "cpu", "explicit"),       # ... at width 12: too few channels
+    ((32, 12, 14, 14), (24, 12, 3, 3), {}, "cpu", "explicit"),       # ... at width 12 (MNIST's recipe)
+    ((128, 32, 14, 14), (64, 32, 3, 3), {}, "cpu", "implicit"),      # ... at batch 128: many positions
     ((32, 1, 28, 28), (32, 1, 3, 3), {}, "cpu", "explicit"),         # conv 1: one input channel
-    ((32, 64, 8, 8), (64, 64, 3, 3), {}, "cpu", "explicit"),         # too small an image
-    ((32, 32, 14, 14), (64, 32, 3, 3), {"stride": 2}, "cpu", "explicit"),  # not one Winograd computes
-    ((32, 32, 14, 14), (64, 16, 3, 3), {"groups": 2}, "cpu", "explicit"),
+    ((32, 3, 32, 32), (16, 3, 3, 3), {}, "cpu", "explicit"),         # a ResNet's stem: three
+    ((32, 16, 32, 32), (16, 16, 3, 3), {}, "cpu", "implicit"),       # ResNet-20's first stage
+    ((32, 32, 16, 16), (32, 32, 3, 3), {}, "cpu", "winograd"),       # ... its second
+    ((32, 64, 8, 8), (64, 64, 3, 3), {}, "cpu", "winograd"),         # ... its third
+    ((32, 128, 16, 16), (128, 128, 3, 3), {}, "cpu", "implicit"),    # ResNet-18's second stage: much work
+    ((32, 512, 4, 4), (512, 512, 3, 3), {}, "cpu", "explicit"),      # ... its last: few positions
+    ((32, 32, 16, 16), (64, 32, 3, 3), {"stride": 2}, "cpu", "explicit"),  # strided
+    ((32, 32, 16, 16), (64, 32, 1, 1), {"stride": 2}, "cpu", "explicit"),  # a 1×1 projection
+    ((32, 32, 14, 14), (64, 16, 3, 3), {"groups": 2}, "cpu", "explicit"),  # not one Winograd computes
     ((32, 32, 14, 14), (64, 32, 3, 3), {}, "gpu", "implicit"),
 ])
 def test_auto_algorithm(x_shape, w_shape, kwargs, backend, expected):
@@ -116,7 +125,7 @@ def test_auto_layers_compute_what_they_choose():
     """A cnn with algorithm="auto" is the same function as with the explicit conv
     (float64: outputs and gradients to rounding), and its traced program holds
     the algorithm auto chose: Winograd's 16 products in conv 2 only."""
-    x = normal(3, (2, 1, 28, 28))[0]
+    x = normal(3, (16, 1, 28, 28))[0]   # conv 2: 16·14·14 positions, where auto picks Winograd's
     auto, explicit = (layers.cnn(10, (32, 8), dense=16, algorithm=a) for a in ("auto", "explicit"))
     _, params, state = auto.init(KEY, x.shape)
     params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
@@ -127,8 +136,8 @@ def test_auto_layers_compute_what_they_choose():
     assert_close_trees(jax.grad(lambda p: loss(auto, p))(params), jax.grad(lambda p: loss(explicit, p))(params),
                        1e-12)
     text = str(jax.make_jaxpr(lambda p: loss(auto, p))(params))
-    assert "f64[4,4,98,32]" in text  # V of conv 2: 16 matrices, 2·7·7 tiles × 32 channels
-    assert "f64[4,4,392," not in text  # none of conv 1 (2·14·14 tiles)
+    assert "f64[4,4,784,32]" in text  # V of conv 2: 16 matrices, 16·7·7 tiles × 32 channels
+    assert "f64[4,4,3136," not in text  # none of conv 1 (16·14·14 tiles)
 
 
 def test_batch_norm_uses_running_statistics_in_evaluation():

@@ -10,7 +10,7 @@ A new op touches its family module (and this list, for a new family).
 """
 from jaxbp.ops import _activation, _conv, _dense, _dropout, _layer_norm, _loss, _norm, _pool
 from jaxbp.ops._conv import (  # noqa: F401  (conv2d's, the layers' and training's)
-    ALGORITHMS, DEFAULT_ALGORITHM, auto_algorithm)
+    ALGORITHMS, CHOICES, DEFAULT_ALGORITHM, auto_algorithm)
 
 FAMILIES = (_dense, _conv, _pool, _norm, _layer_norm, _activation, _dropout, _loss)
 

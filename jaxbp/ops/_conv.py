@@ -276,24 +276,38 @@ _ALGORITHMS = {"explicit": Rule(_explicit_forward, _explicit_backward),
                "implicit": Rule(_implicit_forward, _implicit_backward),
                "winograd": Rule(_winograd_forward, _winograd_backward)}
 ALGORITHMS = tuple(_ALGORITHMS)
+CHOICES = ALGORITHMS + ("auto",)   # what conv2d(algorithm=...), the layers and --algorithm accept
+
+
+# auto's rule on CPUs, from each layer's measured forward + backward time by
+# every algorithm (benchmarks/conv_algorithms.py; the table in BENCHMARKS.md).
+FEW_CHANNELS = 4          # up to this many input channels the patch matrix is small: one matmul wins
+MANY_ROWS = 16384         # from this many positions (N·H·W) XLA's own convolution wins
+MUCH_WORK = 1 << 20       # ... or from this many positions × input channels
+WINOGRAD_ROWS = 2048      # Winograd's transforms pay for themselves from this many positions
+WINOGRAD_CHANNELS = 32    # ... and this many input channels (fewer: within noise of explicit, in a model slower)
 
 
 def auto_algorithm(x_shape, w_shape, stride=1, dilation=1, groups=1, layout="NCHW", backend=None):
     """The algorithm a layer with ``algorithm="auto"`` uses, from its shapes.
 
-    On CPUs, Winograd's where it applies and the input has ≥ 32 channels of
-    ≥ 14×14, else the explicit im2col; on other backends :data:`DEFAULT_ALGORITHM`.
-    Measured in the MNIST CNN's train step on a 2-core CPU (BENCHMARKS.md):
-    Winograd's wins on the second conv (32 → 64 channels, 14×14), while with
-    fewer channels, one input channel or small inputs its transforms cost more
-    than its products save.
+    On other backends than CPUs, :data:`DEFAULT_ALGORITHM`. On CPUs, from the
+    layer's input positions ``N·H·W`` and channels ``C`` (thresholds above):
+    the explicit im2col for strided and 1×1 convolutions and for few input
+    channels; XLA's convolution (implicit) for large ones; Winograd's for the
+    3×3 stride-1 ones between; the explicit im2col for the smallest.
     ``backend``: default JAX's default backend, where the model will run."""
     if (backend or jax.default_backend()) != "cpu":
         return DEFAULT_ALGORITHM
     (ah, aw), ch = _windows.check_layout(layout)
     stride, dilation = _checks.pair("stride", stride, 1), _checks.pair("dilation", dilation, 1)
-    if (_winograd.applies(w_shape[2:], stride, dilation, groups) and x_shape[ch] >= 32
-            and x_shape[ah] * x_shape[aw] >= 14 * 14):
+    rows, channels = x_shape[0] * x_shape[ah] * x_shape[aw], x_shape[ch]
+    if stride != (1, 1) or tuple(w_shape[2:]) == (1, 1) or channels <= FEW_CHANNELS:
+        return "explicit"
+    if rows >= MANY_ROWS or rows * channels >= MUCH_WORK:
+        return "implicit"
+    if (_winograd.applies(w_shape[2:], stride, dilation, groups) and rows >= WINOGRAD_ROWS
+            and channels >= WINOGRAD_CHANNELS):
         return "winograd"
     return "explicit"
 
@@ -325,9 +339,10 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, algorithm
         outputs computed from group ``g`` of the inputs only; ``groups = C`` is
         a depthwise convolution.
       algorithm: ``"implicit"`` (default: the rules as XLA convolutions, ``X̃``
-        never materialized), ``"explicit"`` (im2col: build ``X̃``) or
+        never materialized), ``"explicit"`` (im2col: build ``X̃``),
         ``"winograd"`` (3×3, stride 1, no dilation, one group: Winograd's
-        F(2×2, 3×3), 16 matrix products; docs/derivation.md §3).
+        F(2×2, 3×3), 16 matrix products; docs/derivation.md §3) or ``"auto"``
+        (one of them from the shapes and the backend: :func:`auto_algorithm`).
       layout: ``"NCHW"`` or ``"NHWC"`` for ``x`` and the result.
 
     Returns:
@@ -335,8 +350,8 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, algorithm
       ``H' = (H + pads − d·(FH − 1) − 1) // sh + 1``.
     """
     (ah, aw), ch = _windows.check_layout(layout)
-    if algorithm not in _ALGORITHMS:
-        raise ValueError(f"algorithm must be one of {', '.join(map(repr, ALGORITHMS))}, got {algorithm!r}")
+    if algorithm not in CHOICES:
+        raise ValueError(f"algorithm must be one of {', '.join(map(repr, CHOICES))}, got {algorithm!r}")
     for name, a in (("x", x), ("w", w)) + ((("b", b),) if b is not None else ()):
         _checks.floating(name, a)
     _checks.rank("x", x, 4, " ".join(layout))
@@ -353,6 +368,8 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, algorithm
         _checks.shape("b", b, (w.shape[0],), "one entry per output channel of w")
     stride = _checks.pair("stride", stride, 1)
     dilation = _checks.pair("dilation", dilation, 1)
+    if algorithm == "auto":
+        algorithm = auto_algorithm(x.shape, w.shape, stride, dilation, groups, layout)
     in_hw = (x.shape[ah], x.shape[aw])
     window = _windows.effective(w.shape[2:], dilation)
     pads = _windows.resolve_padding(padding, in_hw, window, stride)

@@ -8,7 +8,7 @@ import dataclasses
 import math
 
 from jaxbp import data as data_lib, layers, precision
-from jaxbp.ops import ALGORITHMS, DEFAULT_ALGORITHM
+from jaxbp.ops import CHOICES, DEFAULT_ALGORITHM
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 
@@ -86,7 +86,7 @@ class Config:
     dtype: str = option("float32", "precision policy: compute dtype (parameters stay float32, or float64)",
                         choices=precision.NAMES)
     algorithm: str = option(DEFAULT_ALGORITHM, "conv2d algorithm (auto: per layer, from its shapes and the "
-                                               "backend)", choices=ALGORITHMS + ("auto",))
+                                               "backend)", choices=CHOICES)
     layout: str = option("NHWC", "layout inside the CNN (input is NCHW either way)", choices=("NCHW", "NHWC"))
     run_dir: str | None = option(None, "where config.json, metrics.jsonl, curves.png and checkpoints/ go; it "
                                        "must be new or empty (default: a new runs/<time>-<model>-<data>, with "

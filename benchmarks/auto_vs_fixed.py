@@ -1,0 +1,76 @@
+"""``algorithm="auto"`` against every fixed conv algorithm, per model: jaxbp's
+train step (custom rules, Adam, NHWC) built once per algorithm and timed
+interleaved in one process; compiled temporary memory from XLA.
+
+    python benchmarks/auto_vs_fixed.py [--models cnn:128 mnist:32 resnet20:32 resnet18:32] [--rounds 10]
+
+``mnist`` is the CNN of MNIST's CPU recipe (width 12, pooling first). Winograd's
+applies to 3×3 stride-1 layers only, so a fixed "winograd" model runs its other
+layers as explicit. Prints one Markdown row per model: each algorithm's ms and
+MiB, and auto's time over the best fixed algorithm's, auto's memory over
+implicit's.
+"""
+import argparse
+
+import jax
+
+from jaxbp import layers, train
+from jaxbp.tools import bench
+from jaxbp.tools.timing import interleaved, machine, temp_bytes
+
+ALGORITHMS = ("explicit", "implicit", "winograd", "auto")
+
+
+def step(model, batch, algorithm):
+    """(jitted step, its argument) of jaxbp's train step for ``model`` with ``algorithm``."""
+    import optax
+    name = "cnn" if model == "mnist" else model
+    cfg = train.Config(model=name, optimizer="adam", lr=1e-3, weight_decay=0.0, augment=0, flip="off",
+                       dropout=0.0, algorithm=algorithm)
+    if model == "mnist":
+        net = layers.cnn(10, (12, 24), algorithm=algorithm, block="conv-pool-bn-relu")
+    elif model == "cnn":
+        net = layers.cnn(10, (32, 64), algorithm=algorithm)
+    else:
+        net = train.build_model(cfg, 10)
+    x, y = bench._batch(batch, name)
+    opt = optax.adam(1e-3)
+    return train.make_steps(net, opt, cfg).train, [train.new_state(net, cfg, opt, x.shape[1:]), x, y]
+
+
+def caller(fn, carry):
+    """One step per call, the state carried (the step donates it)."""
+    def call():
+        carry[0], metrics = fn(*carry)
+        return metrics["loss"]
+    return call
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["cnn:128", "mnist:32", "resnet20:32", "resnet18:32"])
+    p.add_argument("--rounds", type=int, default=10)
+    a = p.parse_args()
+    print(f"Train step by conv algorithm, float32, NHWC — {machine()}\n")
+    print("| model, batch | explicit ms | implicit ms | winograd ms | auto ms | auto ÷ best fixed "
+          "| temp MiB explicit / implicit / winograd / auto | auto memory ÷ implicit |")
+    print("|---|---:|---:|---:|---:|---:|---|---:|")
+    for spec in a.models:
+        model, batch = spec.split(":")
+        steps = {}
+        for alg in ALGORITHMS:
+            try:
+                steps[alg] = step(model, int(batch), alg)
+            except ValueError:   # Winograd's for every layer: the model has strided ones
+                pass
+        mib = {alg: temp_bytes(fn, *carry) / 2**20 for alg, (fn, carry) in steps.items()}
+        times = interleaved({alg: caller(fn, carry) for alg, (fn, carry) in steps.items()}, rounds=a.rounds)
+        best = min(t for alg, t in times.items() if alg != "auto")
+        ms = lambda alg: f"{1e3 * times[alg]:.1f}" if alg in times else "—"
+        size = lambda alg: f"{mib[alg]:.1f}" if alg in mib else "—"
+        print(f"| {model}, {batch} | " + " | ".join(map(ms, ALGORITHMS)) + f" | {times['auto'] / best:.2f} | "
+              + " / ".join(map(size, ALGORITHMS)) + f" | {mib['auto'] / mib['implicit']:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Each conv layer of the models jaxbp ships, forward + backward, by every
+algorithm that computes it, timed side by side on this backend: the costs
+``algorithm="auto"`` chooses from.
+
+    python benchmarks/conv_algorithms.py [--models cnn mnist resnet20 resnet18] [--rounds 10]
+
+The layers' shapes come from tracing each model (``jax.eval_shape``) at its
+benchmark batch: ``cnn`` (width 32, batch 128), ``mnist`` (MNIST's CPU recipe:
+width 12, pooling first, batch 32), ``resnet20`` and ``resnet18`` (batch 32,
+CIFAR-shaped). Each distinct layer is timed once (interleaved rounds, median;
+``jax.grad`` of the output's sum with respect to the input and the kernel,
+jitted). Prints one Markdown row per layer: its shape, each algorithm's ms,
+the fastest, what ``auto`` picks now and its time over the fastest's.
+"""
+import argparse
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxbp
+from jaxbp import layers, ops
+from jaxbp.ops import _conv, _winograd
+from jaxbp.tools.timing import interleaved, machine
+
+MODELS = {"cnn": (lambda: layers.cnn(10, (32, 64), algorithm="auto"), (1, 28, 28), 128),
+          "mnist": (lambda: layers.cnn(10, (12, 24), algorithm="auto", block="conv-pool-bn-relu"), (1, 28, 28), 32),
+          "resnet20": (lambda: layers.resnet20(algorithm="auto"), (3, 32, 32), 32),
+          "resnet18": (lambda: layers.resnet18(algorithm="auto"), (3, 32, 32), 32)}
+
+
+def layer_shapes(name):
+    """The ``(x_shape, w_shape, stride, dilation, groups, layout)`` of each conv
+    layer of model ``name``, recorded where the layers ask ``auto``."""
+    build, shape, batch = MODELS[name]
+    seen, real = [], ops.auto_algorithm
+
+    def record(x_shape, w_shape, stride=1, dilation=1, groups=1, layout="NCHW", backend=None):
+        seen.append((tuple(x_shape), tuple(w_shape), stride, dilation, groups, layout))
+        return real(x_shape, w_shape, stride, dilation, groups, layout, backend)
+
+    _conv.auto_algorithm = record   # what conv2d(algorithm="auto") asks
+    try:
+        net = build()
+        _, params, state = net.init(jax.random.key(0), (batch,) + shape)
+        jax.eval_shape(lambda p, s, x: net.apply(p, s, x, train=True), params, state,
+                       jnp.zeros((batch,) + shape, jnp.float32))
+    finally:
+        _conv.auto_algorithm = real
+    return list(dict.fromkeys(seen))
+
+
+def candidates(x_shape, w_shape, stride, dilation, groups, layout):
+    algs = ["explicit", "implicit"]
+    if _winograd.applies(w_shape[2:], jaxbp.validate.pair("stride", stride, 1),
+                         jaxbp.validate.pair("dilation", dilation, 1), groups):
+        algs.append("winograd")
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
+    w = jnp.asarray(rng.standard_normal(w_shape) * 0.1, jnp.float32)
+    padding = "SAME" if w_shape[2] > 1 else 0
+    fns = {}
+    for alg in algs:
+        loss = functools.partial(lambda x, w, alg: jaxbp.conv2d(x, w, None, stride, padding, dilation, groups,
+                                                               algorithm=alg, layout=layout).sum(), alg=alg)
+        step = jax.jit(jax.grad(loss, argnums=(0, 1)))
+        fns[alg] = functools.partial(step, x, w)
+    return fns
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--rounds", type=int, default=10)
+    a = p.parse_args()
+    print(f"Conv layers, fwd+bwd (dx, dw), float32, ms — {machine()}\n")
+    print("| model | x (N, H, W, C) | w (O, I, FH, FW) | stride | explicit | implicit | winograd | fastest "
+          "| auto now | auto ÷ fastest |")
+    print("|---|---|---|---:|---:|---:|---:|---|---|---:|")
+    for model in a.models:
+        for x_shape, w_shape, stride, dilation, groups, layout in layer_shapes(model):
+            times = interleaved(candidates(x_shape, w_shape, stride, dilation, groups, layout), rounds=a.rounds)
+            best = min(times, key=times.get)
+            auto = ops.auto_algorithm(x_shape, w_shape, stride, dilation, groups, layout)
+            cells = [f"{1e3 * times[k]:.2f}" if k in times else "" for k in ("explicit", "implicit", "winograd")]
+            print(f"| {model} | {x_shape} | {w_shape} | {stride} | " + " | ".join(cells)
+                  + f" | {best} | {auto} | {times[auto] / times[best]:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
