@@ -11,12 +11,17 @@ MiB, and auto's time over the best fixed algorithm's, auto's memory over
 implicit's.
 """
 import argparse
+import os
+import sys
 
 import jax
+import numpy as np
 
-from jaxbp import layers, train
-from jaxbp.tools import bench
+from jaxbp import train
 from jaxbp.tools.timing import interleaved, machine, temp_bytes
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from conv_algorithms import MODELS  # noqa: E402  (the same networks, one table)
 
 ALGORITHMS = ("explicit", "implicit", "winograd", "auto")
 
@@ -24,16 +29,13 @@ ALGORITHMS = ("explicit", "implicit", "winograd", "auto")
 def step(model, batch, algorithm):
     """(jitted step, its argument) of jaxbp's train step for ``model`` with ``algorithm``."""
     import optax
-    name = "cnn" if model == "mnist" else model
-    cfg = train.Config(model=name, optimizer="adam", lr=1e-3, weight_decay=0.0, augment=0, flip="off",
-                       dropout=0.0, algorithm=algorithm)
-    if model == "mnist":
-        net = layers.cnn(10, (12, 24), algorithm=algorithm, block="conv-pool-bn-relu")
-    elif model == "cnn":
-        net = layers.cnn(10, (32, 64), algorithm=algorithm)
-    else:
-        net = train.build_model(cfg, 10)
-    x, y = bench._batch(batch, name)
+    build, shape, _ = MODELS[model]
+    cfg = train.Config(optimizer="adam", lr=1e-3, weight_decay=0.0, augment=0, flip="off", dropout=0.0,
+                       algorithm=algorithm)
+    net = build(algorithm)
+    rng = np.random.default_rng(0)
+    x = jax.numpy.asarray(rng.uniform(size=(batch,) + shape).astype(np.float32))
+    y = jax.numpy.asarray(rng.integers(0, 10, batch).astype(np.int32))
     opt = optax.adam(1e-3)
     return train.make_steps(net, opt, cfg).train, [train.new_state(net, cfg, opt, x.shape[1:]), x, y]
 

@@ -24,10 +24,12 @@ from jaxbp import layers, ops
 from jaxbp.ops import _conv, _winograd
 from jaxbp.tools.timing import interleaved, machine
 
-MODELS = {"cnn": (lambda: layers.cnn(10, (32, 64), algorithm="auto"), (1, 28, 28), 128),
-          "mnist": (lambda: layers.cnn(10, (12, 24), algorithm="auto", block="conv-pool-bn-relu"), (1, 28, 28), 32),
-          "resnet20": (lambda: layers.resnet20(algorithm="auto"), (3, 32, 32), 32),
-          "resnet18": (lambda: layers.resnet18(algorithm="auto"), (3, 32, 32), 32)}
+# name -> (the network for a conv algorithm, input shape, benchmark batch);
+# benchmarks/auto_vs_fixed.py times the same networks.
+MODELS = {"cnn": (lambda alg: layers.cnn(10, (32, 64), algorithm=alg), (1, 28, 28), 128),
+          "mnist": (lambda alg: layers.cnn(10, (12, 24), algorithm=alg, block="conv-pool-bn-relu"), (1, 28, 28), 32),
+          "resnet20": (lambda alg: layers.resnet20(algorithm=alg), (3, 32, 32), 32),
+          "resnet18": (lambda alg: layers.resnet18(algorithm=alg), (3, 32, 32), 32)}
 
 
 def layer_shapes(name):
@@ -42,7 +44,7 @@ def layer_shapes(name):
 
     _conv.auto_algorithm = record   # what conv2d(algorithm="auto") asks
     try:
-        net = build()
+        net = build("auto")
         _, params, state = net.init(jax.random.key(0), (batch,) + shape)
         jax.eval_shape(lambda p, s, x: net.apply(p, s, x, train=True), params, state,
                        jnp.zeros((batch,) + shape, jnp.float32))
