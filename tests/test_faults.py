@@ -280,12 +280,14 @@ def test_a_failed_write_names_the_file_keeps_the_checkpoint_and_leaves_no_tempor
 @pytest.mark.slow
 def test_a_file_size_limit_gives_one_line_and_no_temporaries(tmp_path):
     """A real write failure (RLIMIT_FSIZE: 'File too large') in the command."""
-    import resource
     run = str(tmp_path / "run")
     limit = 8192   # config.json and metrics.jsonl fit, the first checkpoint does not
-    r = subprocess.run([sys.executable, "-m", "jaxbp.cli", *ARGS, "--run-dir", run], capture_output=True,
-                       text=True, env={**env(), "JAXBP_COMPILATION_CACHE": "off"}, timeout=300,
-                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    # The limit set by the child itself: a preexec_fn would fork this multithreaded (JAX) process.
+    command = ("import resource, runpy, sys; "
+               f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
+               "sys.argv = ['jaxbp'] + sys.argv[1:]; runpy.run_module('jaxbp.cli', run_name='__main__')")
+    r = subprocess.run([sys.executable, "-c", command, *ARGS, "--run-dir", run], capture_output=True,
+                       text=True, env={**env(), "JAXBP_COMPILATION_CACHE": "off"}, timeout=300)
     assert r.returncode == 1, r.stderr
     assert re.fullmatch(r"jaxbp: error: cannot write .*arrays.npz: File too large; no checkpoint had been written "
                         r"yet; once it can be written, start the run again \(--overwrite\)\n", r.stderr), r.stderr
