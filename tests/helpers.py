@@ -17,7 +17,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from jax.test_util import check_grads
 
 from jaxbp import data as jaxbp_data
 
@@ -97,8 +96,32 @@ def assert_twin(case):
     assert_close_trees(g, g_twin, TWIN_TOL)
 
 
-def assert_finite_differences(case):
-    check_grads(jax.jit(case.fn(case.op)), case.diff, order=1, modes=["rev"])
+FD_EPS, FD_TOL = 1e-4, 1e-5   # jax.test_util.check_grads' step and float64 tolerance
+
+
+def assert_first_order(case):
+    """:func:`assert_twin` and the finite-difference check of
+    ``jax.test_util.check_grads(f, args, order=1, modes=["rev"])`` in one
+    compiled program (half the compile time of the four programs they took):
+    the custom and twin VJPs of a random cotangent ``c``, and the central
+    difference of ``<c, f>`` along a random direction ``v``, which must equal
+    ``<VJP(c), v>`` (check_grads' step and float64 tolerance)."""
+    f, twin = case.fn(case.op), case.fn(case.op.autodiff)
+    ct = _cotangent(jax.eval_shape(f, *case.diff))
+    v = normal(13, *[d.shape for d in case.diff])
+
+    @jax.jit
+    def run(diff, ct, v):
+        y, g = (lambda out: (out[0], out[1](ct)))(jax.vjp(f, *diff))
+        y_twin, g_twin = (lambda out: (out[0], out[1](ct)))(jax.vjp(twin, *diff))
+        at = lambda s: jax.tree.leaves(f(*(d + s * FD_EPS * u for d, u in zip(diff, v))))
+        numeric = sum(jnp.vdot(c, (p - m) / (2 * FD_EPS)) for c, p, m in zip(jax.tree.leaves(ct), at(1), at(-1)))
+        return y, g, y_twin, g_twin, numeric, sum(jnp.vdot(gi, vi) for gi, vi in zip(g, v))
+
+    y, g, y_twin, g_twin, numeric, analytic = run(case.diff, ct, v)
+    assert_close_trees(y, y_twin, 1e-14)  # same forward; fusion may reorder a sum
+    assert_close_trees(g, g_twin, TWIN_TOL)
+    np.testing.assert_allclose(analytic, numeric, rtol=FD_TOL, atol=FD_TOL, err_msg="VJP vs central differences")
 
 
 def assert_second_order(case):
@@ -143,7 +166,7 @@ def assert_sharded(case, batch_args):
     assert_close_trees(sharded, grad(*case.diff), 1e-12)
 
 
-FIRST_ORDER = {"twin": assert_twin, "finite_differences": assert_finite_differences}
+FIRST_ORDER = {"twin_and_finite_differences": assert_first_order}
 COMPOSITION = {"second_order": assert_second_order, "composes": assert_composes}
 
 

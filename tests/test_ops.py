@@ -9,7 +9,7 @@ import pytest
 
 import jaxbp
 from jaxbp import layers, train
-from helpers import TWIN_TOL_2ND, Case, assert_close_trees, load_benchmark, normal, scalar_loss
+from helpers import TWIN_TOL_2ND, Case, assert_close_trees, assert_first_order, load_benchmark, normal, scalar_loss
 
 x4, w4, b4 = normal(0, (2, 2, 5, 5), (3, 2, 3, 3), (3,))
 x2, w2, b2 = normal(1, (4, 3), (2, 3), (2,))
@@ -115,3 +115,15 @@ def test_every_op_has_a_bad_input_case():
     sources = [inspect.getsource(call) for call, _, _ in OP_CASES.values()]
     for name in jaxbp.ops.__all__:
         assert any(f"jaxbp.{name}(" in s for s in sources), name
+
+
+def test_the_first_order_check_catches_a_wrong_rule_by_finite_differences_alone():
+    """The tests' finite-difference check (helpers.assert_first_order) on a rule
+    whose "twin" agrees with it: d(x²)/dx = 2x written as 3x."""
+    rule = jaxbp.Rule(lambda x: (x * x, x), lambda x, g: (3 * g * x,))
+
+    def wrong(x):
+        return rule(x)
+    wrong.autodiff = wrong   # the twin check passes: only the finite differences can tell
+    with pytest.raises(AssertionError, match="VJP vs central differences"):
+        assert_first_order(Case(wrong, normal(1, (5,)), (0,), {}))
