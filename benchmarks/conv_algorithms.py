@@ -21,7 +21,7 @@ import numpy as np
 
 import jaxbp
 from jaxbp import layers, ops
-from jaxbp.ops import _conv, _winograd
+from jaxbp.ops.conv import select
 from jaxbp.tools.timing import interleaved, machine
 
 # name -> (the network for a conv algorithm, input shape, benchmark batch);
@@ -42,20 +42,20 @@ def layer_shapes(name):
         seen.append((tuple(x_shape), tuple(w_shape), stride, dilation, groups, layout))
         return real(x_shape, w_shape, stride, dilation, groups, layout, backend)
 
-    _conv.auto_algorithm = record   # what conv2d(algorithm="auto") asks
+    select.auto_algorithm = record   # what conv2d(algorithm="auto") asks
     try:
         net = build("auto")
         _, params, state = net.init(jax.random.key(0), (batch,) + shape)
         jax.eval_shape(lambda p, s, x: net.apply(p, s, x, train=True), params, state,
                        jnp.zeros((batch,) + shape, jnp.float32))
     finally:
-        _conv.auto_algorithm = real
+        select.auto_algorithm = real
     return list(dict.fromkeys(seen))
 
 
 def candidates(x_shape, w_shape, stride, dilation, groups, layout):
     algs = ["explicit", "implicit"]
-    if _winograd.applies(w_shape[2:], jaxbp.validate.pair("stride", stride, 1),
+    if select.winograd_applies(w_shape[2:], jaxbp.validate.pair("stride", stride, 1),
                          jaxbp.validate.pair("dilation", dilation, 1), groups):
         algs.append("winograd")
     rng = np.random.default_rng(0)

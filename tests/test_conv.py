@@ -9,7 +9,8 @@ from hypothesis import given, settings, strategies as st
 from jax import lax
 
 import jaxbp
-from jaxbp.ops import _checks, _conv, _windows
+from jaxbp.ops import _checks, _windows
+from jaxbp.ops.conv import _explicit, select
 from helpers import (TWIN_TOL, Case, assert_close_trees, assert_twin, gradient_test, normal,
                      sharded_test, vjp)
 
@@ -76,7 +77,7 @@ test_gradients = gradient_test(CASES, composition=[
 test_sharded = sharded_test({
     f"{alg}-{layout}": conv_case(40, (8, 2, 5, 5) if layout == "NCHW" else (8, 5, 5, 2),
                                  (3, 2, 3, 3), 1, 1, algorithm=alg, layout=layout)
-    for alg in _conv.ALGORITHMS for layout in ("NCHW", "NHWC")})
+    for alg in select.ALGORITHMS for layout in ("NCHW", "NHWC")})
 
 
 def lax_conv(x, w, b, stride, padding, dilation=1, groups=1, layout="NCHW"):
@@ -105,7 +106,7 @@ EXPLICIT = ["s1-p0", "s2-pSAME", "s3-p2", "s2-pVALID", "no_bias", "stride_pair",
             "explicit-NHWC-one_channel-12_outputs"]
 
 
-@pytest.mark.parametrize("evaluation", [_conv._whole, _conv._blockwise], ids=["whole", "blockwise"])
+@pytest.mark.parametrize("evaluation", [_explicit._whole, _explicit._blockwise], ids=["whole", "blockwise"])
 @pytest.mark.parametrize("name", EXPLICIT)
 def test_both_evaluations_of_the_explicit_backward_equal_the_twin(name, evaluation):
     """The backward pass picks one evaluation per platform; check both on every one."""
@@ -194,7 +195,7 @@ def test_nhwc_is_nchw_transposed():
 
 
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
-@pytest.mark.parametrize("algorithm", _conv.ALGORITHMS)
+@pytest.mark.parametrize("algorithm", select.ALGORITHMS)
 def test_gradients_keep_dtype_and_are_finite(dtype, algorithm):
     x, w, b = normal(52, (2, 3, 8, 8), (4, 3, 3, 3), (4,), dtype=dtype)
     grads = jax.jit(jax.grad(lambda x, w, b: jaxbp.conv2d(x, w, b, 1, 1, algorithm=algorithm)
@@ -205,7 +206,7 @@ def test_gradients_keep_dtype_and_are_finite(dtype, algorithm):
 
 @st.composite
 def conv_configs(draw):
-    algorithm = draw(st.sampled_from(_conv.ALGORITHMS))
+    algorithm = draw(st.sampled_from(select.ALGORITHMS))
     if algorithm == "winograd":  # the convolutions it computes: 3×3, stride 1, one group
         fh = fw = 3
         stride = dilation = (1, 1)

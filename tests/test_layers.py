@@ -96,29 +96,6 @@ def test_custom_and_autodiff_models_agree(build, channels):
     assert calls(custom) >= len(custom.children) // 2 and calls(twin) == 0, (calls(custom), calls(twin))
 
 
-# Each row a layer of a shipped model, with the algorithm measured fastest for
-# it on the 2-core CPU (benchmarks/conv_algorithms.py; BENCHMARKS.md).
-@pytest.mark.parametrize("x_shape,w_shape,kwargs,backend,expected", [
-    ((32, 32, 14, 14), (64, 32, 3, 3), {}, "cpu", "winograd"),       # the MNIST CNN's conv 2 at width 32
-    ((32, 14, 14, 32), (64, 32, 3, 3), {"layout": "NHWC"}, "cpu", "winograd"),
-    ((32, 12, 14, 14), (24, 12, 3, 3), {}, "cpu", "explicit"),       # ... at width 12 (MNIST's recipe)
-    ((128, 32, 14, 14), (64, 32, 3, 3), {}, "cpu", "implicit"),      # ... at batch 128: many positions
-    ((32, 1, 28, 28), (32, 1, 3, 3), {}, "cpu", "explicit"),         # conv 1: one input channel
-    ((32, 3, 32, 32), (16, 3, 3, 3), {}, "cpu", "explicit"),         # a ResNet's stem: three
-    ((32, 16, 32, 32), (16, 16, 3, 3), {}, "cpu", "implicit"),       # ResNet-20's first stage
-    ((32, 32, 16, 16), (32, 32, 3, 3), {}, "cpu", "winograd"),       # ... its second
-    ((32, 64, 8, 8), (64, 64, 3, 3), {}, "cpu", "winograd"),         # ... its third
-    ((32, 128, 16, 16), (128, 128, 3, 3), {}, "cpu", "implicit"),    # ResNet-18's second stage: much work
-    ((32, 512, 4, 4), (512, 512, 3, 3), {}, "cpu", "explicit"),      # ... its last: few positions
-    ((32, 32, 16, 16), (64, 32, 3, 3), {"stride": 2}, "cpu", "explicit"),  # strided
-    ((32, 32, 16, 16), (64, 32, 1, 1), {"stride": 2}, "cpu", "explicit"),  # a 1×1 projection
-    ((32, 32, 14, 14), (64, 16, 3, 3), {"groups": 2}, "cpu", "explicit"),  # not one Winograd computes
-    ((32, 32, 14, 14), (64, 32, 3, 3), {}, "gpu", "implicit"),
-])
-def test_auto_algorithm(x_shape, w_shape, kwargs, backend, expected):
-    assert jaxbp.ops.auto_algorithm(x_shape, w_shape, backend=backend, **kwargs) == expected
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="auto picks Winograd's conv on CPUs only")
 def test_auto_layers_compute_what_they_choose():

@@ -8,11 +8,11 @@ twins, so a model can be built on either namespace. The rules are stated in
 names its ops and its ``CHECKS`` the small problems ``jaxbp gradcheck`` runs.
 A new op touches its family module (and this list, for a new family).
 """
-from jaxbp.ops import _activation, _conv, _dense, _dropout, _layer_norm, _loss, _norm, _pool
-from jaxbp.ops._conv import (  # noqa: F401  (conv2d's, the layers' and training's)
+from jaxbp.ops import _activation, _dense, _dropout, _layer_norm, _loss, _norm, _pool, conv
+from jaxbp.ops.conv.select import (  # noqa: F401  (the layers' and training's)
     ALGORITHMS, CHOICES, DEFAULT_ALGORITHM, auto_algorithm)
 
-FAMILIES = (_dense, _conv, _pool, _norm, _layer_norm, _activation, _dropout, _loss)
+FAMILIES = (_dense, conv, _pool, _norm, _layer_norm, _activation, _dropout, _loss)
 
 __all__ = [name for family in FAMILIES for name in family.__all__]
 globals().update({name: getattr(family, name) for family in FAMILIES for name in family.__all__})

@@ -187,3 +187,9 @@ def col2im(cols, window, stride, padded_hw, layout, dilation=(1, 1)):
             for i in range(fh))
     return sum(_place(row, ((ah, dh * i, stride[0], padded_hw[0]),)) for i, row in enumerate(rows))
 
+
+
+def geometry(x, w, g, layout):
+    """A convolution's kernel size, channel axis, input and output spatial sizes."""
+    (ah, aw), ch = LAYOUTS[layout]
+    return w.shape[2:], ch, (x.shape[ah], x.shape[aw]), (g.shape[ah], g.shape[aw])

@@ -21,8 +21,8 @@ the 16 products and the transposed matrices for the maps:
     δM = A δY Aᵀ            δU^{ξν} = V^{ξν}ᵀ δM^{ξν}     δV^{ξν} = δM^{ξν} U^{ξν}ᵀ
     δF = Gᵀ δU G            δX = Σ_tiles B δV Bᵀ, added where tiles overlap, padding dropped
 
-Only for 3×3 kernels, stride 1, no dilation, one group; NHWC (conv2d
-transposes NCHW in and out). Saves ``x`` and ``w``; ``V`` and ``U`` are
+Only for 3×3 kernels, stride 1, no dilation, one group (``select.winograd_applies``);
+computed in NHWC (NCHW is transposed in and out). Saves ``x`` and ``w``; ``V`` and ``U`` are
 recomputed in the backward pass (as the explicit algorithm rebuilds ``X̃``).
 Each map is a sum of strided slices (its adjoint: of shifted arrays,
 interleaved), which XLA fuses into one loop per axis.
@@ -44,11 +44,6 @@ BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]])
 G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]])
 AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]])
 TILE, OUT = BT.shape[1], AT.shape[0]  # a tile's inputs, its outputs (and the step between tiles)
-
-
-def applies(window, stride, dilation, groups):
-    """Whether a convolution is one this algorithm computes."""
-    return tuple(window) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1) and groups == 1
 
 
 def _combine(matrix, parts):
@@ -147,21 +142,39 @@ def _tiles(x, pads, transposed=False):
     return v.reshape(TILE, TILE, -1, x.shape[3])
 
 
-def forward(x, w, b, *, pads):
-    """``Y = Aᵀ[U ⊙ V]A + b`` with the channels summed: the 16 products
-    ``M^{ξν} = V^{ξν} U^{ξν}``. NHWC ``x`` and ``y``."""
+def forward(x, w, *, stride, pads, dilation, groups, layout):
+    """``Y = Aᵀ[U ⊙ V]A`` with the channels summed: the 16 products
+    ``M^{ξν} = V^{ξν} U^{ξν}``."""
+    return _from_nhwc(_forward(_to_nhwc(x, layout), w, pads), layout)
+
+
+def backward(x, w, g, *, stride, pads, dilation, groups, layout):
+    """``(δX, δF)`` from ``δY`` (the bias's gradient is conv2d's)."""
+    dx, dw = _backward(_to_nhwc(x, layout), w, _to_nhwc(g, layout), pads)
+    return _from_nhwc(dx, layout), dw
+
+
+def _to_nhwc(a, layout):
+    return a.transpose(0, 2, 3, 1) if layout == "NCHW" else a
+
+
+def _from_nhwc(a, layout):
+    return a.transpose(0, 3, 1, 2) if layout == "NCHW" else a
+
+
+def _forward(x, w, pads):
+    """NHWC ``x`` and ``y``."""
     (th, tw), _ = _geometry(x, pads)
     m = (_tiles(x, pads) @ _kernel(w)).reshape(TILE, TILE, x.shape[0], th, tw, w.shape[0])
     y = _output(_output(m, 3), 1)
     limit = list(y.shape)  # whole tiles; an odd output's extra row and column dropped
     for a, (lo, hi) in zip((1, 2), pads):
         limit[a] = x.shape[a] + lo + hi - 2
-    y = lax.slice(y, [0] * 4, limit)
-    return y if b is None else y + b.reshape(1, 1, 1, -1)
+    return lax.slice(y, [0] * 4, limit)
 
 
-def backward(x, w, g, *, pads):
-    """``δX`` and ``δF`` from ``δY``, all NHWC (the bias's gradient is §3's ``Σ_rows δỸ``)."""
+def _backward(x, w, g, pads):
+    """``δX`` and ``δF`` from ``δY``, all NHWC."""
     (th, tw), tiled = _geometry(x, pads)
     # δY padded to whole tiles: the cropped outputs had no gradient.
     g = jnp.pad(g, [(0, 0), (0, OUT * th - g.shape[1]), (0, OUT * tw - g.shape[2]), (0, 0)])

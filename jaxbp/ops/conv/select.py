@@ -1,0 +1,63 @@
+"""Which conv2d algorithm computes a layer, and the thresholds behind the choice.
+
+This module owns every decision between conv2d's ways of evaluating the same
+three rules (docs/derivation.md §3): the algorithms' names, the default,
+``"auto"``'s rule, and the thresholds inside the explicit algorithm. Each
+threshold is a named constant with one line of why; the measurements behind
+them are in BENCHMARKS.md ("Numbers behind choices"), reproduced by
+``python benchmarks/conv_algorithms.py`` and ``python benchmarks/auto_vs_fixed.py``.
+"""
+from __future__ import annotations
+
+import jax
+
+from jaxbp.ops import _checks, _windows
+
+ALGORITHMS = ("explicit", "implicit", "winograd")
+CHOICES = ALGORITHMS + ("auto",)   # what conv2d(algorithm=...), the layers and --algorithm accept
+
+# conv2d's default, the layers' and `jaxbp train`'s: the same rules as
+# "explicit", measured faster on CPUs and GPUs.
+DEFAULT_ALGORITHM = "implicit"
+
+# "auto" on CPUs, from each layer's measured forward + backward time by every
+# algorithm (per layer shape, not per network):
+FEW_CHANNELS = 4          # up to this many input channels the patch matrix is small: one matmul wins
+MANY_ROWS = 16384         # from this many positions (N·H·W) XLA's own convolution wins
+MUCH_WORK = 1 << 20       # ... or from this many positions × input channels
+WINOGRAD_ROWS = 2048      # Winograd's transforms pay for themselves from this many positions
+WINOGRAD_CHANNELS = 32    # ... and this many input channels (fewer: within noise of explicit, in a model slower)
+
+# Inside the explicit algorithm on CPUs:
+NARROW_PATCH = 16         # a patch matrix narrower than this (and as few outputs) is padded to it: XLA:CPU's faster shape
+TRANSPOSED_PATCH = 32     # below this many patch columns, with at least as many outputs, δF̃ reads X̃ᵀ built as such
+
+
+def winograd_applies(window, stride, dilation, groups):
+    """Whether Winograd's F(2×2, 3×3) computes this convolution: 3×3, stride 1,
+    no dilation, one group."""
+    return tuple(window) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1) and groups == 1
+
+
+def auto_algorithm(x_shape, w_shape, stride=1, dilation=1, groups=1, layout="NCHW", backend=None):
+    """The algorithm a layer with ``algorithm="auto"`` uses, from its shapes.
+
+    On other backends than CPUs, :data:`DEFAULT_ALGORITHM`. On CPUs, from the
+    layer's input positions ``N·H·W`` and channels ``C`` (the constants above):
+    the explicit im2col for strided and 1×1 convolutions and for few input
+    channels; XLA's convolution (implicit) for large ones; Winograd's for the
+    3×3 stride-1 ones between; the explicit im2col for the smallest.
+    ``backend``: default JAX's default backend, where the model will run."""
+    if (backend or jax.default_backend()) != "cpu":
+        return DEFAULT_ALGORITHM
+    (ah, aw), ch = _windows.check_layout(layout)
+    stride, dilation = _checks.pair("stride", stride, 1), _checks.pair("dilation", dilation, 1)
+    rows, channels = x_shape[0] * x_shape[ah] * x_shape[aw], x_shape[ch]
+    if stride != (1, 1) or tuple(w_shape[2:]) == (1, 1) or channels <= FEW_CHANNELS:
+        return "explicit"
+    if rows >= MANY_ROWS or rows * channels >= MUCH_WORK:
+        return "implicit"
+    if (winograd_applies(w_shape[2:], stride, dilation, groups) and rows >= WINOGRAD_ROWS
+            and channels >= WINOGRAD_CHANNELS):
+        return "winograd"
+    return "explicit"
