@@ -68,7 +68,7 @@ def optimized_ops(compiled):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default="mnist", choices=data_lib.DATASETS, help="the data set")
+    p.add_argument("--data", default="mnist", choices=data_lib.names(), help="the data set")
     p.add_argument("--data-dir", help="directory with its files (mnist: the four IDX files)")
     p.add_argument("--chunks", type=int, default=8, help="chunks run under the profiler")
     p.add_argument("--top", type=int, default=40, help="operations listed")

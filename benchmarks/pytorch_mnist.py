@@ -22,11 +22,13 @@ its own on the device with ``jax.random``: the same kind of order, not the
 same one, as the random initial weights are not the same either).
 """
 import argparse
-import importlib.util
+import importlib
 import json
 import math
 import os
+import sys
 import time
+import types
 
 import numpy as np
 
@@ -46,16 +48,19 @@ from torch import nn  # noqa: E402
 
 
 def load_mnist(directory):
-    """jaxbp's own IDX reader (``jaxbp/data.py`` imports only NumPy), loaded
-    from its file so that this process does not import JAX."""
-    path = os.path.join(os.path.dirname(__file__), os.pardir, "jaxbp", "data.py")
-    spec = importlib.util.spec_from_file_location("jaxbp_data", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    ds = module.load_idx_dir(directory)
+    """jaxbp's own IDX reader (``jaxbp/data/idx.py`` imports only NumPy),
+    imported without running the packages' ``__init__`` so that this process
+    does not import JAX."""
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
+    for name in ("jaxbp", "jaxbp.data"):   # bare packages: their modules, not their __init__
+        package = types.ModuleType(name)
+        package.__path__ = [os.path.join(root, *name.split("."))]
+        sys.modules[name] = package
+    ds = importlib.import_module("jaxbp.data.idx").load_idx_dir(directory)
+    to_unit = importlib.import_module("jaxbp.data._base").to_unit
     # Floats in [0, 1] once, at load, as a PyTorch user would (torchvision's
     # ToTensor); jaxbp keeps the uint8 pixels and converts each batch on the device.
-    return ds._replace(x_train=module.to_unit(ds.x_train), x_test=module.to_unit(ds.x_test))
+    return ds._replace(x_train=to_unit(ds.x_train), x_test=to_unit(ds.x_test))
 
 
 def cnn(widths, dense, dropout, num_classes=10):

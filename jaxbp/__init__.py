@@ -23,7 +23,7 @@ from jaxbp.tools.check import CheckFailed, CheckReport, check
 from jaxbp.tools.gradcheck import compare_gradients
 
 __version__ = "0.1.0"
-_SUBPACKAGES = ("data", "download", "layers", "precision", "train", "tools")
+_SUBPACKAGES = ("data", "layers", "precision", "train", "tools")
 
 
 def __getattr__(name):

@@ -65,7 +65,7 @@ def _add_train(sub):
     import dataclasses
 
     from jaxbp.train import Config
-    from jaxbp.train.config import RECIPES
+    from jaxbp.train.config import RECIPES, choices
     p = sub.add_parser("train", help="train a model (default: the CNN on the bundled digits)",
                        description="Train a model whose gradients come from the hand-derived rules "
                                    "(or, with --gradients autodiff, from JAX). Each run gets its own "
@@ -90,7 +90,7 @@ def _add_train(sub):
         if f.type == "bool":
             p.add_argument(flag, action="store_true", help=meta["help"])
         elif "choices" in meta:
-            p.add_argument(flag, choices=meta["choices"], default=f.default, help=meta["help"])
+            p.add_argument(flag, choices=choices(f), default=f.default, help=meta["help"])
         else:
             p.add_argument(flag, type=_argument_type(meta), default=f.default, help=meta["help"],
                            metavar="PIXELS" if f.name == "augment" else None)
@@ -126,7 +126,7 @@ def _compilation_cache():
     if where == "off" or (where is None and os.environ.get("JAX_COMPILATION_CACHE_DIR")):
         return
     if where is None:
-        from jaxbp import download
+        from jaxbp.data import download
         where = download.cache_dir("xla")
     jax.config.update("jax_compilation_cache_dir", where)
     if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:

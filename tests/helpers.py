@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxbp import data as jaxbp_data
+from jaxbp.data import cifar, idx
 
 TWIN_TOL = 1e-10       # float64, first order
 TWIN_TOL_2ND = 1e-8    # float64, grad of grad
@@ -201,9 +201,9 @@ def sharded_test(cases, batch_args=(0,)):
 
 def write_idx(path, array):
     """Write ``array`` as an IDX file (gzip if ``path`` ends in .gz), as MNIST's files are."""
-    code = {np.dtype(v).newbyteorder("="): k for k, v in jaxbp_data.IDX_TYPES.items()}[array.dtype]
+    code = {np.dtype(v).newbyteorder("="): k for k, v in idx.IDX_TYPES.items()}[array.dtype]
     payload = (bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, ">i4").tobytes()
-               + array.astype(np.dtype(jaxbp_data.IDX_TYPES[code])).tobytes())
+               + array.astype(np.dtype(idx.IDX_TYPES[code])).tobytes())
     with (gzip.open if str(path).endswith(".gz") else open)(path, "wb") as f:
         f.write(payload)
 
@@ -215,7 +215,7 @@ def write_mnist_dir(path, n_train=12, n_test=5, gz=False):
               "train_labels": rng.integers(0, 10, n_train, dtype=np.uint8),
               "test_images": rng.integers(0, 256, (n_test, 6, 5), dtype=np.uint8),
               "test_labels": rng.integers(0, 10, n_test, dtype=np.uint8)}
-    for key, stem in jaxbp_data.IDX_FILES.items():
+    for key, stem in idx.IDX_FILES.items():
         write_idx(str(path / (stem + suffix)), arrays[key])
     return arrays
 
@@ -230,7 +230,7 @@ def write_cifar_dir(path, n_per_batch=4, n_test=6, seed=0):
     folder = path / "cifar-10-batches-py"
     folder.mkdir(parents=True, exist_ok=True)
     written = {}
-    for name in jaxbp_data.CIFAR_BATCHES["train"] + jaxbp_data.CIFAR_BATCHES["test"]:
+    for name in cifar.CIFAR_BATCHES["train"] + cifar.CIFAR_BATCHES["test"]:
         n = n_test if name == "test_batch" else n_per_batch
         batch = {b"batch_label": name.encode(), b"labels": [int(v) for v in rng.integers(0, 10, n)],
                  b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from jaxbp import data
+from jaxbp.data import cifar
 from helpers import write_cifar_dir, write_idx, write_mnist_dir
 
 
@@ -151,8 +152,8 @@ def test_cifar10_in_every_published_form(form, tmp_path):
         with tarfile.open(where / "cifar-10-python.tar.gz", "w:gz") as tar:
             tar.add(folder, arcname="cifar-10-batches-py")
     ds = data.load("cifar10", str(where))
-    for (x, y), names in (((ds.x_train, ds.y_train), data.CIFAR_BATCHES["train"]),
-                          ((ds.x_test, ds.y_test), data.CIFAR_BATCHES["test"])):
+    for (x, y), names in (((ds.x_train, ds.y_train), cifar.CIFAR_BATCHES["train"]),
+                          ((ds.x_test, ds.y_test), cifar.CIFAR_BATCHES["test"])):
         ex, ey = _cifar_expected(batches, names)
         assert x.dtype == np.uint8
         np.testing.assert_array_equal(x, ex)

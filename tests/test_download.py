@@ -1,4 +1,4 @@
-"""Downloads (jaxbp.download) against a local HTTP server on 127.0.0.1: the
+"""Downloads (jaxbp.data.download) against a local HTTP server on 127.0.0.1: the
 files arrive checked and cached; a wrong checksum, a truncated transfer or a
 missing file is a clear error that leaves nothing half-written."""
 import gzip
@@ -13,7 +13,8 @@ import threading
 import numpy as np
 import pytest
 
-from jaxbp import data, download
+from jaxbp import data
+from jaxbp.data import download
 from helpers import write_mnist_dir
 
 
@@ -63,12 +64,12 @@ def _source(server, files):
 
 def test_files_are_downloaded_checked_and_then_reused(server, tmp_path):
     source = _source(server, {"a.gz": gzip.compress(b"a" * 1000), "b.gz": b"bb"})
-    assert download.fetch("x", str(tmp_path), source) == str(tmp_path)
+    assert download.fetch("x", source, str(tmp_path)) == str(tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["a.gz", "b.gz"] and sorted(server.requests) == ["a.gz", "b.gz"]
-    download.fetch("x", str(tmp_path), source)
+    download.fetch("x", source, str(tmp_path))
     assert len(server.requests) == 2  # the cache was used
     (tmp_path / "b.gz").write_bytes(b"corrupted")  # a damaged cached file is fetched again
-    download.fetch("x", str(tmp_path), source)
+    download.fetch("x", source, str(tmp_path))
     assert server.requests[2:] == ["b.gz"] and (tmp_path / "b.gz").read_bytes() == b"bb"
 
 
@@ -87,9 +88,9 @@ def test_a_bad_transfer_is_a_clear_error_and_leaves_nothing(fault, reason, serve
         del server.files["bad.gz"]
     with pytest.raises(data.DataError, match=rf"could not download bad.gz for --data x from {server.url}bad.gz "
                                              rf"\({reason}.*\); download good.gz, bad.gz yourself \(SHA-256 in "
-                                             r"jaxbp/download.py\), put them in .* \(or any directory, with "
+                                             r"jaxbp/data/registry.py\), put them in .* \(or any directory, with "
                                              r"--data-dir\), and run again$") as raised:
-        download.fetch("x", str(tmp_path), source)
+        download.fetch("x", source, str(tmp_path))
     assert "\n" not in str(raised.value)
     assert os.listdir(tmp_path) == ["good.gz"]  # no partial or temporary file
 
@@ -104,8 +105,8 @@ def mnist_mirror(server, tmp_path, monkeypatch):
     arrays = write_mnist_dir(src, gz=True)
     files = {p.name: p.read_bytes() for p in src.iterdir()}
     server.files.update(files)
-    monkeypatch.setitem(download.SOURCES, "mnist", download.Source(
-        "unused", {n: hashlib.sha256(b).hexdigest() for n, b in files.items()}))
+    monkeypatch.setitem(data.REGISTRY, "mnist", data.get("mnist")._replace(source=download.Source(
+        "unused", {n: hashlib.sha256(b).hexdigest() for n, b in files.items()})))
     monkeypatch.setenv("JAXBP_DATA", str(tmp_path / "cache"))
     monkeypatch.setenv("JAXBP_DATA_MIRROR", server.url.rstrip("/"))
     return arrays, files
@@ -125,12 +126,12 @@ def test_a_background_load_reads_only_what_needs_no_download(mnist_mirror, serve
     (a download is left to load, in the caller's thread); once the cache holds
     every file, the same data set as load's comes back from a thread."""
     arrays, files = mnist_mirror
-    assert not download.cached("mnist") and data.load_in_background("mnist") is None and not server.requests
+    assert not download.cached("mnist", data.get("mnist").source) and data.load_in_background("mnist") is None and not server.requests
     data.load("mnist")
-    assert download.cached("mnist")
+    assert download.cached("mnist", data.get("mnist").source)
     name = sorted(files)[0]
     (tmp_path / "cache" / "mnist" / name).write_bytes(b"damaged")
-    assert not download.cached("mnist") and data.load_in_background("mnist") is None
+    assert not download.cached("mnist", data.get("mnist").source) and data.load_in_background("mnist") is None
     data.load("mnist")  # fetched again
     requests = len(server.requests)
     wait = data.load_in_background("mnist")
@@ -146,7 +147,7 @@ def test_a_background_load_raises_in_the_waiting_thread(tmp_path):
 
 
 def test_the_published_hashes_are_sha256():
-    for source in download.SOURCES.values():
+    for source in [e.source for e in data.REGISTRY.values() if e.source is not None]:
         assert all(len(h) == 64 and int(h, 16) >= 0 for h in source.files.values())
 
 
@@ -158,7 +159,7 @@ def test_a_download_killed_half_way_is_cleaned_up_by_the_next(server, tmp_path):
     partial = tmp_path / f".download~{socket.gethostname()}~{dead.pid}.tmp"
     partial.mkdir()
     (partial / "a.gz").write_bytes(b"a" * 50)
-    download.fetch("x", str(tmp_path), source)
+    download.fetch("x", source, str(tmp_path))
     assert os.listdir(tmp_path) == ["a.gz"]
 
 
@@ -167,4 +168,4 @@ def test_a_fifo_in_the_cache_is_refused_not_waited_on(server, tmp_path):
     os.mkfifo(tmp_path / "a.gz")
     with pytest.raises(data.DataError, match=r"a.gz is not a regular file; put the data set's file there, or remove "
                                              r"it and run again"):
-        download.fetch("x", str(tmp_path), source)
+        download.fetch("x", source, str(tmp_path))

@@ -30,9 +30,17 @@ ACCURACY = _rule(float, lambda v: 0 < v <= 1, "in (0, 1]")
 
 
 def option(default, help, **meta):
-    """A config field and its command-line option (``meta``: ``choices``, or a
+    """A config field and its command-line option (``meta``: ``choices`` — a
+    tuple, or a function returning one, for a registry that can grow — or a
     ``type`` and ``rule``)."""
     return dataclasses.field(default=default, metadata={"help": help, **meta})
+
+
+def choices(field):
+    """The values ``field`` (a Config field) accepts, or ``None``: read when
+    asked, so that a data set or model registered later is accepted."""
+    c = field.metadata.get("choices")
+    return c() if callable(c) else c
 
 
 # What a data set changes in the defaults (``jaxbp train --data mnist``, or
@@ -69,7 +77,7 @@ def recipe(data, backend=None):
 class Config:
     model: str = option("cnn", "the network", choices=tuple(layers.MODELS))
     data: str = option("digits", "the data set (digits are bundled; mnist, fashion-mnist and cifar10 are "
-                                 "downloaded once, or read from --data-dir)", choices=data_lib.DATASETS)
+                                 "downloaded once, or read from --data-dir)", choices=data_lib.names)
     data_dir: str | None = option(None, "directory with the data set's files (default: download them into "
                                         "$JAXBP_DATA or the user cache directory)")
     epochs: int = option(60, "epochs of the whole run (with --resume: extends the run to this many, and the "
@@ -98,8 +106,8 @@ class Config:
     overwrite: bool = option(False, "start a new run in a --run-dir that holds one, deleting the old run first")
     eval_batch_size: int = option(512, "examples per evaluation batch", **POSITIVE_INT)
     augment: int | None = option(None, "random shifts (crops of the zero-padded image) of up to this many pixels "
-                                       "(0: off; default: 4 for cifar10, else 1)", **NONNEGATIVE_INT)
-    flip: str = option("auto", "random horizontal flips (auto: for cifar10 only)", choices=("auto", "on", "off"))
+                                       "(0: off; default: the data set's, 4 for cifar10, else 1)", **NONNEGATIVE_INT)
+    flip: str = option("auto", "random horizontal flips (auto: where the data set's entry says, cifar10)", choices=("auto", "on", "off"))
     devices: int | None = option(None, "data-parallel over this many devices (default: all, of all processes)",
                                  **POSITIVE_INT)
     width: int = option(32, "channels of the cnn's first conv layer; the second has 2×, the dense layer 4×",
@@ -135,8 +143,9 @@ class Config:
             value, meta = getattr(self, f.name), f.metadata
             if value is None and f.default is None:
                 continue
-            if "choices" in meta and value not in meta["choices"]:
-                raise ValueError(f"{f.name} must be one of {', '.join(meta['choices'])}, got {value!r}")
+            allowed = choices(f)
+            if allowed is not None and value not in allowed:
+                raise ValueError(f"{f.name} must be one of {', '.join(allowed)}, got {value!r}")
             if "rule" in meta and not meta["rule"][0](value):
                 raise ValueError(f"{f.name} must be {meta['rule'][1]}, got {value!r}")
         if self.devices is not None and self.devices > jax.device_count():
@@ -156,10 +165,12 @@ class Config:
         return precision.Policy.named(self.dtype)
 
     def augmentation(self):
-        """``(max_shift, flip)``: the data set's standard unless given (CIFAR-10:
-        random 32×32 crops of the image padded by 4, and horizontal flips)."""
-        shift = (4 if self.data == "cifar10" else 1) if self.augment is None else self.augment
-        return shift, self.flip == "on" or (self.flip == "auto" and self.data == "cifar10")
+        """``(max_shift, flip)``: the data set's standard (its registry entry's
+        ``shift`` and ``flip``; CIFAR-10: random 32×32 crops of the image padded
+        by 4, and horizontal flips) unless given."""
+        entry = data_lib.get(self.data)
+        shift = entry.shift if self.augment is None else self.augment
+        return shift, self.flip == "on" or (self.flip == "auto" and entry.flip)
 
     def weight_decay_terms(self):
         """``(decoupled, l2)``: AdamW decays weights itself; the other optimizers

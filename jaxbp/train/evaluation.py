@@ -33,7 +33,10 @@ class EvalResult(typing.NamedTuple):
 
 
 def class_names(name, num_classes):
-    return data_lib.CIFAR_CLASSES if name == "cifar10" else tuple(str(k) for k in range(num_classes))
+    """Data set ``name``'s class names (its registry entry's), or the label ids."""
+    entry = data_lib.REGISTRY.get(name)
+    return entry.classes if entry is not None and len(entry.classes) == num_classes else \
+        tuple(str(k) for k in range(num_classes))
 
 
 class SavedRun(typing.NamedTuple):

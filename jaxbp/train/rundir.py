@@ -222,7 +222,7 @@ def check_saved(saved, path):
     of its type and valid; one line naming the key. A missing key would silently
     take today's default and rewrite the run's config."""
     import dataclasses
-    from jaxbp.train.config import Config
+    from jaxbp.train.config import Config, choices
     if not isinstance(saved, dict):
         raise RunDirError(f"{path} must hold a JSON object of the run's options, got {type(saved).__name__}")
     fields = {f.name: f for f in dataclasses.fields(Config)}
@@ -242,9 +242,9 @@ def check_saved(saved, path):
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
             raise RunDirError(f"{path}: {name!r} must be {'null or ' if optional else ''}{kind}, "
                               f"got {json.dumps(value)}")
-        meta = f.metadata
-        if "choices" in meta and value not in meta["choices"]:
-            raise RunDirError(f"{path}: {name!r} must be one of {', '.join(meta['choices'])}, got {value!r}")
+        meta, allowed = f.metadata, choices(f)
+        if allowed is not None and value not in allowed:
+            raise RunDirError(f"{path}: {name!r} must be one of {', '.join(allowed)}, got {value!r}")
         if "rule" in meta and not meta["rule"][0](value):
             raise RunDirError(f"{path}: {name!r} must be {meta['rule'][1]}, got {value!r}")
 

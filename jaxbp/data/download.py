@@ -2,8 +2,9 @@
 
 ``pooch`` does the network part (a temporary file moved into place only after
 its SHA-256 matched, so an interrupted or corrupted transfer never leaves a
-file that looks complete; retries; a progress bar). This module knows which
-files each data set has, where they come from, and turns every failure into a
+file that looks complete; retries; a progress bar). This module fetches a data set's
+:class:`Source` (its entry in :mod:`jaxbp.data.registry` says which files,
+where from, and their SHA-256) and turns every failure into a
 :class:`jaxbp.data.DataError` that says what to download and where to put it.
 
 The cache directory is ``$JAXBP_DATA`` if set, else the platform's user cache
@@ -19,29 +20,12 @@ import sys
 import typing
 
 from jaxbp import _files
+from jaxbp.data._base import DataError, regular_file
 
 
 class Source(typing.NamedTuple):
     url: str                 # base URL; the file names are appended
     files: dict              # file name -> SHA-256 of the file as served
-
-
-# The files as their authors publish them (MNIST, Fashion-MNIST: gzip IDX;
-# CIFAR-10: the Python-pickle batches in one tar.gz).
-SOURCES = {
-    "mnist": Source("https://ossci-datasets.s3.amazonaws.com/mnist/", {
-        "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-        "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-        "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-        "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"}),
-    "fashion-mnist": Source("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", {
-        "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
-        "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
-        "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-        "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"}),
-    "cifar10": Source("https://www.cs.toronto.edu/~kriz/", {
-        "cifar-10-python.tar.gz": "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"}),
-}
 
 
 def cache_dir(name):
@@ -60,7 +44,6 @@ def _present(path, sha256):
     import pooch
     if not os.path.lexists(path):
         return False
-    from jaxbp.data import regular_file
     regular_file(path)
     return pooch.file_hash(path) == sha256
 
@@ -77,17 +60,17 @@ def _reason(error):
     return text[:200]
 
 
-def cached(name, directory=None, source=None):
-    """Whether every file of data set ``name`` is in ``directory`` (default
-    :func:`cache_dir`) with its SHA-256: :func:`fetch` would download nothing."""
-    source = SOURCES[name] if source is None else source
+def cached(name, source, directory=None):
+    """Whether every file of data set ``name`` (its ``source``) is in ``directory``
+    (default :func:`cache_dir`) with its SHA-256: :func:`fetch` would download nothing."""
     directory = cache_dir(name) if directory is None else directory
     return all(_present(os.path.join(directory, f), h) for f, h in source.files.items())
 
 
-def fetch(name, directory=None, source=None):
-    """The files of data set ``name`` in ``directory`` (default :func:`cache_dir`),
-    downloading any that are missing; returns the directory.
+def fetch(name, source, directory=None, mirror=True):
+    """The files of data set ``name`` (its ``source``) in ``directory`` (default
+    :func:`cache_dir`), downloading any that are missing; returns the directory.
+    ``mirror``: fetch from ``$JAXBP_DATA_MIRROR`` when it is set.
 
     A cached file is reused only if its SHA-256 matches (pooch checks it);
     otherwise it is downloaded again. Every failure raises ``DataError`` naming
@@ -95,13 +78,9 @@ def fetch(name, directory=None, source=None):
     half-written in ``directory``.
     """
     import pooch
-    from jaxbp.data import DataError
 
-    if source is None:
-        source = SOURCES[name]
-        mirror = os.environ.get("JAXBP_DATA_MIRROR")
-        if mirror:
-            source = source._replace(url=f"{mirror.rstrip('/')}/{name}/")
+    if mirror and os.environ.get("JAXBP_DATA_MIRROR"):
+        source = source._replace(url=f"{os.environ['JAXBP_DATA_MIRROR'].rstrip('/')}/{name}/")
     directory = cache_dir(name) if directory is None else directory
     pooch.get_logger().setLevel(logging.WARNING)  # jaxbp prints its own line (pooch's is not logging's "pooch")
     _files.remove_stale(directory)  # downloads killed half-way
@@ -122,7 +101,7 @@ def fetch(name, directory=None, source=None):
             files = ", ".join(source.files)
             raise DataError(
                 f"could not download {fname} for --data {name} from {url} ({_reason(e)}); download "
-                f"{files} yourself (SHA-256 in jaxbp/download.py), put them in {directory} (or any directory, "
+                f"{files} yourself (SHA-256 in jaxbp/data/registry.py), put them in {directory} (or any directory, "
                 "with --data-dir), and run again"
             ) from None
         finally:
