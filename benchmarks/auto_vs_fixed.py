@@ -21,7 +21,7 @@ from jaxbp import train
 from jaxbp.tools.timing import interleaved, machine, temp_bytes
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from conv_algorithms import MODELS  # noqa: E402  (the same networks, one table)
+from conv_algorithms import network  # noqa: E402  (the same networks, one table)
 
 ALGORITHMS = ("explicit", "implicit", "winograd", "auto")
 
@@ -29,10 +29,8 @@ ALGORITHMS = ("explicit", "implicit", "winograd", "auto")
 def step(model, batch, algorithm):
     """(jitted step, its argument) of jaxbp's train step for ``model`` with ``algorithm``."""
     import optax
-    build, shape, _ = MODELS[model]
-    cfg = train.Config(optimizer="adam", lr=1e-3, weight_decay=0.0, augment=0, flip="off", dropout=0.0,
-                       algorithm=algorithm)
-    net = build(algorithm)
+    net, shape, _ = network(model, algorithm)
+    cfg = train.Config(optimizer="adam", lr=1e-3, weight_decay=0.0, augment=0, flip="off")
     rng = np.random.default_rng(0)
     x = jax.numpy.asarray(rng.uniform(size=(batch,) + shape).astype(np.float32))
     y = jax.numpy.asarray(rng.integers(0, 10, batch).astype(np.int32))

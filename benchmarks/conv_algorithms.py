@@ -24,18 +24,25 @@ from jaxbp import layers, ops
 from jaxbp.ops.conv import select
 from jaxbp.tools.timing import interleaved, machine
 
-# name -> (the network for a conv algorithm, input shape, benchmark batch);
-# benchmarks/auto_vs_fixed.py times the same networks.
-MODELS = {"cnn": (lambda alg: layers.cnn(10, (32, 64), algorithm=alg), (1, 28, 28), 128),
-          "mnist": (lambda alg: layers.cnn(10, (12, 24), algorithm=alg, block="conv-pool-bn-relu"), (1, 28, 28), 32),
-          "resnet20": (lambda alg: layers.resnet20(algorithm=alg), (3, 32, 32), 32),
-          "resnet18": (lambda alg: layers.resnet18(algorithm=alg), (3, 32, 32), 32)}
+# name -> (registry model, its options, benchmark batch): the shipped models
+# and the MNIST recipe's cnn; benchmarks/auto_vs_fixed.py times the same networks.
+MODELS = {"cnn": ("cnn", {}, 128),
+          "mnist": ("cnn", dict(width=12, block="conv-pool-bn-relu"), 32),
+          "resnet20": ("resnet20", {}, 32),
+          "resnet18": ("resnet18", {}, 32)}
+
+
+def network(name, algorithm):
+    """(the network of ``name`` with every conv on ``algorithm``, its input shape, its batch)."""
+    model, options, batch = MODELS[name]
+    opts = {**options, "dropout": 0.0} if "dropout" in layers.MODELS[model].options else options
+    return (layers.build_model(model, 10, algorithm=algorithm, **opts),
+            tuple(layers.MODELS[model].input_shape), batch)
 
 
 def layer_shapes(name):
     """The ``(x_shape, w_shape, stride, dilation, groups, layout)`` of each conv
     layer of model ``name``, recorded where the layers ask ``auto``."""
-    build, shape, batch = MODELS[name]
     seen, real = [], ops.auto_algorithm
 
     def record(x_shape, w_shape, stride=1, dilation=1, groups=1, layout="NCHW", backend=None):
@@ -44,7 +51,7 @@ def layer_shapes(name):
 
     select.auto_algorithm = record   # what conv2d(algorithm="auto") asks
     try:
-        net = build("auto")
+        net, shape, batch = network(name, "auto")
         _, params, state = net.init(jax.random.key(0), (batch,) + shape)
         jax.eval_shape(lambda p, s, x: net.apply(p, s, x, train=True), params, state,
                        jnp.zeros((batch,) + shape, jnp.float32))

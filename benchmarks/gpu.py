@@ -26,6 +26,10 @@ from jax import lax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ops as ops_bench  # noqa: E402
+try:
+    from flax_models import BASELINES  # noqa: E402
+except ImportError:   # no Flax: jaxbp's rows only
+    BASELINES = {}
 
 import jaxbp  # noqa: E402
 from jaxbp.tools import bench  # noqa: E402
@@ -117,20 +121,17 @@ def main():
              f"device-to-device copy {copy_bw / 1e12:.2f} TB/s (read + write).\n")
 
     big, wide = (64, 256) if quick else (1024, 4096)
-    for model, bs, dtype, layout, alg, width, bn in (
-            ("cnn", big, "float32", "NHWC", "explicit", 0, True),
-            ("cnn", big, "float32", "NCHW", "explicit", 0, True),
-            ("cnn", big, "float32", "NHWC", "implicit", 0, True),
-            ("cnn", big, "bfloat16", "NHWC", "explicit", 0, True),
-            ("cnn", big, "bfloat16", "NHWC", "implicit", 0, True),
-            ("mlp", wide, "float32", "NHWC", "explicit", wide, False),
-            ("mlp", wide, "float32", "NHWC", "explicit", wide, True)):
-        r = bench.run(model, bs, dtype, width or 256, rounds, layout, alg, batch_norm=bn)
-        extra = (f", {layout}, {alg}" if model == "cnn" else
-                 f", width {width}" + ("" if bn else ", no batch norm"))
-        log(out, bench.table(r, model, bs, dtype, extra))
+    for model, bs, dtype, options in (
+            ("cnn", big, "float32", dict(layout="NHWC", algorithm="explicit")),
+            ("cnn", big, "float32", dict(layout="NCHW", algorithm="explicit")),
+            ("cnn", big, "float32", dict(layout="NHWC", algorithm="implicit")),
+            ("cnn", big, "bfloat16", dict(layout="NHWC", algorithm="explicit")),
+            ("cnn", big, "bfloat16", dict(layout="NHWC", algorithm="implicit")),
+            ("mlp", wide, "float32", dict(width=wide))):
+        r = bench.run(model, bs, dtype, rounds, BASELINES, **options)
+        log(out, bench.table(r, model, bs, dtype, "".join(f", {k} {v}" for k, v in options.items())))
         if model == "mlp":
-            flops = mlp_flops(bs, width)
+            flops = mlp_flops(bs, wide)
             log(out, "\nMLP step: " + "; ".join(
                 f"{c['candidate']} {flops / (c['step_ms'] / 1e3) / 1e12:.1f} TFLOP/s = "
                 f"{flops / (c['step_ms'] / 1e3) / mm_rate:.0%}" for c in r if "step_ms" in c)
@@ -140,7 +141,7 @@ def main():
     # Issue targets: the ResNet train step at batch 256 (custom ≤ 1.0× twin time,
     # ≤ 0.8× twin memory, ≤ 0.9× Flax NNX time), and the largest batch in 8 GiB.
     for model in ("resnet20", "resnet18"):
-        r = bench.run(model, 64 if quick else 256, "float32", 256, rounds, "NHWC", "implicit")
+        r = bench.run(model, 64 if quick else 256, "float32", rounds, BASELINES, layout="NHWC", algorithm="implicit")
         log(out, bench.table(r, model, 64 if quick else 256, "float32", ", NHWC, implicit") + "\n")
     import subprocess
     largest = subprocess.run([sys.executable, "benchmarks/largest_batch.py", "--model", "resnet20",

@@ -1,5 +1,6 @@
 """The largest batch whose train step fits a memory budget: jaxbp custom rules,
-their autodiff twins, Flax NNX — the same network and optimizer (bench.py).
+their autodiff twins, Flax NNX — the same network and optimizer
+(jaxbp/tools/bench.py, benchmarks/flax_models.py).
 
     python benchmarks/largest_batch.py --model resnet20 --budget-mib 1024
 
@@ -12,19 +13,18 @@ that 8 more do not.
 import argparse
 import datetime
 
-import jax
-import jax.numpy as jnp
-
+from jaxbp import layers
 from jaxbp.tools import bench
 from jaxbp.tools.timing import machine
 
 
 def footprint(candidate, model, batch, layout, algorithm):
-    x, y = bench._batch(batch, model)
+    x, y = bench.batch(batch, model)
     if candidate == "flax nnx":
-        step, carry = bench.flax_step(model, "float32", 256, x)
+        from flax_models import flax_step
+        step, carry = flax_step(model, "float32", x, bench.options(model, layout=layout, algorithm=algorithm))
     else:
-        step, carry = bench.jaxbp_step(model, candidate.split()[1], "float32", 256, layout, algorithm, x)
+        step, carry = bench.jaxbp_step(model, candidate.split()[1], "float32", x, layout=layout, algorithm=algorithm)
     m = step.lower(carry, x, y).compile().memory_analysis()
     return m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
 
@@ -43,10 +43,10 @@ def largest(candidate, model, budget, layout, algorithm):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="resnet20", choices=tuple(bench.INPUT_SHAPES))
+    p.add_argument("--model", default="resnet20", choices=tuple(layers.MODELS))
     p.add_argument("--budget-mib", type=float, default=1024)
-    p.add_argument("--layout", default="NHWC")
-    p.add_argument("--algorithm", default="implicit")
+    p.add_argument("--layout", default=None, help="as jaxbp bench's (default: the model's)")
+    p.add_argument("--algorithm", default=None, help="as jaxbp bench's (default: the model's)")
     a = p.parse_args()
     budget = a.budget_mib * 2**20
     print(f"### Largest {a.model} train-step batch within {a.budget_mib:g} MiB — {machine()}, "

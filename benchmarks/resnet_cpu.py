@@ -3,8 +3,8 @@ and PyTorch, on the same network, optimizer (Adam) and CIFAR-shaped batch.
 
     python benchmarks/resnet_cpu.py --model resnet20 --batch-size 32 --rounds 5
 
-Each round runs ``jaxbp bench --json`` (jaxbp custom, twin and, if installed,
-Flax NNX, interleaved in one process) and ``benchmarks/pytorch_resnet.py`` as
+Each round runs ``benchmarks/vs_flax.py --json`` (jaxbp custom, twin and, if
+installed, Flax NNX, interleaved in one process) and ``benchmarks/pytorch_resnet.py`` as
 separate processes, alternating which goes first; per-round ratios to PyTorch
 are reported as medians with their range. Prints a Markdown table row per
 candidate.
@@ -33,7 +33,7 @@ def main():
     p.add_argument("--steps", type=int, default=20, help="PyTorch's timed steps per call")
     p.add_argument("--algorithm", default="implicit")
     a = p.parse_args()
-    jaxbp = [sys.executable, "-m", "jaxbp.cli", "bench", "--model", a.model, "--batch-size", str(a.batch_size),
+    jaxbp = [sys.executable, os.path.join(HERE, "vs_flax.py"), "--model", a.model, "--batch-size", str(a.batch_size),
              "--rounds", str(a.bench_rounds), "--algorithm", a.algorithm, "--json"]
     torch = [sys.executable, os.path.join(HERE, "pytorch_resnet.py"), "--model", a.model,
              "--batch-size", str(a.batch_size), "--steps", str(a.steps)]

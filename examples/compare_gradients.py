@@ -13,14 +13,16 @@ from jaxbp import data, layers  # noqa: E402
 
 ds = data.load_digits()
 x, y = jnp.asarray(ds.x_train[:32], jnp.float64), jnp.asarray(ds.y_train[:32])
-_, params, state = layers.cnn(10).init(jax.random.PRNGKey(0), x.shape)
-params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+net = layers.cnn(10)
+_, params, state = net.init(jax.random.PRNGKey(0), x.shape)
+# By layer name (conv1.w, bn1.gamma, ...), as jaxbp gradcheck reports them.
+params = jax.tree.map(lambda p: p.astype(jnp.float64), layers.named(net, params))
 
 
 def loss_fn(ops, params, x, y):
     # The same architecture, built on either op namespace.
     model = layers.cnn(10, gradients="custom" if ops is jaxbp.ops else "autodiff")
-    logits, _ = model.apply(params, state, x, train=True)
+    logits, _ = model.apply(layers.unnamed(model, params), state, x, train=True)
     return ops.softmax_cross_entropy(logits, y).mean()
 
 

@@ -78,12 +78,12 @@ def _add_train(sub):
     for f in dataclasses.fields(Config):
         meta, flag = dict(f.metadata), "--" + f.name.replace("_", "-")
         changed = []
-        for data, recipes in RECIPES.items():
+        for (data, model), recipes in RECIPES.items():
             values = {where: value[f.name] for where, value in recipes.items() if f.name in value}
             if len(values) == len(recipes) and len(set(map(repr, values.values()))) == 1:
-                changed.append(f"{data}: {next(iter(values.values()))}")   # the same on every backend
+                changed.append(f"{data} with {model}: {next(iter(values.values()))}")   # the same on every backend
             else:
-                changed += [f"{data} on {'CPUs' if where == 'cpu' else 'accelerators'}: {v}"
+                changed += [f"{data} with {model} on {'CPUs' if where == 'cpu' else 'accelerators'}: {v}"
                             for where, v in values.items()]
         if changed:  # a data set's recipe changes this default
             meta["help"] += f" ({'; '.join(changed)})"
@@ -180,6 +180,7 @@ def _train(a):
     else:
         run_dir = a.run_dir or rundir.new_path(a.model, a.data)
         cfg = Config(**{**given, "data": a.data, "run_dir": run_dir})
+    _refuse_ignored(cfg.model, {k: getattr(cfg, k) for k in given})
     _run["run_dir"] = run_dir
     precision.enable(cfg.dtype)
     if a.debug_nans:
@@ -230,6 +231,18 @@ def _evaluate(a):
     print(f"test loss {r.loss:.4f}  test accuracy {100 * r.accuracy:.2f}%  ({int(r.confusion.sum())} examples)")
     print(f"confusion matrix: {os.path.join(run_dir, 'confusion.png')}")
     return 0
+
+
+def _refuse_ignored(model, options):
+    """A model option the model does not read (``--model resnet20 --width 8``)
+    is a usage error: it would be silently ignored."""
+    from jaxbp import layers
+    reads = layers.model_entry(model).options
+    ignored = [k for k, v in options.items() if k in layers.MODEL_OPTIONS and v is not None and k not in reads]
+    if ignored:
+        flags = lambda names: ", ".join("--" + n for n in names) or "no model option"
+        raise _UsageError(f"{flags(ignored)}: --model {model} does not read {'it' if len(ignored) == 1 else 'them'} "
+                          f"(it reads {flags(reads)}); leave {'it' if len(ignored) == 1 else 'them'} out")
 
 
 def _add_gradcheck(sub):
@@ -295,24 +308,23 @@ def _gradcheck(a):
 
 
 def _add_bench(sub):
-    from jaxbp.ops import CHOICES, DEFAULT_ALGORITHM
-    p = sub.add_parser("bench", help="time one train step: custom, autodiff twins, Flax NNX",
-                       description="Interleaved timing after warm-up (median), plus compiled temp memory.")
     from jaxbp import layers, precision
+    from jaxbp.ops import CHOICES
+    p = sub.add_parser("bench", help="time one train step: custom rules vs autodiff twins",
+                       description="One jitted train step of a registry model (no dropout), interleaved timing "
+                                   "after warm-up (median), plus compiled temp memory. Against Flax NNX: "
+                                   "python benchmarks/vs_flax.py with the same options.")
     p.add_argument("--model", choices=tuple(layers.MODELS), default="cnn", help="the model of the train step")
     p.add_argument("--batch-size", type=_positive_int, default=128, help="examples per step")
     p.add_argument("--dtype", choices=precision.NAMES, default="float32",
                    help="precision policy, as jaxbp train's")
-    p.add_argument("--width", type=_positive_int, default=256, help="hidden width of the mlp")
-    p.add_argument("--no-batch-norm", dest="batch_norm", action="store_false",
-                   help="mlp without batch norm: dense + relu only (the matmul-bound case)")
-    p.add_argument("--layout", choices=["NCHW", "NHWC"], default="NHWC", help="layout inside the CNN and ResNets")
-    p.add_argument("--algorithm", choices=CHOICES, default=DEFAULT_ALGORITHM,
-                   help="conv2d algorithm, as jaxbp train's")
+    p.add_argument("--width", type=_positive_int, help="the model's width, as jaxbp train's")
+    p.add_argument("--block", choices=layers.CNN_BLOCKS, help="the cnn's block order, as jaxbp train's")
+    p.add_argument("--layout", choices=["NCHW", "NHWC"], help="layout inside the network, as jaxbp train's")
+    p.add_argument("--algorithm", choices=CHOICES, help="conv2d algorithm, as jaxbp train's")
     p.add_argument("--rounds", type=_positive_int, default=20, help="timed rounds (one call of each candidate)")
-    p.add_argument("--no-flax", action="store_true", help="skip the Flax NNX baseline")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.set_defaults(func=_bench)
+    p.set_defaults(func=_bench, baselines=None)
 
 
 def _bench(a):
@@ -321,15 +333,15 @@ def _bench(a):
     from jaxbp import precision
     precision.enable(a.dtype)
     from jaxbp.tools import bench
-    results = bench.run(a.model, a.batch_size, a.dtype, a.width, a.rounds, a.layout, a.algorithm,
-                        flax=not a.no_flax, batch_norm=a.batch_norm)
+    given = {k: getattr(a, k) for k in ("width", "block", "layout", "algorithm")}
+    _refuse_ignored(a.model, given)
+    results = bench.run(a.model, a.batch_size, a.dtype, a.rounds, a.baselines, **given)
+    opts = bench.options(a.model, **given)
     if a.json:
-        print(json.dumps({"model": a.model, "batch_size": a.batch_size, "dtype": a.dtype,
-                          "layout": a.layout, "algorithm": a.algorithm, "batch_norm": a.batch_norm,
+        print(json.dumps({"model": a.model, "batch_size": a.batch_size, "dtype": a.dtype, "options": opts,
                           "results": results}, indent=2))
     else:
-        extra = f", {a.layout}, {a.algorithm}" if a.model != "mlp" else \
-            f", width {a.width}" + ("" if a.batch_norm else ", no batch norm")
+        extra = "".join(f", {k} {v}" for k, v in opts.items() if k != "dropout")
         print(bench.table(results, a.model, a.batch_size, a.dtype, extra))
     return 0
 
@@ -361,11 +373,15 @@ def _one_line_warnings():
     warnings.formatwarning = format
 
 
-def main(argv=None):
+def main(argv=None, baselines=None):
+    """The ``jaxbp`` command; returns its exit code. ``baselines``: extra
+    candidates for ``bench`` (``benchmarks/vs_flax.py`` passes Flax NNX's)."""
     argv = sys.argv[1:] if argv is None else argv
     _one_line_warnings()
     args = build_parser().parse_args(argv)
     args.given = _given(argv)
+    if baselines is not None:
+        args.baselines = baselines
     if getattr(args, "debug", False):
         return args.func(args)
     from jaxbp.train.checkpoint import CheckpointError

@@ -55,6 +55,18 @@ def param_names(model):
     return names
 
 
+def named(model, params):
+    """A :func:`serial` model's ``params`` list as ``{layer name: params}``
+    (layers without parameters left out), so that gradients and reports say
+    ``conv1.w``, not ``[0]['w']``; :func:`unnamed` turns it back."""
+    return {n: p for n, p in zip(param_names(model), params) if p}
+
+
+def unnamed(model, params_by_name):
+    """The params list of ``model`` from :func:`named`'s dict."""
+    return [params_by_name.get(n, {}) for n in param_names(model)]
+
+
 def namespace(gradients):
     """``"custom"`` -> :mod:`jaxbp.ops`, ``"autodiff"`` -> :mod:`jaxbp.autodiff`."""
     if gradients not in GRADIENTS:
@@ -345,4 +357,82 @@ def resnet18(num_classes=10, **kwargs):
     return resnet(num_classes, (64, 128, 256, 512), 2, **kwargs)
 
 
-MODELS = {"cnn": cnn, "mlp": mlp, "resnet20": resnet20, "resnet18": resnet18}
+class Model(typing.NamedTuple):
+    """One entry of the model registry (:data:`MODELS`): everything training,
+    ``jaxbp bench`` and ``jaxbp gradcheck`` ask about a model.
+
+    ``build(num_classes, *, gradients, **options) -> Layer``; ``options``: the
+    options the model reads (of ``width``, ``block``, ``dropout``, ``layout``,
+    ``algorithm``) with their defaults — any other is refused;
+    ``input_shape``: the ``(C, H, W)`` images it is made for (bench's batch,
+    gradcheck's inputs); ``data``: the data sets it is made for; ``summary``:
+    one line for the documentation."""
+    build: typing.Callable
+    options: dict
+    input_shape: tuple
+    data: tuple = ()
+    summary: str = ""
+
+
+MODELS: dict = {}
+"""name -> :class:`Model`: the models ``jaxbp train --model``, ``Config``,
+``jaxbp bench`` and ``jaxbp gradcheck`` know. :func:`register_model` adds one."""
+
+MODEL_OPTIONS = ("width", "block", "dropout", "layout", "algorithm")
+
+
+def register_model(name, model):
+    """Add ``model`` (a :class:`Model`) under ``name``; a name is registered once."""
+    if not isinstance(model, Model):
+        raise TypeError(f"register_model takes a jaxbp.layers.Model, got {type(model).__name__}")
+    if name in MODELS:
+        raise ValueError(f"model {name!r} is already registered")
+    unknown = sorted(set(model.options) - set(MODEL_OPTIONS))
+    if unknown:
+        raise ValueError(f"model {name!r}: unknown options {unknown}; a model reads some of {MODEL_OPTIONS}")
+    if len(model.input_shape) != 3:
+        raise ValueError(f"model {name!r}: input_shape must be one image's (C, H, W), got {model.input_shape}")
+    MODELS[name] = model
+    return model
+
+
+def model_entry(name):
+    """The registry entry of model ``name``; ``ValueError`` naming the known ones."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    return MODELS[name]
+
+
+def model_options(name, **options):
+    """Model ``name``'s options: its defaults, then ``options`` (``None``: the
+    default). ``ValueError`` for an option the model does not read: it would be
+    silently ignored."""
+    entry = model_entry(name)
+    ignored = sorted(k for k, v in options.items() if v is not None and k not in entry.options)
+    if ignored:
+        reads = ", ".join(entry.options) or "none"
+        raise ValueError(f"model {name!r} has no option {', '.join(ignored)} (it reads: {reads}); "
+                         f"leave {'it' if len(ignored) == 1 else 'them'} out")
+    return {**entry.options, **{k: v for k, v in options.items() if v is not None and k in entry.options}}
+
+
+def build_model(name, num_classes, *, gradients="custom", **options):
+    """Model ``name`` of the registry with ``options`` (:func:`model_options`)."""
+    return model_entry(name).build(num_classes, gradients=gradients, **model_options(name, **options))
+
+
+_CONV = dict(layout="NHWC", algorithm=custom_ops.DEFAULT_ALGORITHM)
+register_model("cnn", Model(
+    lambda k, *, gradients, width, block, dropout, layout, algorithm: cnn(
+        k, (width, 2 * width), dense=4 * width, dropout=dropout, block=block, gradients=gradients, layout=layout,
+        algorithm=algorithm),
+    dict(width=32, block=CNN_BLOCKS[0], dropout=0.5, **_CONV), (1, 28, 28), ("digits", "mnist", "fashion-mnist"),
+    "two conv blocks (width, 2·width channels), a dense layer of 4·width, dropout"))
+register_model("mlp", Model(
+    lambda k, *, gradients, width, dropout: mlp(k, (width, width), gradients=gradients, dropout=dropout),
+    dict(width=256, dropout=0.5), (1, 28, 28), ("digits", "mnist", "fashion-mnist"),
+    "two hidden dense layers of width units, batch norm, relu, dropout"))
+register_model("resnet20", Model(lambda k, *, gradients, **conv: resnet20(k, gradients=gradients, **conv),
+                                 dict(_CONV), (3, 32, 32), ("cifar10",), "CIFAR ResNet-20 (0.27 M parameters)"))
+register_model("resnet18", Model(lambda k, *, gradients, **conv: resnet18(k, gradients=gradients, **conv),
+                                 dict(_CONV), (3, 32, 32), ("cifar10",), "ResNet-18 with a CIFAR stem (11.2 M)"))

@@ -1,5 +1,5 @@
 """Bad inputs the tests try, one row each: the ops' (tests/test_errors.py) and
-the command line's (tests/test_cli.py). tools/error_table.py turns both into
+the command line's (tests/test_cli.py). tests/error_table.py turns both into
 docs/errors.md, so the table and the tests cannot drift apart."""
 import os
 
@@ -269,6 +269,12 @@ def cli_error_cases(workdir):
         "cli_lr_not_a_number": (lambda: ["train", "--lr", "fast"], 2,
                                 "--lr: expected a positive finite number, got 'fast'"),
         "cli_unknown_model": (lambda: ["train", "--model", "resnet"], 2, "--model: invalid choice: 'resnet'"),
+        "cli_option_the_model_ignores": (lambda: ["train", "--model", "resnet20", "--width", "8"], 2,
+                                         r"--width: --model resnet20 does not read it \(it reads --layout, "
+                                         r"--algorithm\); leave it out"),
+        "cli_bench_option_the_model_ignores": (lambda: ["bench", "--model", "mlp", "--algorithm", "explicit"], 2,
+                                               r"--algorithm: --model mlp does not read it \(it reads --width, "
+                                               r"--dropout\); leave it out"),
         "cli_unknown_optimizer": (lambda: ["train", "--optimizer", "lbfgs"], 2, "--optimizer: invalid choice"),
         "cli_unknown_option": (lambda: ["train", "--epochz", "3"], 2, "unrecognized arguments: --epochz"),
         "cli_mnist_offline": (offline, 1, r"could not download train-images-idx3-ubyte.gz for --data mnist from "

@@ -41,7 +41,7 @@ def test_init_shapes_match_apply(layer, in_shape, out_shape, params):
                                                             ("resnet18", 8, 3, 11_173_962)])
 def test_resnets_have_their_published_shape(name, blocks, projections, params):
     """ResNet-20: 0.27 M parameters (He et al. 2016, table 6); ResNet-18 with CIFAR stem: 11.2 M."""
-    model = layers.MODELS[name](10)
+    model = layers.build_model(name, 10)
     shapes = {}
 
     def init():

@@ -28,11 +28,19 @@ def test_the_readme_is_short_and_links_pages_that_exist():
 
 
 def run(index):
-    """Run block ``index`` as a user would: JAX's default rank promotion, not the tests' "raise"."""
+    """Run block ``index`` as a user would: JAX's default rank promotion, not
+    the tests' "raise"; a model or data set it registers is gone afterwards."""
+    from jaxbp import data, layers
     page, block = BLOCKS[index]
     namespace = {}
-    with jax.numpy_rank_promotion("allow"):
-        exec(compile(block, f"{page} block {index}", "exec"), namespace)
+    models, datasets = dict(layers.MODELS), dict(data.REGISTRY)
+    try:
+        with jax.numpy_rank_promotion("allow"):
+            exec(compile(block, f"{page} block {index}", "exec"), namespace)
+    finally:
+        for registry, saved in ((layers.MODELS, models), (data.REGISTRY, datasets)):
+            registry.clear()
+            registry.update(saved)
     return namespace
 
 

@@ -43,16 +43,16 @@ def choices(field):
     return c() if callable(c) else c
 
 
-# What a data set changes in the defaults (``jaxbp train --data mnist``, or
-# ``Config.for_data("mnist")``), on CPUs and on accelerators (GPUs and TPUs
-# share one entry; it was measured on GPUs); options given explicitly still win.
-# MNIST, chosen for time to 99 % test accuracy (BENCHMARKS.md, "Time to
-# accuracy"): on a CPU a narrower CNN, each conv's algorithm chosen from its
-# shapes ("auto": at this width the explicit im2col for both), no dropout, a
-# short warm-up; on an accelerator the default width and few large batches, since
-# there a step's cost is mostly its kernel launches, not its arithmetic.
+# What a data set changes in the defaults of one model (``jaxbp train --data
+# mnist``, or ``Config(data="mnist")``), on CPUs and on accelerators (GPUs and
+# TPUs share one entry; it was measured on GPUs); options given explicitly
+# still win. MNIST with the cnn, chosen for time to 99 % test accuracy
+# (BENCHMARKS.md, "Time to accuracy"): on a CPU a narrower CNN, each conv's
+# algorithm chosen from its shapes ("auto"), no dropout, a short warm-up; on an
+# accelerator the default width and few large batches, since there a step's
+# cost is mostly its kernel launches, not its arithmetic.
 RECIPES = {
-    "mnist": {
+    ("mnist", "cnn"): {
         "cpu": dict(width=12, block="conv-pool-bn-relu", algorithm="auto", epochs=2, dropout=0.0,
                     warmup_epochs=0.1, eval_batch_size=50),
         "accelerator": dict(block="conv-pool-bn-relu", batch_size=512, lr=1e-2, epochs=3, dropout=0.0,
@@ -61,10 +61,11 @@ RECIPES = {
 }
 
 
-def recipe(data, backend=None):
-    """The defaults ``data`` changes (:data:`RECIPES`) on ``backend`` ("cpu",
-    "gpu", "tpu"; default: JAX's default backend, where the run will compute)."""
-    entry = RECIPES.get(data)
+def recipe(data, model="cnn", backend=None):
+    """The defaults ``data`` changes for ``model`` (:data:`RECIPES`) on
+    ``backend`` ("cpu", "gpu", "tpu"; default: JAX's default backend, where
+    the run will compute)."""
+    entry = RECIPES.get((data, model))
     if entry is None:
         return {}
     if backend is None:
@@ -73,9 +74,15 @@ def recipe(data, backend=None):
     return entry["cpu" if backend == "cpu" else "accelerator"]
 
 
+def _model_option(help, **meta):
+    """An option of the model (:data:`jaxbp.layers.MODEL_OPTIONS`): ``None``
+    takes the model's default; a model that does not read it refuses a value."""
+    return option(None, help + " (default: the model's; refused by a model that does not read it)", **meta)
+
+
 @dataclasses.dataclass
 class Config:
-    model: str = option("cnn", "the network", choices=tuple(layers.MODELS))
+    model: str = option("cnn", "the network (the registry: jaxbp.layers.MODELS)", choices=lambda: tuple(layers.MODELS))
     data: str = option("digits", "the data set (digits are bundled; mnist, fashion-mnist and cifar10 are "
                                  "downloaded once, or read from --data-dir)", choices=data_lib.names)
     data_dir: str | None = option(None, "directory with the data set's files (default: download them into "
@@ -93,9 +100,10 @@ class Config:
     gradients: str = option("custom", "hand-derived rules or their autodiff twins", choices=tuple(layers.GRADIENTS))
     dtype: str = option("float32", "precision policy: compute dtype (parameters stay float32, or float64)",
                         choices=precision.NAMES)
-    algorithm: str = option(DEFAULT_ALGORITHM, "conv2d algorithm (auto: per layer, from its shapes and the "
-                                               "backend)", choices=CHOICES)
-    layout: str = option("NHWC", "layout inside the CNN (input is NCHW either way)", choices=("NCHW", "NHWC"))
+    algorithm: str | None = _model_option(f"conv2d algorithm (auto: per layer, from its shapes and the backend; "
+                                          f"{DEFAULT_ALGORITHM} in cnn and the resnets)", choices=CHOICES)
+    layout: str | None = _model_option("layout inside a convolutional network (input is NCHW either way; NHWC in "
+                                       "cnn and the resnets)", choices=("NCHW", "NHWC"))
     run_dir: str | None = option(None, "where config.json, metrics.jsonl, curves.png and checkpoints/ go; it "
                                        "must be new or empty (default: a new runs/<time>-<model>-<data>, with "
                                        "runs/latest pointing at it; with --resume: runs/latest)")
@@ -110,13 +118,13 @@ class Config:
     flip: str = option("auto", "random horizontal flips (auto: where the data set's entry says, cifar10)", choices=("auto", "on", "off"))
     devices: int | None = option(None, "data-parallel over this many devices (default: all, of all processes)",
                                  **POSITIVE_INT)
-    width: int = option(32, "channels of the cnn's first conv layer; the second has 2×, the dense layer 4×",
-                        **POSITIVE_INT)
-    block: str = option(layers.CNN_BLOCKS[0], "order of each cnn block (conv-pool-bn-relu: pooling first, so "
-                                              "batch norm and relu see a quarter of the values)",
-                        choices=layers.CNN_BLOCKS)
+    width: int | None = _model_option("the model's width: the cnn's first conv channels (32; the second has 2×, "
+                                      "the dense layer 4×), the mlp's hidden units (256)", **POSITIVE_INT)
+    block: str | None = _model_option(f"order of each cnn block ({layers.CNN_BLOCKS[0]}; conv-pool-bn-relu: "
+                                      "pooling first, so batch norm and relu see a quarter of the values)",
+                                      choices=layers.CNN_BLOCKS)
     # 0.5: on the 1,438 training digits, 0.25 left seeds 0-9 at 97.5-99.2 % (BENCHMARKS.md).
-    dropout: float = option(0.5, "dropout rate before the last dense layer", **RATE)
+    dropout: float | None = _model_option("dropout rate before the last dense layer (cnn, mlp: 0.5)", **RATE)
     audit_every: int = option(0, "every this many steps (at the end of the compiled chunk that reaches the "
                                  "count), the float32 gradient of every parameter on that step's batch, by the "
                                  "rules and by the twins, against float64: gradients.jsonl and gradients.png "
@@ -127,11 +135,11 @@ class Config:
     @classmethod
     def for_data(cls, data="digits", backend=None, **given):
         """The config for ``data`` on ``backend`` (default: where JAX computes):
-        the defaults, then the data set's recipe (:func:`recipe`), then
-        ``given``. ``Config(data=..., ...)`` is the same on JAX's backend."""
+        the defaults, then the data set's recipe for the model (:func:`recipe`),
+        then ``given``. ``Config(data=..., ...)`` is the same on JAX's backend."""
         cfg = cls.__new__(cls)
         _FIELDS_INIT(cfg, data=data, **given)
-        for name, value in recipe(data, backend).items():
+        for name, value in recipe(data, cfg.model, backend).items():
             if name not in given:
                 setattr(cfg, name, value)
         return cfg
@@ -148,6 +156,7 @@ class Config:
                 raise ValueError(f"{f.name} must be one of {', '.join(allowed)}, got {value!r}")
             if "rule" in meta and not meta["rule"][0](value):
                 raise ValueError(f"{f.name} must be {meta['rule'][1]}, got {value!r}")
+        self.model_options()   # an option the model would ignore: refused
         if self.devices is not None and self.devices > jax.device_count():
             raise ValueError(f"devices must be at most the {jax.device_count()} available device(s), "
                              f"got {self.devices!r}")
@@ -156,6 +165,11 @@ class Config:
                              f"got {self.batch_size!r}")
         self.policy()  # float64 without x64: a clear error
         return self
+
+    def model_options(self):
+        """The model's options (:func:`jaxbp.layers.model_options`): its
+        defaults, then this config's; ``ValueError`` for one it does not read."""
+        return layers.model_options(self.model, **{k: getattr(self, k) for k in layers.MODEL_OPTIONS})
 
     def num_devices(self):
         import jax

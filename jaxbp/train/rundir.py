@@ -209,7 +209,18 @@ def read_config(run_dir):
     except (OSError, ValueError) as e:
         raise RunDirError(f"cannot read {path}: {e}") from None
     check_saved(saved, path)
-    return saved
+    return _without_ignored(saved)
+
+
+def _without_ignored(saved):
+    """``saved`` with the model options its model does not read set to null:
+    a run written before the model registry holds every option (a resnet20
+    run, the cnn's width), which had no effect and is now refused."""
+    from jaxbp import layers
+    reads = layers.MODELS[saved["model"]].options if saved.get("model") in layers.MODELS else None
+    if reads is None:
+        return saved
+    return {k: (None if k in layers.MODEL_OPTIONS and k not in reads else v) for k, v in saved.items()}
 
 
 _TYPES = {"str": ((str,), "a string"), "int": ((int,), "an integer"), "float": ((int, float), "a number"),

@@ -28,14 +28,8 @@ class TrainState(typing.NamedTuple):
 
 
 def build_model(cfg, num_classes):
-    """``cfg.model`` from :data:`layers.MODELS`; dropout exists in the cnn and mlp only."""
-    if cfg.model == "mlp":
-        return layers.mlp(num_classes, gradients=cfg.gradients, dropout=cfg.dropout)
-    conv = dict(gradients=cfg.gradients, layout=cfg.layout, algorithm=cfg.algorithm)
-    if cfg.model == "cnn":
-        w = cfg.width
-        return layers.cnn(num_classes, (w, 2 * w), dense=4 * w, dropout=cfg.dropout, block=cfg.block, **conv)
-    return layers.MODELS[cfg.model](num_classes, **conv)
+    """``cfg.model`` from the registry (:data:`layers.MODELS`) with the config's options."""
+    return layers.build_model(cfg.model, num_classes, gradients=cfg.gradients, **cfg.model_options())
 
 
 def is_weight(leaf):

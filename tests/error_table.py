@@ -1,7 +1,7 @@
 """Write docs/errors.md: every bad input the tests try, with the message it gives.
 
-    python tools/error_table.py            # rewrite docs/errors.md
-    python tools/error_table.py --check    # exit 1 if docs/errors.md is stale
+    python tests/error_table.py            # rewrite docs/errors.md
+    python tests/error_table.py --check    # exit 1 if docs/errors.md is stale
 
 Rows come from tests/bad_inputs.py (the cases tests/test_errors.py and
 tests/test_cli.py run),
