@@ -346,14 +346,21 @@ def test_a_run_directory_holds_one_run(tmp_path):
     assert not (tmp_path / "nope").exists()
 
 
-def test_curves_have_integer_epoch_ticks():
+@pytest.mark.parametrize("epochs", [(1,), (1, 2, 3)])
+def test_curves_have_integer_epoch_ticks_and_plain_loss_labels(epochs):
+    """A 1-epoch run had ticks 0.945…1.065 and loss labels like 2.65×10⁰."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from jaxbp.train.plot import figure
-    history = [{"epoch": e, "train_loss": 1.0 / e, "test_loss": 1.2 / e, "test_accuracy": 0.5 + 0.1 * e}
-               for e in (1, 2, 3)]
+    history = [{"epoch": e, "train_loss": 2.65 / e, "test_loss": 2.5 / e, "test_accuracy": 0.5 + 0.1 * e}
+               for e in epochs]
     fig = figure(history)
+    FigureCanvasAgg(fig).draw()
     for ax in fig.axes:
-        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
-        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+        lo, hi = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert ticks == list(epochs) if len(epochs) == 1 else all(float(t).is_integer() for t in ticks), ticks
+        labels = [t.get_text() for t in ax.get_yticklabels() + ax.yaxis.get_minorticklabels()]
+        assert labels and not any("times" in t for t in labels), labels
 
 
 @pytest.mark.slow

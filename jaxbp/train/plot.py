@@ -42,13 +42,19 @@ def figure(history, title=""):
     ax_loss, ax_acc = fig.subplots(1, 2)
     ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
     ax_loss.plot(epochs, [r["test_loss"] for r in history], "s-", label="test")
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", yscale="log", title="loss")
+    losses = [r[k] for r in history for k in ("train_loss", "test_loss") if r[k] > 0]
+    # A log scale where the loss spans a decade or more; within one, its labels
+    # would read "2.65×10⁰".
+    wide = bool(losses) and max(losses) >= 10 * min(losses)
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", yscale="log" if wide else "linear", title="loss")
     ax_loss.legend()
     ax_acc.plot(epochs, [100 * r["test_accuracy"] for r in history], "s-", color="C1")
     ax_acc.set(xlabel="epoch", ylabel="%", title="test accuracy")
     ax_acc.grid(alpha=0.3)
     for ax in (ax_loss, ax_acc):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(set(epochs)) == 1:   # one epoch: one tick, not 0.945…1.065
+            ax.set(xlim=(epochs[0] - 1, epochs[0] + 1), xticks=[epochs[0]])
     fig.suptitle(title)
     fig.tight_layout()
     return fig
