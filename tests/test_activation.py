@@ -50,8 +50,11 @@ def test_gradient_keeps_dtype(name, dtype):
 def test_forward_mode_is_the_documented_error():
     with pytest.raises(TypeError, match="can't apply forward-mode autodiff"):
         jax.jvp(jaxbp.relu, (jnp.ones(3),), (jnp.ones(3),))
-    # The twin supports it.
-    jax.jvp(jaxbp.autodiff.relu, (jnp.ones(3),), (jnp.ones(3),))
+    # The twin supports it: relu's directional derivative is the tangent where z > 0, else 0.
+    z, t = jnp.array([-1.0, 0.0, 2.0]), jnp.array([5.0, 7.0, 3.0])
+    y, dy = jax.jvp(jaxbp.autodiff.relu, (z,), (t,))
+    np.testing.assert_array_equal(y, [0.0, 0.0, 2.0])
+    np.testing.assert_array_equal(dy, [0.0, 0.0, 3.0])
 
 
 @pytest.mark.parametrize("impl", ["custom", "twin"])

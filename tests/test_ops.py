@@ -5,6 +5,7 @@ import inspect
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import jaxbp
@@ -59,14 +60,23 @@ def test_forward_mode_through_an_op_is_the_documented_error(name):
     f = case.fn(case.op)
     with pytest.raises(TypeError, match="can't apply forward-mode autodiff"):
         jax.jvp(f, case.diff, case.diff)
-    jax.jvp(case.fn(case.op.autodiff), case.diff, case.diff)  # the twin supports it
+    # The twin supports it, and its directional derivative is the custom rule's
+    # gradient projected on the tangent (the vjp's transpose).
+    total = lambda out: sum(jnp.sum(leaf) for leaf in jax.tree.leaves(out))
+    tangent = tuple(jnp.cos(jnp.arange(d.size, dtype=d.dtype)).reshape(d.shape) for d in case.diff)
+    _, jvp_out = jax.jvp(case.fn(case.op.autodiff), case.diff, tangent)
+    grads = jax.grad(lambda *d: total(case.fn(case.op)(*d)), argnums=tuple(range(len(case.diff))))(*case.diff)
+    np.testing.assert_allclose(total(jvp_out), sum(jnp.vdot(g, t) for g, t in zip(grads, tangent)),
+                               rtol=1e-10, atol=1e-12)
 
 
 def test_one_conv_default_everywhere():
     default = jaxbp.ops.DEFAULT_ALGORITHM
     defaults = [inspect.signature(f).parameters["algorithm"].default
                 for f in (jaxbp.conv2d, jaxbp.autodiff.conv2d, layers.Conv2D, layers.cnn)]
-    assert defaults == [default] * 4 and train.Config().algorithm == default
+    assert defaults == [default] * 4
+    assert all(layers.MODELS[m].options["algorithm"] == default for m in ("cnn", "resnet20", "resnet18"))
+    assert train.Config().model_options()["algorithm"] == default
 
 
 # --- the one list of ops (jaxbp.ops.FAMILIES) and everything derived from it ---

@@ -118,15 +118,25 @@ def test_property_random_configurations(kind, kh, kw, sh, sw, ph, pw, h, w, layo
        p=st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 3), st.integers(0, 3)),
        hw=st.tuples(st.integers(0, 4), st.integers(0, 4)), layout=st.sampled_from(["NCHW", "NHWC"]))
 def test_any_configuration_is_a_clear_error_or_a_finite_result(kind, k, s, p, hw, layout):
-    """Never a silent -inf (a window of padding alone) or NaN from finite input."""
+    """Never a silent -inf (a window of padding alone) or NaN from finite input:
+    the error the configuration calls for (checked in this order), else a result."""
     shape = (2, 2) + hw if layout == "NCHW" else (2,) + hw + (2,)
     x = normal(6, shape)[0]
-    try:
-        y = POOLS[kind](x, k, s, ((p[0], p[1]), (p[2], p[3])), layout=layout)
-    except ValueError as e:
-        assert "x has an empty spatial size" in str(e) or "must be at most half the window" in str(e) \
-            or "is larger than the padded input" in str(e), e
+    pads = ((p[0], p[1]), (p[2], p[3]))
+    if 0 in hw:
+        expected = "x has an empty spatial size"
+    elif any(2 * side > kk for pp, kk in zip(pads, k) for side in pp):
+        expected = "must be at most half the window"
+    elif any(kk > n + lo + hi for kk, n, (lo, hi) in zip(k, hw, pads)):
+        expected = "is larger than the padded input"
+    else:
+        expected = None
+    call = lambda: POOLS[kind](x, k, s, pads, layout=layout)
+    if expected is not None:
+        with pytest.raises(ValueError, match=expected):
+            call()
         return
+    y = call()
     assert y.size > 0 and np.all(np.isfinite(y))
 
 
