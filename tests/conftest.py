@@ -27,3 +27,11 @@ jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_default_matmul_precision", "highest")
 # Accidental broadcasting is the usual bug of a hand-written backward pass.
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# Property tests draw the same examples on every run (CI and a user's run fail
+# or pass alike); `pytest --hypothesis-profile explore` draws fresh ones.
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("jaxbp", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("explore", deadline=None, print_blob=True)
+settings.load_profile("jaxbp")

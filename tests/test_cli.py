@@ -367,4 +367,4 @@ def test_help_gives_each_option_one_default_and_no_none():
     for option in options:
         assert option.count("(default:") + option.count("; default:") <= 1, option
         assert "(default: None)" not in option, option
-    assert "mnist on CPUs: 0.1; mnist on accelerators: 0.1" not in text and "(mnist: 0.1)" in text
+    assert "on CPUs: 0.1; mnist with cnn on accelerators: 0.1" not in text and "(mnist with cnn: 0.1)" in text

@@ -282,10 +282,13 @@ def test_a_data_sets_recipe_changes_only_the_defaults(backend, entry):
     assert Config.for_data("cifar10", backend) == Config(data="cifar10")
     cfg = Config.for_data("mnist", backend, epochs=5, seed=3)
     assert cfg.epochs == 5 and cfg.seed == 3 and cfg.data == "mnist"
-    assert all(getattr(cfg, k) == v for k, v in RECIPES["mnist"][entry].items() if k != "epochs")
-    untouched = ({f.name for f in dataclasses.fields(Config)} - set(RECIPES["mnist"][entry])
-                 - {"epochs", "seed", "data"})
+    recipe = RECIPES["mnist", "cnn"][entry]
+    assert all(getattr(cfg, k) == v for k, v in recipe.items() if k != "epochs")
+    untouched = {f.name for f in dataclasses.fields(Config)} - set(recipe) - {"epochs", "seed", "data"}
     assert all(getattr(cfg, k) == getattr(Config(), k) for k in untouched)
+    # The recipe is the cnn's: another model on MNIST keeps its own defaults.
+    assert Config.for_data("mnist", backend, model="mlp") == Config(data="mnist", model="mlp") \
+        and Config(data="mnist", model="mlp").width is None
 
 
 @pytest.mark.parametrize("backend", ["cpu", "gpu"])
@@ -293,7 +296,7 @@ def test_the_recipe_follows_the_backend_jax_computes_on(monkeypatch, backend):
     from jaxbp.train.config import RECIPES
     monkeypatch.setattr(jax, "default_backend", lambda: backend)
     cfg = Config.for_data("mnist")
-    entry = RECIPES["mnist"]["cpu" if backend == "cpu" else "accelerator"]
+    entry = RECIPES["mnist", "cnn"]["cpu" if backend == "cpu" else "accelerator"]
     assert all(getattr(cfg, k) == v for k, v in entry.items())
 
 
