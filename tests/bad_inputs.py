@@ -291,8 +291,8 @@ def cli_error_cases(workdir):
                                       "--overwrite starts a new run; it cannot be combined with --resume"),
         "cli_run_dir_holds_a_run": (lambda: ["train", "--run-dir", a_run(), "--epochs", "1"], 1,
                                     r"run directory .*a_run already holds a run \(config.json, metrics.jsonl\); "
-                                    "choose a new --run-dir, continue that run with --resume, or replace it with "
-                                    "--overwrite"),
+                                    r"choose a new run_dir \(--run-dir\), continue that run \(resume=True, --resume\), "
+                                    r"or replace it \(overwrite=True, --overwrite\)"),
         "cli_run_dir_unwritable": (lambda: ["train", "--data", "mnist", "--data-dir", os.path.join(workdir, "nope"),
                                             "--run-dir", os.path.join(run_dir_file()[2], "run")], 1,
                                    "run directory .*a_file/run cannot be written"),
@@ -330,18 +330,18 @@ def cli_error_cases(workdir):
 FAULTS = {
     "run_dir_raced": ("two processes start with one --run-dir (test_faults.py::test_two_processes_racing...)",
                       r"jaxbp: error: run directory .* is in use by process \d+ on .* \(since .*\): a run directory is "
-                      r"written by one process at a time; wait for that run to end, or choose another --run-dir",
+                      r"written by one process at a time; wait for that run to end, or choose another run_dir \(--run-dir\)",
                       "jaxbp: error: run directory runs/a is in use by process 812 on node7 (since 2026-12-02T10:00:00): "
                       "a run directory is written by one process at a time; wait for that run to end, or choose "
-                      "another --run-dir"),
+                      "another run_dir (--run-dir)"),
     "write_failed": ("a checkpoint or metrics file cannot be written: disk full, file too large, read-only "
                      "(test_faults.py::test_a_failed_write..., ::test_a_file_size_limit...)",
                      r"jaxbp: error: cannot write .*: .*; (the checkpoint .* is intact; once it can be written, resume "
-                     r"the run \(--resume\)|no checkpoint had been written yet; once it can be written, start the run "
-                     r"again \(--overwrite\))",
+                     r"the run \(resume=True, --resume\)|no checkpoint had been written yet; once it can be written, start "
+                     r"the run again \(overwrite=True, --overwrite\))",
                      "jaxbp: error: cannot write runs/a/checkpoints/ckpt-000000008/arrays.npz: No space left on "
                      "device; the checkpoint after epoch 1 (runs/a/checkpoints/ckpt-000000004) is intact; once it "
-                     "can be written, resume the run (--resume)"),
+                     "can be written, resume the run (resume=True, --resume)"),
     "checkpoint_skipped": ("the newest checkpoint does not verify (edited, corrupt, truncated) and an older one does "
                            "(test_faults.py::test_an_edited_checkpoint_epoch...)",
                            r"jaxbp: warning: checkpoint .* is (corrupt|unreadable): .*; trying an older checkpoint",
@@ -350,11 +350,11 @@ FAULTS = {
     "non_finite": ("the loss, gradients or state (running statistics included) stop being finite "
                    "(test_faults.py::test_non_finite...)",
                    r"jaxbp: error: non-finite (loss|gradients|state \(.*\)) at step \d+; (the checkpoint .* is the "
-                   r"last good state|no checkpoint was written before it); try a smaller --lr, or --debug-nans to "
-                   r"locate it",
+                   r"last good state|no checkpoint was written before it); try a smaller lr \(--lr\), or jax_debug_nans "
+                   r"\(--debug-nans\) to locate it",
                    "jaxbp: error: non-finite state (parameters, optimizer state or running statistics) at step 9; "
                    "the checkpoint after epoch 1 (runs/a/checkpoints/ckpt-000000008) is the last good state; try a "
-                   "smaller --lr, or --debug-nans to locate it"),
+                   "smaller lr (--lr), or jax_debug_nans (--debug-nans) to locate it"),
     "peer_lost": ("a process of a multi-process run dies (test_distributed.py::test_a_killed_process...)",
                   r"jaxbp: error: process \d+ of \d+: the run lost another process \(.*\); newest checkpoint: .*; "
                   r"start every process again with --resume",

@@ -97,7 +97,7 @@ def _prepare_run_dir(cfg, chief):
     compilation so that a mistake costs nothing."""
     if not cfg.run_dir:
         if cfg.resume:
-            raise ValueError("resume needs a run directory (--run-dir)")
+            raise ValueError("resume=True needs a run_dir (--resume needs --run-dir)")
         return
     if cfg.resume:
         saved = rundir.read_config(cfg.run_dir)
@@ -317,8 +317,9 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None, point_latest=False):
 
 def _save_failed(error, saved):
     """A failed write in words: the file, why, and what is safe."""
-    then = ("is intact; once it can be written, resume the run (--resume)" if saved else
-            "no checkpoint had been written yet; once it can be written, start the run again (--overwrite)")
+    then = ("is intact; once it can be written, resume the run (resume=True, --resume)" if saved else
+            "no checkpoint had been written yet; once it can be written, start the run again "
+            "(overwrite=True, --overwrite)")
     return (f"cannot write {error.filename or 'a file of the run'}: {error.strerror or error}; "
             + (f"{describe(saved)} {then}" if saved else then))
 
@@ -398,5 +399,5 @@ def _check_finite(finite, first_step, saved=None):
         what = ("loss", "gradients", "state (parameters, optimizer state or running statistics)")[
             int(np.argmin(flags[bad[0]]))]
         kept = f"{describe(saved)} is the last good state" if saved else "no checkpoint was written before it"
-        raise NonFiniteError(f"non-finite {what} at step {step}; {kept}; try a smaller --lr, "
-                             "or --debug-nans to locate it")
+        raise NonFiniteError(f"non-finite {what} at step {step}; {kept}; try a smaller lr (--lr), "
+                             "or jax_debug_nans (--debug-nans) to locate it")

@@ -90,8 +90,9 @@ def _check_empty(run_dir, overwrite):
     existing = contents(run_dir)
     if existing and not overwrite:
         shown = ", ".join(existing[:5]) + (", …" if len(existing) > 5 else "")
-        raise RunDirError(f"run directory {run_dir} already holds a run ({shown}); choose a new "
-                          "--run-dir, continue that run with --resume, or replace it with --overwrite")
+        raise RunDirError(f"run directory {run_dir} already holds a run ({shown}); choose a new run_dir "
+                          "(--run-dir), continue that run (resume=True, --resume), or replace it (overwrite=True, "
+                          "--overwrite)")
 
 
 def check_writable(run_dir):
@@ -118,7 +119,7 @@ def _holder(path):
 
 def _busy(path):
     return RunDirBusy(f"run directory {os.path.dirname(path)} is in use by {_holder(path)}: a run directory "
-                      "is written by one process at a time; wait for that run to end, or choose another --run-dir")
+                      "is written by one process at a time; wait for that run to end, or choose another run_dir (--run-dir)")
 
 
 def check_free(run_dir):
