@@ -77,20 +77,25 @@ FASHION = ("T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shi
 register(DataSet(
     "digits", lambda directory, seed: builtin.load_digits(), (1, 8, 8), DIGITS, local=True,
     summary="1,797 8×8 handwritten digits, bundled; a fixed seeded 80/20 stratified split"))
-register(DataSet("mnist", lambda directory, seed: idx.load_idx_dir(directory), (1, 28, 28), DIGITS, Source(
-    "https://ossci-datasets.s3.amazonaws.com/mnist/", {
-        "train-images-idx3-ubyte.gz": "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-        "train-labels-idx1-ubyte.gz": "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-        "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-        "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"}),
+def _idx_source(url, *sha256):
+    """The four gzip IDX files (:data:`idx.IDX_FILES`, in that order) at ``url``, with their SHA-256."""
+    return Source(url, {f"{stem}.gz": h for stem, h in zip(idx.IDX_FILES.values(), sha256, strict=True)})
+
+
+register(DataSet("mnist", lambda directory, seed: idx.load_idx_dir(directory), (1, 28, 28), DIGITS, _idx_source(
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+    "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+    "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+    "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
     summary="70,000 28×28 handwritten digits (IDX files)"))
-register(DataSet("fashion-mnist", lambda directory, seed: idx.load_idx_dir(directory), (1, 28, 28), FASHION, Source(
-    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", {
-        "train-images-idx3-ubyte.gz": "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
-        "train-labels-idx1-ubyte.gz": "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
-        "t10k-images-idx3-ubyte.gz": "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-        "t10k-labels-idx1-ubyte.gz": "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"}),
-    summary="70,000 28×28 clothing images (IDX files, as MNIST)"))
+register(DataSet("fashion-mnist", lambda directory, seed: idx.load_idx_dir(directory), (1, 28, 28), FASHION,
+                 _idx_source("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+                             "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+                             "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+                             "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+                             "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"),
+                 summary="70,000 28×28 clothing images (IDX files, as MNIST)"))
 register(DataSet("cifar10", lambda directory, seed: cifar.load_cifar10(directory), (3, 32, 32), cifar.CIFAR_CLASSES,
                  Source("https://www.cs.toronto.edu/~kriz/", {
                      "cifar-10-python.tar.gz": "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"}),
