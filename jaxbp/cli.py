@@ -161,28 +161,27 @@ def _train(a):
         _distributed = True
         _tell_supervisor("joined")
     _run.update(process=a.process_id, of=a.num_processes)
-    if a.devices is not None and a.devices > jax.device_count():
-        raise _UsageError(f"--devices {a.devices}: only {jax.device_count()} device(s) available")
     from jaxbp import precision
     from jaxbp.train import Config, fit, rundir
     fields = {f.name for f in dataclasses.fields(Config)}
     given = {k: v for k, v in vars(a).items() if k in fields and k in a.given}
     chief = jax.process_index() == 0
+    # The run-directory and device rules are train's (Config.validate, fit); here
+    # they only become usage errors (exit 2).
     if a.resume:
-        if a.overwrite:
-            raise _UsageError("--overwrite starts a new run; it cannot be combined with --resume")
         run_dir = a.run_dir or os.path.join(rundir.ROOT, rundir.LATEST)
-        saved = rundir.read_config(run_dir)
-        for field, value, old in rundir.conflicts(saved, given)[:1]:
-            raise _UsageError(rundir.conflict_message(run_dir, field, value, old))
-        cfg = Config(**{**{k: v for k, v in saved.items() if k in fields}, **given,
-                        "run_dir": run_dir, "resume": True, "overwrite": False})
+        saved = {} if a.overwrite else rundir.read_config(run_dir)
+        cfg = Config(**{**{k: v for k, v in saved.items() if k in fields}, **given, "run_dir": run_dir})
     else:
         run_dir = a.run_dir or rundir.new_path(a.model, a.data)
         cfg = Config(**{**given, "data": a.data, "run_dir": run_dir})
     _refuse_ignored(cfg.model, {k: getattr(cfg, k) for k in given})
     _run["run_dir"] = run_dir
     precision.enable(cfg.dtype)
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise _UsageError(str(e)) from None
     if a.debug_nans:
         jax.config.update("jax_debug_nans", True)
     same = pending is not None and (cfg.data, cfg.data_dir, cfg.seed) == (a.data, a.data_dir, a.seed)
@@ -389,10 +388,10 @@ def main(argv=None, baselines=None):
     from jaxbp.train import NonFiniteError, TrainingInterrupted
     from jaxbp.train.loop import describe
     from jaxbp.train.parallel import PeerError
-    from jaxbp.train.rundir import RunDirBusy
+    from jaxbp.train.rundir import ConfigConflict, RunDirBusy
     try:
         return args.func(args)
-    except (_UsageError, RunDirBusy) as e:
+    except (_UsageError, RunDirBusy, ConfigConflict) as e:
         _say(f"jaxbp: error: {e}")
         return EXIT_USAGE
     except (DataError, CheckpointError, NonFiniteError, PeerError, ValueError, OSError) as e:

@@ -285,10 +285,11 @@ def cli_error_cases(workdir):
         "cli_resume_missing_run_dir": (lambda: ["train", "--run-dir", os.path.join(workdir, "empty"), "--resume"],
                                        1, "run directory .*empty does not exist: there is no run to resume"),
         "cli_resume_changes_the_run": (lambda: ["train", "--run-dir", a_run(), "--resume", "--lr", "0.01"], 2,
-                                       r"--lr 0.01 conflicts with the run in .*a_run, which has lr 0.003 "
+                                       r"lr=0.01 \(--lr 0.01\) conflicts with the run in .*a_run, which has lr 0.003 "
                                        r"\(config.json\)"),
         "cli_resume_with_overwrite": (lambda: ["train", "--run-dir", a_run(), "--resume", "--overwrite"], 2,
-                                      "--overwrite starts a new run; it cannot be combined with --resume"),
+                                      r"overwrite=True \(--overwrite\) starts a new run; it cannot be combined with resume=True "
+                                      r"\(--resume\)"),
         "cli_run_dir_holds_a_run": (lambda: ["train", "--run-dir", a_run(), "--epochs", "1"], 1,
                                     r"run directory .*a_run already holds a run \(config.json, metrics.jsonl\); "
                                     r"choose a new run_dir \(--run-dir\), continue that run \(resume=True, --resume\), "

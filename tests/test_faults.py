@@ -269,7 +269,7 @@ def test_a_failed_write_names_the_file_keeps_the_checkpoint_and_leaves_no_tempor
     monkeypatch.setattr(plot, "atomic_write", atomic_write)
     with pytest.raises(train.SaveError, match=r"cannot write .*run/checkpoints/ckpt-000000008/arrays.npz: No space "
                                               r"left on device; the checkpoint after epoch 1 \(.*ckpt-000000004\) is "
-                                              r"intact; once it can be written, resume the run \(--resume\)"):
+                                              r"intact; once it can be written, resume the run \(resume=True, --resume\)"):
         train.fit(cfg, dataset=data.synthetic(), quiet=True)
     assert leftovers(run) == []
     monkeypatch.undo()
@@ -290,6 +290,6 @@ def test_a_file_size_limit_gives_one_line_and_no_temporaries(tmp_path):
                        text=True, env={**env(), "JAXBP_COMPILATION_CACHE": "off"}, timeout=300)
     assert r.returncode == 1, r.stderr
     assert re.fullmatch(r"jaxbp: error: cannot write .*arrays.npz: File too large; no checkpoint had been written "
-                        r"yet; once it can be written, start the run again \(--overwrite\)\n", r.stderr), r.stderr
+                        r"yet; once it can be written, start the run again \(overwrite=True, --overwrite\)\n", r.stderr), r.stderr
     assert re.fullmatch(FAULTS["write_failed"][1], r.stderr.strip())
     assert leftovers(run) == []

@@ -345,7 +345,7 @@ def test_a_run_directory_holds_one_run(tmp_path):
     train.fit(Config(**cfg), dataset=ds, quiet=True)
     with pytest.raises(rundir.RunDirError, match="already holds a run"):
         train.fit(Config(seed=5, **cfg), dataset=ds, quiet=True)
-    with pytest.raises(rundir.RunDirError, match=r"--seed 5 conflicts with the run in .*, which has seed 0"):
+    with pytest.raises(rundir.RunDirError, match=r"seed=5 \(--seed 5\) conflicts with the run in .*, which has seed 0"):
         train.fit(Config(seed=5, resume=True, **cfg), dataset=ds, quiet=True)
     train.fit(Config(seed=5, overwrite=True, **cfg), dataset=ds, quiet=True)
     assert json.loads((tmp_path / "config.json").read_text())["seed"] == 5

@@ -157,6 +157,9 @@ class Config:
             if "rule" in meta and not meta["rule"][0](value):
                 raise ValueError(f"{f.name} must be {meta['rule'][1]}, got {value!r}")
         self.model_options()   # an option the model would ignore: refused
+        if self.resume and self.overwrite:
+            raise ValueError("overwrite=True (--overwrite) starts a new run; it cannot be combined with "
+                             "resume=True (--resume)")
         if self.devices is not None and self.devices > jax.device_count():
             raise ValueError(f"devices must be at most the {jax.device_count()} available device(s), "
                              f"got {self.devices!r}")

@@ -102,7 +102,7 @@ def _prepare_run_dir(cfg, chief):
     if cfg.resume:
         saved = rundir.read_config(cfg.run_dir)
         for field, given, old in rundir.conflicts(saved, dataclasses.asdict(cfg))[:1]:
-            raise rundir.RunDirError(rundir.conflict_message(cfg.run_dir, field, given, old))
+            raise rundir.ConfigConflict(rundir.conflict_message(cfg.run_dir, field, given, old))
         if chief:
             rundir.check_free(cfg.run_dir)
             rundir.check_writable(cfg.run_dir)
@@ -146,19 +146,16 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None, point_latest=False):
     cfg.validate()
     chief = jax.process_index() == 0  # the one process that writes files
     saved_cfg = _prepare_run_dir(cfg, chief)
+    report = _Report(cfg, quiet, chief)
     if saved_cfg and saved_cfg.get("epochs", cfg.epochs) != cfg.epochs:
-        _log(quiet, f"the schedule now spans {cfg.epochs} epochs (the run had {saved_cfg['epochs']}): from here "
-                    "the learning rate follows the warm-up + cosine of the longer run")
+        report.say(f"the schedule now spans {cfg.epochs} epochs (the run had {saved_cfg['epochs']}): from here "
+                   "the learning rate follows the warm-up + cosine of the longer run")
     if cfg.run_dir and chief:
         from jaxbp.train.plot import preload
         preload()  # curves.png at the end
     t = time.perf_counter()
-    if dataset is None:
-        ds = data_lib.load(cfg.data, cfg.data_dir, cfg.seed)
-    else:
-        ds = dataset() if callable(dataset) else dataset
-        data_lib.check_dataset(ds, "fit's dataset")
-    data_s = time.perf_counter() - t
+    ds = _dataset(cfg, dataset)
+    report.times["data_seconds"] = time.perf_counter() - t
     t = time.perf_counter()
     n = len(ds.x_train)
     if cfg.batch_size > n:
@@ -169,150 +166,234 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None, point_latest=False):
     ts = new_state(model, cfg, optimizer, ds.x_train.shape[1:])
     mesh = make_mesh(cfg)
     steps = make_steps(model, optimizer, cfg, mesh)
-
-    ckpt_dir = os.path.join(cfg.run_dir, "checkpoints") if cfg.run_dir else None
-    writing = bool(cfg.run_dir and chief)
+    saves = _Checkpoints(cfg, chief, steps_per_epoch)
+    programs = _Programs()
     # From here on the run directory is this process's (created now for a new run).
-    claim = rundir.claim(cfg.run_dir, cfg.overwrite, cfg.resume) if writing else None
-    history, start_epoch, saved, failed = [], 0, None, True
-    background = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxbp-compile")
+    claim = rundir.claim(cfg.run_dir, cfg.overwrite, cfg.resume) if saves.writing else None
+    history, start_epoch, failed = [], 0, True
     try:
-        # Where the first epoch of this call begins: its step, and its losses so far.
-        begin, begin_losses = 0, []
-        if cfg.resume and not checkpoint.list_checkpoints(ckpt_dir):
-            # Stopped before its first checkpoint: nothing to lose, so it starts again.
-            _log(quiet, f"no checkpoint in {ckpt_dir} yet: the run starts from its beginning")
-        elif cfg.resume:
-            ts, meta, path = checkpoint.restore_latest(ckpt_dir, jax.tree.map(fetch, ts),
-                                                       check=_resumable(cfg.run_dir, steps_per_epoch))
-            start_epoch = meta["epoch"] + 1  # epochs completed
-            saved = {"epoch": start_epoch, "path": path}
-            if "in_epoch" in meta:  # written mid-epoch
-                begin, begin_losses = meta["in_epoch"], meta["losses"]
-                saved.update(in_epoch=begin, step=int(fetch(ts.step)))
-            history = meta["history"]
-            if cfg.audit_every and chief:   # the audits past the checkpoint are done again
-                audit.write(cfg.run_dir, audit.read(cfg.run_dir, until_step=int(fetch(ts.step))))
-            _log(quiet, f"resumed from {describe(saved)}")
-        if writing:
-            rundir.write_json(os.path.join(cfg.run_dir, "config.json"), dataclasses.asdict(cfg))
-            rundir.write_metrics(cfg.run_dir, history)  # the checkpoint's: metrics.jsonl may have lost rows
-            if point_latest:
-                rundir.point_latest(cfg.run_dir)
+        ts, start_epoch, begin, history = saves.resume(ts, report)
+        saves.begin(history, point_latest)
         ts = replicate(ts, mesh)
         # The data sets live on the device(s) for the whole run.
         x_all, y_all = replicate((ds.x_train, ds.y_train), mesh)
         test = eval_set(ds.x_test, ds.y_test, cfg.eval_batch_size, mesh)
-        chunk = chunk_size(steps_per_epoch)
-        setup_s = time.perf_counter() - t
-        programs, compile_s = {}, 0.0
-
-        def compiled(fn, *args, **static):
-            """``fn`` compiled ahead of time (once for each ``static``), the time the
-            run waits for it counted (for one compiling in the background: the wait)."""
-            nonlocal compile_s
-            key = (fn, tuple(static.items()))
-            if not isinstance(programs.get(key), jax.stages.Compiled):
-                t = time.perf_counter()
-                pending = programs.get(key)
-                programs[key] = pending.result() if pending is not None else fn.lower(*args, **static).compile()
-                compile_s += time.perf_counter() - t
-            return programs[key]
-
-        def compile_in_background(fn, *args, **static):
-            """Start compiling ``fn`` in a thread; :func:`compiled` waits for it."""
-            key = (fn, tuple(static.items()))
-            if key not in programs:  # shapes and shardings only: the arrays may be donated meanwhile
-                specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), args)
-                programs[key] = background.submit(lambda: fn.lower(*specs, **static).compile())
-
+        report.times["setup_seconds"] = time.perf_counter() - t
         order_of = jax.jit(lambda key, step: epoch_order(key, step, n, cfg.batch_size))
-
-        from tqdm.auto import tqdm
-        t_start, startup_s = time.perf_counter(), elapsed()
-        _log(quiet, f"started in {startup_s:.1f}s (data {data_s:.1f}s, model state and devices {setup_s:.1f}s)")
+        report.started()
         end_epoch = cfg.epochs if max_epochs is None else min(cfg.epochs, start_epoch + max_epochs)
-        # The bar is for a person at a terminal; a log gets the per-epoch lines only.
-        bar_off = quiet or not sys.stderr.isatty()
-        step_losses, reached = [], None
         # The evaluation compiles beside the training program and the first steps.
-        compile_in_background(steps.eval, ts.params, ts.state, test.xs, test.ys, test.masks)
+        programs.start(steps.eval, ts.params, ts.state, test.xs, test.ys, test.masks)
         for epoch in range(start_epoch, end_epoch):
             t0 = time.perf_counter()
-            order = compiled(order_of, ts.key, ts.step)(ts.key, ts.step)  # on the device(s), from (key, epoch)
-            first = begin if epoch == start_epoch else 0
-            bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                       disable=bar_off, file=sys.stderr, dynamic_ncols=True)
-            before = begin_losses if epoch == start_epoch else []  # this epoch's, from a mid-epoch checkpoint
-            losses = []  # this call's steps of this epoch
-            for start, length in _chunks(first, steps_per_epoch, chunk, epoch * steps_per_epoch, cfg.audit_every):
-                run = compiled(steps.chunk, ts, x_all, y_all, order, length=length)
-                if epoch == start_epoch and start == first:
-                    _log(quiet, f"compiled the training program in {compile_s:.1f}s")
-                ts, m = run(ts, x_all, y_all, order)
-                finite = np.stack([fetch(m[k]) for k in ("loss_finite", "grads_finite", "state_finite")],
-                                  1)  # waits for the chunk
-                _check_finite(finite, epoch * steps_per_epoch + start, saved)
-                losses += fetch(m["loss"]).tolist()
-                bar.update(len(finite))
-                bar.set_postfix(loss=f"{np.mean(losses[-len(finite):]):.4f}")
-                done = start + length
-                at = epoch * steps_per_epoch + done   # steps of the run so far
-                every = cfg.audit_every
-                if every and writing and at // every > (at - length) // every:
-                    _audit(cfg, model, ts, x_all, y_all, order[done - 1], at, epoch)
-                if (cfg.checkpoint_every and writing and done < steps_per_epoch
-                        and done // cfg.checkpoint_every > start // cfg.checkpoint_every):
-                    # The state after this chunk, checked finite, and the epoch's losses so far.
-                    step = int(fetch(ts.step))
-                    path = checkpoint.save(ckpt_dir, step, jax.tree.map(fetch, ts),
-                                           {"epoch": epoch - 1, "in_epoch": done, "losses": before + losses,
-                                            "history": list(history)})
-                    saved = {"epoch": epoch, "in_epoch": done, "step": step, "path": path}
-            bar.close()
-            step_losses += losses
-            train_loss = float(np.mean(before + losses))
-            test_loss, test_acc = evaluate(compiled(steps.eval, ts.params, ts.state, test.xs, test.ys, test.masks),
-                                           ts.params, ts.state, test)
-            record = {"epoch": epoch + 1, "step": int(fetch(ts.step)), "train_loss": train_loss,
+            order = programs.get(order_of, ts.key, ts.step)(ts.key, ts.step)  # on the device(s), from (key, epoch)
+            first, before = begin if epoch == start_epoch else (0, [])  # a mid-epoch checkpoint's steps and losses
+            ts, losses = _epoch(cfg, model, steps, programs, saves, report, ts, (x_all, y_all), order, epoch,
+                                first, before, steps_per_epoch, first_of_call=epoch == start_epoch)
+            test_loss, test_acc = evaluate(programs.get(steps.eval, ts.params, ts.state, test.xs, test.ys,
+                                                        test.masks), ts.params, ts.state, test)
+            record = {"epoch": epoch + 1, "step": int(fetch(ts.step)), "train_loss": float(np.mean(before + losses)),
                       "test_loss": test_loss, "test_accuracy": test_acc,
                       "seconds": time.perf_counter() - t0, "elapsed": elapsed()}
             if epoch == start_epoch:  # where this process's time went before its first step
-                record.update(startup_seconds=startup_s, data_seconds=data_s, setup_seconds=setup_s,
-                              compile_seconds=compile_s)  # waiting for the training and evaluation programs
+                record.update({k: report.times[k] for k in ("startup_seconds", "data_seconds", "setup_seconds")},
+                              compile_seconds=programs.wait_s)  # waiting for the training and evaluation programs
             history.append(record)
-            _log(quiet, f"epoch {epoch + 1:3d}/{cfg.epochs}  train_loss {train_loss:.4f}  "
-                        f"test_loss {test_loss:.4f}  test_acc {100 * test_acc:6.2f}%  {record['seconds']:.1f}s")
-            if writing:  # the checkpoint first: it holds the metrics too
-                path = checkpoint.save(ckpt_dir, int(fetch(ts.step)), jax.tree.map(fetch, ts),
-                                       {"epoch": epoch, "history": list(history)})
-                saved = {"epoch": epoch + 1, "path": path}
-                rundir.write_metrics(cfg.run_dir, history)
+            report.epoch(record)
+            saves.end_of_epoch(ts, epoch, history)
             if cfg.stop_at_accuracy is not None and test_acc >= cfg.stop_at_accuracy:
-                reached = record
-                _log(not chief, f"reached test accuracy {100 * test_acc:.2f}% >= {100 * cfg.stop_at_accuracy:g}% "
-                            f"at epoch {epoch + 1}: {record['elapsed']:.1f}s since the process started, "
-                            f"{time.perf_counter() - t_start:.1f}s of training (compilation included)")
+                report.reached(record)
                 break
         failed = False
     except KeyboardInterrupt:
-        raise TrainingInterrupted(cfg.run_dir, saved) from None
+        raise TrainingInterrupted(cfg.run_dir, saves.saved) from None
     except OSError as e:
-        if not writing:
+        if not saves.writing:
             raise
-        raise SaveError(_save_failed(e, saved)) from None
+        raise SaveError(_save_failed(e, saves.saved)) from None
     finally:
-        background.shutdown(wait=False, cancel_futures=True)
-        if writing:
+        programs.close()
+        if saves.writing:
             _pictures(cfg, history[start_epoch:] and history, failed)
             claim.release()
+    report.final(history)
     final = history[-1] if history else {}
-    if cfg.stop_at_accuracy is not None and reached is None and chief and history:
-        _log(quiet, f"test accuracy {100 * cfg.stop_at_accuracy:g}% not reached in {len(history)} epochs")
-    if chief:
-        print(f"final test accuracy {100 * final.get('test_accuracy', float('nan')):.2f}% "
-              f"({time.perf_counter() - t_start:.1f}s)", flush=True)
-    return TrainResult(history, ts, final.get("test_accuracy"), model, step_losses)
+    return TrainResult(history, ts, final.get("test_accuracy"), model, report.step_losses)
+
+
+def _dataset(cfg, dataset):
+    """``dataset`` (or what the function ``dataset`` returns), checked; else ``cfg.data`` loaded."""
+    if dataset is None:
+        return data_lib.load(cfg.data, cfg.data_dir, cfg.seed)
+    ds = dataset() if callable(dataset) else dataset
+    data_lib.check_dataset(ds, "fit's dataset")
+    return ds
+
+
+def _epoch(cfg, model, steps, programs, saves, report, ts, data, order, epoch, first, before, steps_per_epoch,
+           first_of_call):
+    """One epoch from step ``first``, in compiled chunks: each checked finite,
+    audited and checkpointed where the config asks; returns the state and this
+    call's losses of the epoch."""
+    x_all, y_all = data
+    bar = report.bar(epoch, first, steps_per_epoch)
+    losses = []
+    for start, length in _chunks(first, steps_per_epoch, chunk_size(steps_per_epoch), epoch * steps_per_epoch,
+                                 cfg.audit_every):
+        run = programs.get(steps.chunk, ts, x_all, y_all, order, length=length)
+        if first_of_call and start == first:
+            report.say(f"compiled the training program in {programs.wait_s:.1f}s")
+        ts, m = run(ts, x_all, y_all, order)
+        finite = np.stack([fetch(m[k]) for k in ("loss_finite", "grads_finite", "state_finite")],
+                          1)  # waits for the chunk
+        _check_finite(finite, epoch * steps_per_epoch + start, saves.saved)
+        losses += fetch(m["loss"]).tolist()
+        bar.update(len(finite))
+        bar.set_postfix(loss=f"{np.mean(losses[-len(finite):]):.4f}")
+        done = start + length
+        at = epoch * steps_per_epoch + done   # steps of the run so far
+        every = cfg.audit_every
+        if every and saves.writing and at // every > (at - length) // every:
+            _audit(cfg, model, ts, x_all, y_all, order[done - 1], at, epoch)
+        if (cfg.checkpoint_every and done < steps_per_epoch
+                and done // cfg.checkpoint_every > start // cfg.checkpoint_every):
+            saves.mid_epoch(ts, epoch, done, before + losses)
+    bar.close()
+    report.step_losses += losses
+    return ts, losses
+
+
+class _Programs:
+    """The run's compiled programs: each compiled ahead of time, once per static
+    arguments, some in a background thread; ``wait_s``: how long the run waited
+    for them (for one compiled in the background: the wait only)."""
+
+    def __init__(self):
+        self.programs, self.wait_s = {}, 0.0
+        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxbp-compile")
+
+    def get(self, fn, *args, **static):
+        key = (fn, tuple(static.items()))
+        if not isinstance(self.programs.get(key), jax.stages.Compiled):
+            t = time.perf_counter()
+            pending = self.programs.get(key)
+            self.programs[key] = pending.result() if pending is not None else fn.lower(*args, **static).compile()
+            self.wait_s += time.perf_counter() - t
+        return self.programs[key]
+
+    def start(self, fn, *args, **static):
+        """Start compiling ``fn`` in the thread; :meth:`get` waits for it."""
+        key = (fn, tuple(static.items()))
+        if key not in self.programs:  # shapes and shardings only: the arrays may be donated meanwhile
+            specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), args)
+            self.programs[key] = self.pool.submit(lambda: fn.lower(*specs, **static).compile())
+
+    def close(self):
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _Checkpoints:
+    """The run's files (written by the chief process only): the checkpoints,
+    config.json and metrics.jsonl; ``saved`` describes the newest checkpoint
+    (:func:`describe`), what a failure message points at."""
+
+    def __init__(self, cfg, chief, steps_per_epoch):
+        self.cfg, self.steps_per_epoch = cfg, steps_per_epoch
+        self.dir = os.path.join(cfg.run_dir, "checkpoints") if cfg.run_dir else None
+        self.writing, self.saved = bool(cfg.run_dir and chief), None
+
+    def resume(self, ts, report):
+        """``(state, first epoch, (first step, its epoch's losses so far), history)``:
+        from the newest usable checkpoint when resuming, else the start."""
+        cfg = self.cfg
+        if not cfg.resume:
+            return ts, 0, (0, []), []
+        if not checkpoint.list_checkpoints(self.dir):
+            # Stopped before its first checkpoint: nothing to lose, so it starts again.
+            report.say(f"no checkpoint in {self.dir} yet: the run starts from its beginning")
+            return ts, 0, (0, []), []
+        ts, meta, path = checkpoint.restore_latest(self.dir, jax.tree.map(fetch, ts),
+                                                   check=_resumable(cfg.run_dir, self.steps_per_epoch))
+        start_epoch = meta["epoch"] + 1  # epochs completed
+        self.saved, begin = {"epoch": start_epoch, "path": path}, (0, [])
+        if "in_epoch" in meta:  # written mid-epoch
+            begin = (meta["in_epoch"], meta["losses"])
+            self.saved.update(in_epoch=meta["in_epoch"], step=int(fetch(ts.step)))
+        if cfg.audit_every and self.writing:   # the audits past the checkpoint are done again
+            audit.write(cfg.run_dir, audit.read(cfg.run_dir, until_step=int(fetch(ts.step))))
+        report.say(f"resumed from {describe(self.saved)}")
+        return ts, start_epoch, begin, meta["history"]
+
+    def begin(self, history, point_latest):
+        """config.json, and metrics.jsonl from the checkpoint's history (the file
+        may have lost rows); ``history`` (the run's list, growing) goes into every checkpoint."""
+        self.history = history
+        if self.writing:
+            rundir.write_json(os.path.join(self.cfg.run_dir, "config.json"), dataclasses.asdict(self.cfg))
+            rundir.write_metrics(self.cfg.run_dir, history)
+            if point_latest:
+                rundir.point_latest(self.cfg.run_dir)
+
+    def mid_epoch(self, ts, epoch, done, losses):
+        """The state after ``done`` steps of ``epoch`` (checked finite) and the epoch's losses so far."""
+        if self.writing:
+            step = int(fetch(ts.step))
+            path = checkpoint.save(self.dir, step, jax.tree.map(fetch, ts),
+                                   {"epoch": epoch - 1, "in_epoch": done, "losses": losses,
+                                    "history": list(self.history)})
+            self.saved = {"epoch": epoch, "in_epoch": done, "step": step, "path": path}
+
+    def end_of_epoch(self, ts, epoch, history):
+        """The checkpoint first, holding the metrics too, then metrics.jsonl."""
+        if self.writing:
+            path = checkpoint.save(self.dir, int(fetch(ts.step)), jax.tree.map(fetch, ts),
+                                   {"epoch": epoch, "history": list(history)})
+            self.saved = {"epoch": epoch + 1, "path": path}
+            rundir.write_metrics(self.cfg.run_dir, history)
+
+
+class _Report:
+    """What the run says and when: the per-epoch lines (not with ``quiet``),
+    the progress bar (at a terminal), the start-up times, the final line."""
+
+    def __init__(self, cfg, quiet, chief):
+        self.cfg, self.quiet, self.chief = cfg, quiet, chief
+        self.times, self.step_losses, self.reached_at = {}, [], None
+        self.t_start = time.perf_counter()
+
+    def say(self, line):
+        _log(self.quiet, line)
+
+    def started(self):
+        self.t_start, self.times["startup_seconds"] = time.perf_counter(), elapsed()
+        self.say(f"started in {self.times['startup_seconds']:.1f}s (data {self.times['data_seconds']:.1f}s, "
+                 f"model state and devices {self.times['setup_seconds']:.1f}s)")
+
+    def bar(self, epoch, first, steps):
+        from tqdm.auto import tqdm
+        # The bar is for a person at a terminal; a log gets the per-epoch lines only.
+        return tqdm(total=steps, initial=first, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", leave=False,
+                    disable=self.quiet or not sys.stderr.isatty(), file=sys.stderr, dynamic_ncols=True)
+
+    def epoch(self, r):
+        self.say(f"epoch {r['epoch']:3d}/{self.cfg.epochs}  train_loss {r['train_loss']:.4f}  "
+                 f"test_loss {r['test_loss']:.4f}  test_acc {100 * r['test_accuracy']:6.2f}%  {r['seconds']:.1f}s")
+
+    def reached(self, r):
+        """Said even with ``quiet``, by the chief process."""
+        self.reached_at = r
+        _log(not self.chief, f"reached test accuracy {100 * r['test_accuracy']:.2f}% >= "
+                             f"{100 * self.cfg.stop_at_accuracy:g}% at epoch {r['epoch']}: {r['elapsed']:.1f}s "
+                             f"since the process started, {time.perf_counter() - self.t_start:.1f}s of training "
+                             "(compilation included)")
+
+    def final(self, history):
+        if self.cfg.stop_at_accuracy is not None and self.reached_at is None and self.chief and history:
+            self.say(f"test accuracy {100 * self.cfg.stop_at_accuracy:g}% not reached in {len(history)} epochs")
+        if self.chief:
+            final = history[-1] if history else {}
+            print(f"final test accuracy {100 * final.get('test_accuracy', float('nan')):.2f}% "
+                  f"({time.perf_counter() - self.t_start:.1f}s)", flush=True)
 
 
 def _save_failed(error, saved):

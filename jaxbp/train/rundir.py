@@ -268,10 +268,14 @@ def conflicts(saved, given):
             if k not in MAY_CHANGE and k in saved and v != saved[k]]
 
 
+class ConfigConflict(RunDirError):
+    """Resuming with an option that differs from the run's config.json."""
+
+
 def conflict_message(run_dir, field, given, saved):
-    return (f"--{field.replace('_', '-')} {given} conflicts with the run in {run_dir}, which has "
-            f"{field} {saved} (config.json); --resume continues that run: drop the option, "
-            "or start a new run in another --run-dir")
+    return (f"{field}={given!r} (--{field.replace('_', '-')} {given}) conflicts with the run in {run_dir}, which "
+            f"has {field} {saved} (config.json); resuming continues that run: drop the option, or start a new "
+            "run in another run_dir (--run-dir)")
 
 
 def write_json(path, obj):
