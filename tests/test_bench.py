@@ -19,3 +19,18 @@ def test_paired_ratio_is_the_median_of_per_round_ratios():
     assert ratio == 3.0 and q1 < ratio < q3
     with pytest.raises(ValueError):
         paired_ratio([1.0, 2.0], [1.0])
+
+
+def test_saved_residuals_itemizes_what_a_step_keeps(capsys):
+    """benchmarks/saved_residuals.py (BENCHMARKS.md's table): every saved array
+    is counted once, and the rules keep relu's mask and batch norm's x̂ where the
+    twin keeps its intermediates."""
+    from helpers import load_benchmark
+    script = load_benchmark("saved_residuals")
+    tables = {g: script.residuals("mlp", g, 8) for g in ("custom", "autodiff")}
+    assert {"relu's mask (bool)", "batch norm's x̂"} <= set(tables["custom"])
+    assert tables["custom"]["relu's mask (bool)"] == [2, 2 * 8 * 256]   # two hidden layers of 256, a byte each
+    assert script.saved_bytes(tables["custom"]) < script.saved_bytes(tables["autodiff"])
+    script.main(["--model", "mlp", "--batch-size", "8"])
+    out = capsys.readouterr().out
+    assert "| **all saved arrays** |" in out and "compiled temp memory" in out
