@@ -142,12 +142,22 @@ OP_CASES = {
 
 @__import__("contextlib").contextmanager
 def restored_environ():
+    """The environment, and the JAX settings an in-process ``cli.main`` changes
+    (``jaxbp train`` turns JAX's persistent compilation cache on), as they were:
+    the rest of the test worker must not compile into a cache."""
+    import jax
     saved = dict(os.environ)
+    settings = {k: getattr(jax.config, k) for k in JAX_SETTINGS}
     try:
         yield
     finally:
         os.environ.clear()
         os.environ.update(saved)
+        for k, v in settings.items():
+            jax.config.update(k, v)
+
+
+JAX_SETTINGS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs", "jax_debug_nans")
 
 
 _HELD = []   # lock files held by the cases (as another process would hold them)
@@ -298,7 +308,7 @@ def cli_error_cases(workdir):
                                             "--run-dir", os.path.join(run_dir_file()[2], "run")], 1,
                                    "run directory .*a_file/run cannot be written"),
         "cli_devices_more_than_available": (lambda: ["train", "--devices", str(__import__("jax").device_count() + 1)],
-                                            2, r"--devices \d+: only \d+ device\(s\) available"),
+                                            2, r"devices \(--devices\) must be at most the \d+ available device\(s\), got \d+"),
         "cli_no_abbreviations": (lambda: ["train", "--debug-n"], 2, "unrecognized arguments: --debug-n"),
         "cli_resume_corrupt_checkpoint": (corrupt_checkpoint, 1, "no usable checkpoint: .* is corrupt"),
         "cli_batch_larger_than_data": (lambda: ["train", "--batch-size", "5000", "--run-dir",

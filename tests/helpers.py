@@ -6,11 +6,14 @@ arguments differentiated. The custom op is ``case.op``, its twin
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import importlib.util
 import os
 import pathlib
+import socket
+import subprocess
 from typing import Callable
 
 import jax
@@ -257,3 +260,31 @@ def command_env(**extra_env):
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_ENABLE_X64")}
     env.update(extra_env)
     return env
+
+
+@contextlib.contextmanager
+def running(*commands, **popen):
+    """``subprocess.Popen`` of each command; every one still running when the
+    block ends (a failed assertion, a ``communicate`` timeout) is killed and
+    reaped, so no child outlives its test."""
+    procs = []
+    try:
+        for cmd in commands:
+            procs.append(subprocess.Popen(cmd, **popen))
+        yield procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+
+
+@contextlib.contextmanager
+def reserved_port():
+    """A local TCP port held for the block: bound with ``SO_REUSEPORT`` (which
+    JAX's coordinator, a gRPC server, also sets), so the coordinator can bind it
+    while no other process, another test worker's included, can take it first."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]

@@ -3,10 +3,11 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
-from bad_inputs import cli_error_cases, restored_environ
-from helpers import command_env, write_mnist_dir
+from bad_inputs import JAX_SETTINGS, cli_error_cases, restored_environ
+from helpers import command_env, running, write_mnist_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -148,6 +149,7 @@ def test_cli_error(name, tmp_path, capsys, monkeypatch):
     from jaxbp import cli
     monkeypatch.chdir(tmp_path)   # where runs/ would appear
     make_args, code, message = cli_error_cases(str(tmp_path))[name]
+    settings = {k: getattr(jax.config, k) for k in JAX_SETTINGS}
     with warnings.catch_warnings(), restored_environ():
         warnings.simplefilter("ignore")
         try:
@@ -158,6 +160,7 @@ def test_cli_error(name, tmp_path, capsys, monkeypatch):
     assert rc == code, err
     lines = [l for l in err.splitlines() if l.startswith("jaxbp: error")]
     assert len(lines) == 1 and re.search(message, lines[0]), err
+    assert {k: getattr(jax.config, k) for k in JAX_SETTINGS} == settings   # the worker's JAX as it was
     assert "Traceback" not in err
     assert all(l.startswith(("jaxbp: ", "downloading ")) for l in err.splitlines()), err   # one line, no page
     assert not (tmp_path / "runs").exists() and not (tmp_path / "never_created").exists()
@@ -254,29 +257,29 @@ def test_ctrl_c_says_what_was_saved_and_the_command_that_resumes(tmp_path):
     import signal
     import time
     run = str(tmp_path / "r")
-    env = command_env(JAXBP_CHECKPOINT_WRITE_DELAY="0.5")  # saves take long, as on a loaded machine
+    env = command_env()
     # Ctrl-C as at a terminal: a test runner started in the background ignores
     # SIGINT and its children inherit that, so the child restores Python's handler.
     ctrl_c = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
               "sys.argv[0] = 'jaxbp'; runpy.run_module('jaxbp.cli', run_name='__main__')")
-    proc = subprocess.Popen([sys.executable, "-c", ctrl_c, "train", "--model", "mlp", "--data", "synthetic",
-                             "--epochs", "200", "--run-dir", run, "--quiet"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 120
+    with running([sys.executable, "-c", ctrl_c, "train", "--model", "mlp", "--data", "synthetic",
+                  "--epochs", "200", "--run-dir", run, "--quiet"],
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as (proc,):
+        deadline = time.time() + 120
 
-    def epochs_recorded():  # metrics.jsonl gets its line after the epoch's checkpoint is complete
-        try:
-            with open(os.path.join(run, "metrics.jsonl")) as f:
-                return len(f.read().splitlines())
-        except FileNotFoundError:
-            return 0
-    # Not the checkpoints/ folder appearing: it is made as the first save begins,
-    # and a Ctrl-C during that save (its fsyncs, on a loaded machine) finds none yet.
-    while not epochs_recorded() and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+        def epochs_recorded():  # metrics.jsonl gets its line after the epoch's checkpoint is complete
+            try:
+                with open(os.path.join(run, "metrics.jsonl")) as f:
+                    return len(f.read().splitlines())
+            except FileNotFoundError:
+                return 0
+        # Not the checkpoints/ folder appearing: it is made as the first save begins,
+        # and a Ctrl-C during that save (its fsyncs, on a loaded machine) finds none yet.
+        while not epochs_recorded() and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert f"resume with: jaxbp train --run-dir {run} --resume" in err and "saved: the checkpoint after epoch" in err
     assert "Traceback" not in err
@@ -316,10 +319,11 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 @pytest.mark.parametrize("op, extra, code, words", [
     ("user_rules:my_dense", [], 0, "jaxbp.check user_rules:my_dense: ok"),
     ("user_rules:my_dense_wrong", [], 1, "'w': ×2 everywhere"),
+    ("user_rules:my_dense_wrong", ["--dtype", "float32"], 1, "FAIL"),
     ("user_rules:my_tanh", ["--shape", "3,4"], 0, "under shard_map"),
     ("user_rules:my_tanh", [], 2, "declares no example inputs"),
     ("user_rules:nothing", [], 2, "module 'user_rules' has no 'nothing'"),
-], ids=["right", "wrong", "shape", "no example", "missing"])
+], ids=["right", "wrong", "wrong float32", "shape", "no example", "missing"])
 def test_gradcheck_a_users_op(op, extra, code, words):
     r = jaxbp("gradcheck", "--op", op, *extra, cwd=TESTS)
     assert r.returncode == code, r.stdout + r.stderr

@@ -14,7 +14,7 @@ import pytest
 
 from jaxbp.train import checkpoint, rundir
 from bad_inputs import FAULTS
-from helpers import command_env
+from helpers import command_env, running
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ARGS = ["train", "--model", "mlp", "--data", "synthetic", "--batch-size", "128", "--epochs", "8",
@@ -143,14 +143,11 @@ def test_two_processes_racing_for_one_run_directory_one_runs_and_nothing_mixes(t
     """Both exited 0 and mixed their runs (config.json of one, checkpoints of
     both); each deleted the other's temporary checkpoint as a leftover."""
     run = str(tmp_path / "run")
-    procs = {seed: subprocess.Popen([sys.executable, "-m", "jaxbp.cli", *ARGS, "--seed", str(seed), "--run-dir", run],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
-             for seed in (1, 2)}
-    try:
+    seeds = (1, 2)
+    with running(*[[sys.executable, "-m", "jaxbp.cli", *ARGS, "--seed", str(seed), "--run-dir", run] for seed in seeds],
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env()) as started:
+        procs = dict(zip(seeds, started))
         outcome = {seed: (p.communicate(timeout=300)[1], p.returncode) for seed, p in procs.items()}
-    finally:
-        for p in procs.values():
-            p.kill()
     winner = [seed for seed, (_, rc) in outcome.items() if rc == 0]
     assert len(winner) == 1, outcome
     (loser_err, loser_rc), = [v for seed, v in outcome.items() if seed != winner[0]]

@@ -4,7 +4,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import jaxbp
 from jaxbp import layers, precision
 from helpers import assert_close_trees, normal
 

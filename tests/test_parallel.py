@@ -46,7 +46,7 @@ def test_eight_devices_equal_one_device(model, dtype, tol, state_tol):
 def test_batch_must_divide_over_devices():
     with pytest.raises(ValueError, match="batch_size must be a multiple of the 8 devices, got 12"):
         Config(devices=8, batch_size=12).validate()
-    with pytest.raises(ValueError, match="devices must be at most the 8 available device"):
+    with pytest.raises(ValueError, match=r"devices \(--devices\) must be at most the 8 available device"):
         Config(devices=9).validate()
 
 

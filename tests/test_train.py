@@ -422,3 +422,30 @@ def test_the_api_applies_the_recipe_the_command_line_applies():
     assert Config(data="mnist") == Config.for_data("mnist") == Config(**given)
     assert Config(data="mnist").epochs != Config().epochs
     assert Config(data="mnist", epochs=60).epochs == 60   # what is given still wins
+
+
+def test_a_run_resumes_on_another_device_count(tmp_path):
+    """A checkpoint holds whole arrays, not shards: a run begun on one device
+    goes on on two, and ends where a run on one device throughout ends."""
+    ds = small_digits(n_train=256, n_test=64)
+    base = dict(model="mlp", dtype="float64", batch_size=32, epochs=2, lr=1e-2)
+    first = train.fit(Config(devices=1, run_dir=str(tmp_path), **base), dataset=ds, quiet=True, max_epochs=1)
+    second = train.fit(Config(devices=2, run_dir=str(tmp_path), resume=True, **base), dataset=ds, quiet=True)
+    alone = train.fit(Config(devices=1, **base), dataset=ds, quiet=True)
+    assert [r["epoch"] for r in second.history] == [1, 2] and second.history[0] == first.history[0]
+    assert second.history[1]["step"] == 2 * 256 // 32
+    # float64: only the order of the batch's sums differs between one device and two.
+    for key in ("train_loss", "test_loss"):
+        np.testing.assert_allclose(second.history[1][key], alone.history[1][key], rtol=1e-10)
+
+
+def test_bfloat16_training_follows_float32_and_keeps_float32_parameters():
+    """The bfloat16 policy computes in bfloat16 and updates float32 parameters:
+    its losses stay within a few percent of the float32 run's (measured: 1.3 %)."""
+    cfg = dict(model="cnn", width=8, epochs=6, batch_size=32, lr=1e-2, dropout=0.0, warmup_epochs=0.1)
+    runs = {dt: train.fit(Config(dtype=dt, **cfg), dataset=small_digits(), quiet=True)
+            for dt in ("float32", "bfloat16")}
+    low, full = ([r["train_loss"] for r in runs[dt].history] for dt in ("bfloat16", "float32"))
+    assert low[-1] < 0.6 * low[0], low
+    np.testing.assert_allclose(low, full, rtol=0.05)
+    assert {p.dtype for p in jax.tree.leaves(runs["bfloat16"].state.params)} == {jnp.dtype("float32")}

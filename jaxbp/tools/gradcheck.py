@@ -252,8 +252,9 @@ def main(model="cnn", dtype="float64", ops=None):
               f"autodiff twin's (a rule may be 10× further at most)\n")
         print(f"{'op':<{w}} {'rule err':>10} {'twin err':>10}  closer")
     else:
-        print(f"custom vs autodiff gradients, float64 (tolerance: relative 1e-10 vs twin, "
-              f"1e-06 vs finite differences; jaxbp.check's first-order rows)\n")
+        twin_tol, fd_tol = TOLERANCES["float64"]
+        print(f"custom vs autodiff gradients, float64 (tolerance: relative {twin_tol:.0e} vs twin, "
+              f"{fd_tol:.0e} vs finite differences; jaxbp.check's first-order rows)\n")
         print(f"{'op':<{w}} {'rel err vs twin':>16} {'max abs err':>12} {'rel err vs FD':>14}  ")
     for label, (name, args, argnums, kwargs) in problems.items():
         # The first-order rows (and in float32 the precision ones): the full check is `jaxbp.check`'s.

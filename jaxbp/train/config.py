@@ -161,8 +161,8 @@ class Config:
             raise ValueError("overwrite=True (--overwrite) starts a new run; it cannot be combined with "
                              "resume=True (--resume)")
         if self.devices is not None and self.devices > jax.device_count():
-            raise ValueError(f"devices must be at most the {jax.device_count()} available device(s), "
-                             f"got {self.devices!r}")
+            raise ValueError(f"devices (--devices) must be at most the {jax.device_count()} available "
+                             f"device(s), got {self.devices!r}")
         if self.batch_size % self.num_devices():
             raise ValueError(f"batch_size must be a multiple of the {self.num_devices()} devices, "
                              f"got {self.batch_size!r}")
