@@ -147,7 +147,9 @@ def test_a_background_load_raises_in_the_waiting_thread(tmp_path):
 
 
 def test_the_published_hashes_are_sha256():
-    for source in [e.source for e in data.REGISTRY.values() if e.source is not None]:
+    sources = [e.source for e in data.REGISTRY.values() if e.source is not None]
+    assert len(sources) == 3 and all(source.files for source in sources)   # not an empty all()
+    for source in sources:
         assert all(len(h) == 64 and int(h, 16) >= 0 for h in source.files.values())
 
 
