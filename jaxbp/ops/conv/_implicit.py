@@ -56,16 +56,17 @@ def backward(x, w, g, *, stride, pads, dilation, groups, layout):
     # Rows/columns of the padded input that no window reaches (stride leftovers).
     rest = [n + lo + hi - k - s * (m - 1)
             for n, (lo, hi), k, s, m in zip(in_hw, pads, (eh, ew), stride, out)]
-    # δX = col2im(δỸ F̃ᵀ): full correlation of the stride-dilated δY with the
-    # flipped kernel, giving the padded input's gradient; then drop the padding.
+    # δX = col2im(δỸ F̃ᵀ): correlation of the stride-dilated δY with the flipped
+    # kernel, padded by k − 1 less the forward's padding on each side (negative:
+    # cropped), so that it yields the input's gradient itself, not the padded
+    # input's to be cropped afterwards (which computed the padding's too).
     # Per group, F̃ᵀ maps that group's O/G output channels back to its C/G
     # inputs: the kernel as (O/G, G·C/G, FH, FW), read "IOHW".
     o, c = w.shape[:2]
     wt = w.reshape(groups, o // groups, c, *window).transpose(1, 0, 2, 3, 4).reshape(o // groups, groups * c, *window)
-    dxp = _conv(g, jnp.flip(wt, (2, 3)).astype(g.dtype), _DIMS[layout]["dx"], window_strides=(1, 1),
-                padding=[(eh - 1, eh - 1 + rest[0]), (ew - 1, ew - 1 + rest[1])],
-                lhs_dilation=stride, rhs_dilation=dilation, feature_group_count=groups)
-    dx = _windows.unpad(dxp, pads, in_hw, layout)
+    dx = _conv(g, jnp.flip(wt, (2, 3)).astype(g.dtype), _DIMS[layout]["dx"], window_strides=(1, 1),
+               padding=[(e - 1 - lo, e - 1 - hi + r) for e, (lo, hi), r in zip((eh, ew), pads, rest)],
+               lhs_dilation=stride, rhs_dilation=dilation, feature_group_count=groups)
     # δF̃ = X̃ᵀ δỸ: correlate X with δY (dilated by the stride), contracting the
     # batch; the kernel's entries are d apart, so the correlation steps by d. With
     # groups, x's channels (here the batch axis) pair with their group's outputs.
