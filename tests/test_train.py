@@ -207,7 +207,10 @@ def test_run_directory_contents(tmp_path):
     r = records[0]
     assert 0 <= r["data_seconds"] and 0 < r["setup_seconds"]
     assert r["data_seconds"] + r["setup_seconds"] < r["startup_seconds"]
-    assert r["startup_seconds"] + r["seconds"] == pytest.approx(r["elapsed"], abs=0.05)
+    # Nothing runs between the start-up's end and the first epoch's start: the
+    # gap is the order of the calls (≥ 0, up to the two clocks' microseconds),
+    # bounded loosely so that a loaded machine does not fail it.
+    assert -1e-3 <= r["elapsed"] - (r["startup_seconds"] + r["seconds"]) < 1.0
     assert records[1]["elapsed"] > records[0]["elapsed"]
     assert json.loads((tmp_path / "config.json").read_text())["model"] == "mlp"
     png = (tmp_path / "curves.png").read_bytes()
