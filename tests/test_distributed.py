@@ -10,6 +10,7 @@ import pytest
 
 from bad_inputs import FAULTS
 from helpers import command_env, reserved_port, running
+from jaxbp.train import checkpoint
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -79,8 +80,9 @@ def test_a_killed_process_ends_the_other_with_one_line_and_the_run_resumes(tmp_p
     with running(*[_train_cmd(run, coordinator, "--process-id", str(i)) for i in range(2)], env=env(1),
                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as procs:
         deadline = time.time() + 120
-        while not os.listdir(os.path.join(run, "checkpoints")) if os.path.isdir(os.path.join(run, "checkpoints")) \
-                else time.time() < deadline:
+        # A complete checkpoint (its folder renamed into place), not the temporary
+        # one being written, which the kill would leave incomplete: "newest: none".
+        while not checkpoint.list_checkpoints(os.path.join(run, "checkpoints")) and time.time() < deadline:
             time.sleep(0.1)
         procs[killed].kill()
         survivor = procs[1 - killed]
