@@ -427,6 +427,7 @@ def test_the_api_applies_the_recipe_the_command_line_applies():
     assert Config(data="mnist", epochs=60).epochs == 60   # what is given still wins
 
 
+@pytest.mark.slow   # several training runs
 def test_a_run_resumes_on_another_device_count(tmp_path):
     """A checkpoint holds whole arrays, not shards: a run begun on one device
     goes on on two, and ends where a run on one device throughout ends."""
@@ -442,6 +443,7 @@ def test_a_run_resumes_on_another_device_count(tmp_path):
         np.testing.assert_allclose(second.history[1][key], alone.history[1][key], rtol=1e-10)
 
 
+@pytest.mark.slow   # several training runs
 def test_bfloat16_training_follows_float32_and_keeps_float32_parameters():
     """The bfloat16 policy computes in bfloat16 and updates float32 parameters:
     its losses stay within a few percent of the float32 run's (measured: 1.3 %)."""
