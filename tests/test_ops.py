@@ -64,10 +64,14 @@ def test_forward_mode_through_an_op_is_the_documented_error(name):
     # gradient projected on the tangent (the vjp's transpose).
     total = lambda out: sum(jnp.sum(leaf) for leaf in jax.tree.leaves(out))
     tangent = tuple(jnp.cos(jnp.arange(d.size, dtype=d.dtype)).reshape(d.shape) for d in case.diff)
-    _, jvp_out = jax.jvp(case.fn(case.op.autodiff), case.diff, tangent)
-    grads = jax.grad(lambda *d: total(case.fn(case.op)(*d)), argnums=tuple(range(len(case.diff))))(*case.diff)
-    np.testing.assert_allclose(total(jvp_out), sum(jnp.vdot(g, t) for g, t in zip(grads, tangent)),
-                               rtol=1e-10, atol=1e-12)
+    argnums = tuple(range(len(case.diff)))
+
+    @jax.jit   # one compiled program: op by op, Winograd's many small ops took seconds
+    def both(diff, tangent):
+        _, jvp_out = jax.jvp(case.fn(case.op.autodiff), diff, tangent)
+        grads = jax.grad(lambda *d: total(case.fn(case.op)(*d)), argnums=argnums)(*diff)
+        return total(jvp_out), sum(jnp.vdot(g, t) for g, t in zip(grads, tangent))
+    np.testing.assert_allclose(*both(case.diff, tangent), rtol=1e-10, atol=1e-12)
 
 
 def test_one_conv_default_everywhere():

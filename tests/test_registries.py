@@ -55,6 +55,7 @@ def test_the_command_line_and_config_accept_them(registered):
     assert class_names("colours", 3) == COLOURS
 
 
+@pytest.mark.slow   # compiles the model's step by the rules and by the twins
 def test_bench_times_it_on_its_own_input_shape(registered):
     results = bench.run("five_pools", 4, rounds=1, width=2)
     assert [r["candidate"] for r in results] == ["jaxbp custom", "jaxbp autodiff"]
@@ -62,6 +63,7 @@ def test_bench_times_it_on_its_own_input_shape(registered):
     assert bench.batch(4, "five_pools")[0].shape == (4, 3, 32, 32)
 
 
+@pytest.mark.slow   # compiles the model's step by the rules and by the twins
 def test_gradcheck_checks_it_on_its_own_input_shape(registered, capsys):
     assert gradcheck.main("five_pools", "float64", ops=["relu"])
     out = capsys.readouterr().out
