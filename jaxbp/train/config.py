@@ -123,7 +123,7 @@ class Config:
     block: str | None = _model_option(f"order of each cnn block ({layers.CNN_BLOCKS[0]}; conv-pool-bn-relu: "
                                       "pooling first, so batch norm and relu see a quarter of the values)",
                                       choices=layers.CNN_BLOCKS)
-    # 0.5: on the 1,438 training digits, 0.25 left seeds 0-9 at 97.5-99.2 % (BENCHMARKS.md).
+    # 0.5: on the small digits set, a lighter dropout left some seeds well short (BENCHMARKS.md).
     dropout: float | None = _model_option("dropout rate before the last dense layer (cnn, mlp: 0.5)", **RATE)
     audit_every: int = option(0, "every this many steps (at the end of the compiled chunk that reaches the "
                                  "count), the float32 gradient of every parameter on that step's batch, by the "
