@@ -35,8 +35,8 @@ MODELS = {"cnn": ("cnn", {}, 128),
 def network(name, algorithm):
     """(the network of ``name`` with every conv on ``algorithm``, its input shape, its batch)."""
     model, options, batch = MODELS[name]
-    opts = {**options, "dropout": 0.0} if "dropout" in layers.MODELS[model].options else options
-    return (layers.build_model(model, 10, algorithm=algorithm, **opts),
+    opts = layers.model_options(model, deterministic=True, algorithm=algorithm, **options)
+    return (layers.build_model(model, 10, **opts),
             tuple(layers.MODELS[model].input_shape), batch)
 
 

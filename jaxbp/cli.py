@@ -237,7 +237,7 @@ def _refuse_ignored(model, options):
     is a usage error: it would be silently ignored."""
     from jaxbp import layers
     reads = layers.model_entry(model).options
-    ignored = [k for k, v in options.items() if k in layers.MODEL_OPTIONS and v is not None and k not in reads]
+    ignored = layers.ignored_options(model, {k: v for k, v in options.items() if k in layers.MODEL_OPTIONS})
     if ignored:
         flags = lambda names: ", ".join("--" + n for n in names) or "no model option"
         raise _UsageError(f"{flags(ignored)}: --model {model} does not read {'it' if len(ignored) == 1 else 'them'} "

@@ -403,17 +403,23 @@ def model_entry(name):
     return MODELS[name]
 
 
-def model_options(name, **options):
+def ignored_options(name, options):
+    """The options given (not ``None``) that model ``name`` does not read, sorted."""
+    return sorted(k for k, v in options.items() if v is not None and k not in model_entry(name).options)
+
+
+def model_options(name, *, deterministic=False, **options):
     """Model ``name``'s options: its defaults, then ``options`` (``None``: the
     default). ``ValueError`` for an option the model does not read: it would be
-    silently ignored."""
-    entry = model_entry(name)
-    ignored = sorted(k for k, v in options.items() if v is not None and k not in entry.options)
+    silently ignored. ``deterministic``: dropout off where the model has it
+    (bench and gradcheck, whose steps must not depend on a draw)."""
+    entry, ignored = model_entry(name), ignored_options(name, options)
     if ignored:
         reads = ", ".join(entry.options) or "none"
         raise ValueError(f"model {name!r} has no option {', '.join(ignored)} (it reads: {reads}); "
                          f"leave {'it' if len(ignored) == 1 else 'them'} out")
-    return {**entry.options, **{k: v for k, v in options.items() if v is not None and k in entry.options}}
+    chosen = {**entry.options, **{k: v for k, v in options.items() if v is not None}}
+    return {**chosen, "dropout": 0.0} if deterministic and "dropout" in chosen else chosen
 
 
 def build_model(name, num_classes, *, gradients="custom", **options):

@@ -33,8 +33,7 @@ def batch(batch_size, model="cnn", seed=0):
 def options(model, **given):
     """The options bench builds ``model`` with: the model's, then ``given``
     (``None``: the model's), dropout off (a baseline has none)."""
-    opts = layers.model_options(model, **given)
-    return {**opts, "dropout": 0.0} if "dropout" in opts else opts
+    return layers.model_options(model, deterministic=True, **given)
 
 
 def jaxbp_step(model, gradients, dtype, x, **given):

@@ -281,7 +281,7 @@ def main(model="cnn", dtype="float64", ops=None):
     kx, ky = jax.random.split(jax.random.key(1))
     x = jax.random.uniform(kx, (MODEL_BATCH,) + tuple(entry.input_shape), jnp.float64)
     y = jax.random.randint(ky, (MODEL_BATCH,), 0, 10)
-    options = {"dropout": 0.0} if "dropout" in entry.options else {}   # deterministic gradients
+    options = layers.model_options(model, deterministic=True)
     build = lambda g: layers.build_model(model, 10, gradients=g, **options)
     net = build("custom")
     _, params, state = net.init(jax.random.PRNGKey(0), x.shape)
