@@ -2,6 +2,7 @@ import functools
 import itertools
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -246,3 +247,29 @@ def test_conv2d_takes_auto_and_computes_what_auto_algorithm_picks():
     fixed = jax.jit(lambda x, w: jaxbp.conv2d(x, w, b, 1, 1, algorithm=picked))
     np.testing.assert_array_equal(auto(x, w), fixed(x, w))
     assert str(jax.make_jaxpr(auto)(x, w)) == str(jax.make_jaxpr(fixed)(x, w))
+
+
+def _conv_outputs(jaxpr):
+    """The output shapes of every ``conv_general_dilated`` in ``jaxpr``, its branches included."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "conv_general_dilated":
+            yield tuple(eqn.outvars[0].aval.shape)
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            yield from _conv_outputs(sub)
+
+
+@pytest.mark.parametrize("x_shape,w_shape,stride,padding", [
+    ((2, 16, 16, 4), (8, 4, 1, 1), 2, 0),      # a ResNet projection: one row and column no window reads
+    ((2, 16, 16, 4), (8, 4, 3, 3), 2, 1),
+    ((2, 9, 8, 3), (6, 3, 3, 2), (2, 3), ((0, 1), (2, 0)))])
+def test_implicit_backward_computes_no_entry_it_drops(x_shape, w_shape, stride, padding):
+    """δX and δF come out of their convolutions at their own sizes: a convolution
+    yielding more (the padding's gradient, kernel entries past FH × FW) computes
+    what is then cropped away (a stride-2 1×1 conv's δF was computed as 2×2)."""
+    case = conv_case(60, x_shape, w_shape, stride, padding, algorithm="implicit", layout="NHWC")
+    x, w, b = case.args[:3]
+    jaxpr = jax.make_jaxpr(jax.grad(lambda x, w: jaxbp.conv2d(x, w, b, stride, padding, algorithm="implicit",
+                                                               layout="NHWC").sum(), argnums=(0, 1)))(x, w)
+    sizes = {int(np.prod(s)) for s in _conv_outputs(jaxpr.jaxpr)}   # each platform's branch has them
+    y_size = np.prod(jax.eval_shape(lambda: jaxbp.conv2d(x, w, b, stride, padding, layout="NHWC")).shape)
+    assert sizes == {y_size, x.size, w.size}

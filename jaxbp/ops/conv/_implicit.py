@@ -70,8 +70,11 @@ def backward(x, w, g, *, stride, pads, dilation, groups, layout):
     # δF̃ = X̃ᵀ δỸ: correlate X with δY (dilated by the stride), contracting the
     # batch; the kernel's entries are d apart, so the correlation steps by d. With
     # groups, x's channels (here the batch axis) pair with their group's outputs.
-    dw = _conv(x, g.astype(x.dtype), _DIMS[layout]["dw"], window_strides=dilation, padding=list(pads),
-               rhs_dilation=stride, batch_group_count=groups)[:, :, :window[0], :window[1]]
+    # The rows no window reached are cropped from the high side, so that it yields
+    # exactly FH × FW entries (with them, a stride-2 1×1 conv computed 2×2).
+    dw = _conv(x, g.astype(x.dtype), _DIMS[layout]["dw"], window_strides=dilation,
+               padding=[(lo, hi - r) for (lo, hi), r in zip(pads, rest)],
+               rhs_dilation=stride, batch_group_count=groups)
     return dx, dw
 
 
