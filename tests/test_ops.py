@@ -164,3 +164,20 @@ def test_low_precision_gradient_values_agree_with_the_twin(name, dtype):
         g, t = np.asarray(g, np.float64), np.asarray(t, np.float64)
         assert np.linalg.norm(g - t) <= LOW[dtype] * max(np.linalg.norm(t), 1e-30), (np.linalg.norm(g - t),
                                                                                     np.linalg.norm(t))
+
+
+@pytest.mark.parametrize("gradients", ["custom", "autodiff"])
+def test_each_op_names_its_operations_in_the_compiled_program(gradients):
+    """Every op runs under a name scope of its name, so a profile (benchmarks/
+    profile_step.py) attributes each compiled operation to the op, forward and
+    backward — the rule's and the twin's alike."""
+    import re
+    ops = jaxbp.ops if gradients == "custom" else jaxbp.autodiff
+    x, w = normal(3, (2, 6, 6, 3), (4, 3, 3, 3))
+
+    def loss(x, w):
+        y = ops.conv2d(x, w, None, 1, 1, layout="NHWC", algorithm="implicit")
+        return ops.relu(ops.batch_norm(y, jnp.ones(4), jnp.zeros(4), axis=3)[0]).sum()
+    text = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, w).compile().as_text()
+    names = set(re.findall(r'op_name="[^"]*?((?:transpose\()?jvp\(\w+\))', text))
+    assert {f"{p}jvp({op})" for op in ("conv2d", "batch_norm", "relu") for p in ("", "transpose(")} <= names, names
