@@ -5,6 +5,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import jaxbp
@@ -48,16 +49,17 @@ def trajectory(cfg, ds, steps):
 
 
 @pytest.mark.slow
-def test_a_compiled_epoch_equals_its_steps_one_at_a_time(monkeypatch):
+@pytest.mark.parametrize("gradients", ["custom", "autodiff"])
+def test_a_compiled_epoch_equals_its_steps_one_at_a_time(monkeypatch, gradients):
     """fit() runs an epoch as compiled chunks of steps (lax.scan over batches
-    gathered from the device-resident data; here a chunk of 8, then one of 5);
-    the same batches given to the train step one at a time give the same
-    losses and parameters."""
+    gathered from the device-resident data, or on CPUs the twin's written out;
+    here a chunk of 8, then one of 5); the same batches given to the train step
+    one at a time give the same losses and parameters."""
     steps = 13
     from jaxbp.train import loop
-    monkeypatch.setattr(loop, "chunk_size", lambda n: 8)
+    monkeypatch.setattr(loop, "chunk_size", lambda n, unrolled: 8)
     ds = small_digits(n_train=16 * steps)
-    cfg = Config(model="cnn", dtype="float64", batch_size=16, epochs=1, devices=1)
+    cfg = Config(model="cnn", dtype="float64", batch_size=16, epochs=1, devices=1, gradients=gradients)
     result = train.fit(cfg, dataset=ds, quiet=True)
     losses, params, _ = trajectory(cfg, ds, steps)
     np.testing.assert_allclose(result.step_losses, losses, rtol=1e-12)
@@ -99,6 +101,27 @@ def test_the_epoch_order_is_a_permutation_per_epoch_drawn_from_the_key():
 def test_chunks_divide_the_epoch_when_they_can():
     from jaxbp.train.loop import chunk_size
     assert [chunk_size(n) for n in (44, 1875, 390, 67, 5, 469)] == [44, 25, 39, 64, 5, 64]
+    # Written out step by step: one program, at most 4 steps, whatever divides the epoch.
+    assert [chunk_size(n, unrolled=True) for n in (44, 1875, 390, 67, 5, 16)] == [4, 3, 3, 1, 1, 4]
+
+
+@pytest.mark.parametrize("gradients", ["custom", "autodiff"])
+def test_the_twins_chunk_on_cpus_is_no_loop(gradients):
+    """XLA:CPU runs the twin's backward convolutions inside a loop through its
+    generic loop nest (10-30× slower per step, BENCHMARKS.md): on CPUs its chunk
+    is written out, step by step; the rules' (stated in XLA:CPU's fast order)
+    stays one loop."""
+    cfg = Config(model="cnn", width=4, batch_size=4, gradients=gradients)
+    model, opt = train.build_model(cfg, 10), optax.sgd(0.1)
+    steps = train.make_steps(model, opt, cfg)
+    ts = train.new_state(model, cfg, opt, (1, 8, 8))
+    x, y = jnp.zeros((16, 1, 8, 8), jnp.float32), jnp.zeros((16,), jnp.int32)
+    order = jnp.arange(16, dtype=jnp.int32).reshape(4, 4)
+    convs = {n: steps.chunk.lower(ts, x, y, order, length=n).as_text().count("stablehlo.convolution")
+             for n in (1, 3)}   # in a loop's body once; written out, once per step
+    unrolled = gradients == "autodiff" and jax.default_backend() == "cpu"
+    assert convs[1] > 0 and convs[3] == (3 if unrolled else 1) * convs[1], convs
+    assert steps.unrolled == unrolled
 
 
 def test_evaluation_is_one_call_over_padded_batches():
@@ -161,7 +184,7 @@ def test_resume_from_a_checkpoint_written_mid_epoch_equals_a_straight_run_bitwis
     uninterrupted one does, the interrupted epoch's mean loss included."""
     import shutil
     from jaxbp.train import checkpoint, loop
-    monkeypatch.setattr(loop, "chunk_size", lambda n: 4)
+    monkeypatch.setattr(loop, "chunk_size", lambda n, unrolled: 4)
     ds = small_digits(n_train=12 * 16)
     cfg = dict(epochs=2, batch_size=16, checkpoint_every=6)
     real_save, written = checkpoint.save, []
@@ -384,6 +407,10 @@ def test_the_step_profiler_lists_the_chunks_operations(capsys):
     assert len(rows) > 20   # every operation (which are the slowest five is the machine's noise)
     assert any("transpose(jvp" in row for row in rows)  # the backward pass's operations are named
     assert any("jvp(" in row and "transpose" not in row for row in rows)   # and the forward pass's
+    kinds = {cells[4].strip() for cells in (row.split("|") for row in rows) if len(cells) == 11}
+    # Each op's operations by its name scope, the conv's products by what they compute.
+    assert {"conv2d forward", "conv2d δX", "conv2d δF", "batch_norm forward", "batch_norm backward",
+            "relu backward"} <= kinds, kinds
 
 
 def test_resume_before_the_first_checkpoint_starts_the_run_again(tmp_path, capsys):

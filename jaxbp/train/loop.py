@@ -31,7 +31,7 @@ from jaxbp import data as data_lib
 from jaxbp.train import audit, checkpoint, rundir
 from jaxbp.train.parallel import fetch, make_mesh, replicate
 from jaxbp.train.pipeline import epoch_order, eval_set, evaluate
-from jaxbp.train.step import build_model, build_optimizer, make_steps, new_state
+from jaxbp.train.step import build_model, build_optimizer, chunk_size, make_steps, new_state
 
 
 class TrainResult(typing.NamedTuple):
@@ -238,8 +238,8 @@ def _epoch(cfg, model, steps, programs, saves, report, ts, data, order, epoch, f
     x_all, y_all = data
     bar = report.bar(epoch, first, steps_per_epoch)
     losses = []
-    for start, length in _chunks(first, steps_per_epoch, chunk_size(steps_per_epoch), epoch * steps_per_epoch,
-                                 cfg.audit_every):
+    for start, length in _chunks(first, steps_per_epoch, chunk_size(steps_per_epoch, unrolled=steps.unrolled),
+                                 epoch * steps_per_epoch, cfg.audit_every):
         run = programs.get(steps.chunk, ts, x_all, y_all, order, length=length)
         if first_of_call and start == first:
             report.say(f"compiled the training program in {programs.wait_s:.1f}s")
@@ -458,14 +458,6 @@ def _chunks(first, steps, chunk, offset, every=0):
             length = min(length, every - (offset + start) % every)
         yield start, length
         start += length
-
-
-def chunk_size(steps, most=64):
-    """Steps per compiled chunk: the largest divisor of an epoch's steps up to
-    ``most`` (one program for the run), unless all are below 8: then ``most``
-    (and a shorter last chunk, a second program)."""
-    best = max(d for d in range(1, min(steps, most) + 1) if steps % d == 0)
-    return best if best >= 8 or steps <= most else most
 
 
 def _check_finite(finite, first_step, saved=None):

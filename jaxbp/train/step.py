@@ -73,6 +73,35 @@ class Steps(typing.NamedTuple):
     train: typing.Callable   # (ts, x, y) -> (ts, metrics): one step
     chunk: typing.Callable   # (ts, x_all, y_all, order, length) -> (ts, metrics per step): length steps
     eval: typing.Callable    # (params, state, xs, ys, masks) -> (loss sum, correct count, predictions)
+    unrolled: bool = False   # chunk's steps written out, not a loop: see unrolled_chunks
+
+
+# XLA:CPU runs a convolution inside a loop through a generic loop nest unless it
+# is stated in its one fast order (NHWC, HWIO, NHWC: conv/_implicit.py states the
+# rules' so); JAX's transposes of the twin's convolutions are not, and a chunk of
+# twin steps as a loop ran 10× (the CNN) to 30× (ResNet-20) slower per step than
+# one step alone (BENCHMARKS.md). The twin's chunks on CPUs are therefore written
+# out step by step, at most this many (compile time grows with each).
+UNROLLED_MOST = 4
+
+
+def unrolled_chunks(cfg, mesh=None):
+    """Whether ``cfg``'s chunks are written out step by step instead of a loop:
+    the autodiff twin's, on CPUs (see :data:`UNROLLED_MOST`)."""
+    platform = (mesh.devices.flat[0].platform if mesh is not None else jax.default_backend())
+    return cfg.gradients == "autodiff" and platform == "cpu"
+
+
+def chunk_size(steps, most=64, unrolled=False):
+    """Steps per compiled chunk: the largest divisor of an epoch's steps up to
+    ``most`` (one program for the run), unless all are below 8: then ``most``
+    (and a shorter last chunk, a second program). ``unrolled`` chunks: the
+    largest divisor up to :data:`UNROLLED_MOST`, whatever it is (each program
+    compiles every step it holds)."""
+    if unrolled:
+        return max(d for d in range(1, min(steps, UNROLLED_MOST) + 1) if steps % d == 0)
+    best = max(d for d in range(1, min(steps, most) + 1) if steps % d == 0)
+    return best if best >= 8 or steps <= most else most
 
 
 def make_steps(model, optimizer, cfg, mesh=None):
@@ -82,7 +111,8 @@ def make_steps(model, optimizer, cfg, mesh=None):
     hand-derived or autodiff backward, the optax update), ``ts`` donated.
 
     ``chunk(ts, x_all, y_all, order, length) -> (ts, metrics)``: ``length``
-    (static) steps as one ``lax.scan``. The training set stays on the
+    (static) steps as one ``lax.scan`` (the twin's on CPUs: written out,
+    :func:`unrolled_chunks`). The training set stays on the
     device(s), and so does the epoch's ``order`` (``(steps_per_epoch, B)``
     indices, :func:`~jaxbp.train.pipeline.epoch_order`); the step numbered
     ``s`` trains on ``x_all[order[s % steps_per_epoch]]``, gathered and
@@ -100,6 +130,7 @@ def make_steps(model, optimizer, cfg, mesh=None):
     replicated; XLA inserts the all-reduces, so batch norm sees the global batch.
     """
     ops = layers.namespace(cfg.gradients)
+    unrolled = unrolled_chunks(cfg, mesh)
     policy = cfg.policy()
     _, l2 = cfg.weight_decay_terms()
     shard = (lambda *a: a) if mesh is None else (lambda *a: jax.lax.with_sharding_constraint(a, batched(mesh)))
@@ -164,7 +195,13 @@ def make_steps(model, optimizer, cfg, mesh=None):
         def one(ts, batch):
             x, y, key = batch
             return update(ts, *shard(x, y), key)
-        return jax.lax.scan(one, ts, (xs, y_all[idx], keys))
+        if not unrolled:
+            return jax.lax.scan(one, ts, (xs, y_all[idx], keys))
+        metrics = []
+        for i in range(length):   # what the scan computes, without its loop
+            ts, m = one(ts, jax.tree.map(lambda a: a[i], (xs, y_all[idx], keys)))
+            metrics.append(m)
+        return ts, jax.tree.map(lambda *m: jnp.stack(m), *metrics)
 
     def evaluate(params, state, xs, ys, masks):
         def batch(totals, xym):
@@ -178,7 +215,7 @@ def make_steps(model, optimizer, cfg, mesh=None):
         return loss, correct, predicted
 
     return Steps(jax.jit(train_step, donate_argnums=0),
-                 jax.jit(train_steps, donate_argnums=0, static_argnames="length"), jax.jit(evaluate))
+                 jax.jit(train_steps, donate_argnums=0, static_argnames="length"), jax.jit(evaluate), unrolled)
 
 
 def new_state(model, cfg, optimizer, input_shape):
