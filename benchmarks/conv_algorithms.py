@@ -9,8 +9,10 @@ benchmark batch: ``cnn`` (width 32, batch 128), ``mnist`` (MNIST's CPU recipe:
 width 12, pooling first, batch 32), ``resnet20`` and ``resnet18`` (batch 32,
 CIFAR-shaped). Each distinct layer is timed once (interleaved rounds, median;
 ``jax.grad`` of the output's sum with respect to the input and the kernel,
-jitted). Prints one Markdown row per layer: its shape, each algorithm's ms,
-the fastest, what ``auto`` picks now and its time over the fastest's.
+jitted) and its compiled temporary memory is read from XLA. Prints one
+Markdown row per layer: its shape, each algorithm's ms and MiB, the fastest,
+what ``auto`` picks now and its time and memory over the fastest's and the
+implicit conv's.
 """
 import argparse
 import functools
@@ -22,7 +24,7 @@ import numpy as np
 import jaxbp
 from jaxbp import layers, ops
 from jaxbp.ops.conv import select
-from jaxbp.tools.timing import interleaved, machine
+from jaxbp.tools.timing import interleaved, machine, temp_bytes
 
 # name -> (registry model, its options, benchmark batch): the shipped models
 # and the MNIST recipe's cnn; benchmarks/auto_vs_fixed.py times the same networks.
@@ -42,7 +44,8 @@ def network(name, algorithm):
 
 def layer_shapes(name):
     """The ``(x_shape, w_shape, stride, dilation, groups, layout)`` of each conv
-    layer of model ``name``, recorded where the layers ask ``auto``."""
+    layer of model ``name``, recorded where the layers ask ``auto``: a dict
+    (in the network's order) from each distinct one to how many layers have it."""
     seen, real = [], ops.auto_algorithm
 
     def record(x_shape, w_shape, stride=1, dilation=1, groups=1, layout="NCHW", backend=None):
@@ -53,11 +56,12 @@ def layer_shapes(name):
     try:
         net, shape, batch = network(name, "auto")
         _, params, state = net.init(jax.random.key(0), (batch,) + shape)
+        seen.clear()   # init traced the layers too
         jax.eval_shape(lambda p, s, x: net.apply(p, s, x, train=True), params, state,
                        jnp.zeros((batch,) + shape, jnp.float32))
     finally:
         select.auto_algorithm = real
-    return list(dict.fromkeys(seen))
+    return {shape: seen.count(shape) for shape in dict.fromkeys(seen)}
 
 
 def candidates(x_shape, w_shape, stride, dilation, groups, layout):
@@ -75,6 +79,7 @@ def candidates(x_shape, w_shape, stride, dilation, groups, layout):
                                                                algorithm=alg, layout=layout).sum(), alg=alg)
         step = jax.jit(jax.grad(loss, argnums=(0, 1)))
         fns[alg] = functools.partial(step, x, w)
+        fns[alg].mib = temp_bytes(step, x, w) / 2**20
     return fns
 
 
@@ -84,17 +89,21 @@ def main():
     p.add_argument("--rounds", type=int, default=10)
     a = p.parse_args()
     print(f"Conv layers, fwd+bwd (dx, dw), float32, ms — {machine()}\n")
-    print("| model | x (N, H, W, C) | w (O, I, FH, FW) | stride | explicit | implicit | winograd | fastest "
-          "| auto now | auto ÷ fastest |")
-    print("|---|---|---|---:|---:|---:|---:|---|---|---:|")
+    print("| model | x (N, H, W, C) | w (O, I, FH, FW) | stride | explicit | implicit | winograd "
+          "| MiB explicit / implicit / winograd | fastest | auto now | auto ÷ fastest | auto MiB ÷ implicit |")
+    print("|---|---|---|---:|---:|---:|---:|---|---|---|---:|---:|")
     for model in a.models:
         for x_shape, w_shape, stride, dilation, groups, layout in layer_shapes(model):
-            times = interleaved(candidates(x_shape, w_shape, stride, dilation, groups, layout), rounds=a.rounds)
+            fns = candidates(x_shape, w_shape, stride, dilation, groups, layout)
+            times = interleaved(fns, rounds=a.rounds)
             best = min(times, key=times.get)
             auto = ops.auto_algorithm(x_shape, w_shape, stride, dilation, groups, layout)
-            cells = [f"{1e3 * times[k]:.2f}" if k in times else "" for k in ("explicit", "implicit", "winograd")]
-            print(f"| {model} | {x_shape} | {w_shape} | {stride} | " + " | ".join(cells)
-                  + f" | {best} | {auto} | {times[auto] / times[best]:.2f} |", flush=True)
+            algs = ("explicit", "implicit", "winograd")
+            cells = [f"{1e3 * times[k]:.2f}" if k in times else "" for k in algs]
+            mib = " / ".join(f"{fns[k].mib:.2f}" if k in fns else "—" for k in algs)
+            print(f"| {model} | {x_shape} | {w_shape} | {stride} | " + " | ".join(cells) + f" | {mib}"
+                  f" | {best} | {auto} | {times[auto] / times[best]:.2f} | {fns[auto].mib / fns['implicit'].mib:.2f} |",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -3,18 +3,34 @@
     python benchmarks/profile_step.py --data-dir DIR                 # MNIST's recipe on this backend
     python benchmarks/profile_step.py --data-dir DIR width=32 block=conv-bn-relu-pool dropout=0.25
     python benchmarks/profile_step.py --data digits                  # the bundled digits
+    python benchmarks/profile_step.py --data cifar10 --random 512 model=resnet20 batch_size=32
+    python benchmarks/profile_step.py --data cifar10 --random 512 model=resnet20 gradients=autodiff
+    python benchmarks/profile_step.py --data cifar10 --flax model=resnet20 batch_size=32
 
-Builds the chunk program as ``jaxbp train --data mnist`` would (the data
-set's recipe for this backend, then the ``FIELD=VALUE`` settings given,
-as in ``jaxbp.train.Config``), times it without the profiler, then runs it
-again under JAX's profiler and prints, per XLA operation of the optimized
-program, its time per step, the instruction's result shape and where it comes
-from (``jvp(...)``: the forward pass; ``transpose(jvp(...))``: the backward
-pass, i.e. the custom rules or the twin's autodiff). The profiler adds its own
-cost to every operation, so the sum over operations exceeds the step's time;
-the shares are what to read. Used for the step changes in BENCHMARKS.md, on
-XLA:CPU, whose profile names each event after its operation; where no event
-matches (another backend's naming), the script says so.
+Builds the chunk program as ``jaxbp train`` would (the data set's recipe for
+this backend, then the ``FIELD=VALUE`` settings given, as in
+``jaxbp.train.Config``; ``--random N``: N random images of the data set's
+shape instead of its files; ``--flax``: the model's Flax NNX step, from
+``benchmarks/flax_models.py``), times it without the profiler, then runs it
+again under JAX's profiler and prints two tables. Per kind: each jaxbp op's
+forward and backward operations (every op runs under a name scope of its
+name, so its operations' metadata reads ``jvp(conv2d)``, or
+``transpose(jvp(conv2d))`` for the backward — the rules' or the twin's); the
+convolution's products split into forward, δX and δF (an operation of a
+kernel's size); a peer's convolutions by the same rule. Per operation: its
+time, result shape and source. For every convolution and matmul, its FLOPs
+(2 × multiply-adds read from the optimized HLO; the zeros a stride-dilated
+δY puts in δX's windows left out) over its time, as a fraction of "peak": XLA's
+2048 × 2048 float32 matmul rate on this machine (best of 5), measured at the
+start — a nominal rate is not known inside a virtual machine.
+
+The profiler adds its own cost to every operation, so the sum over operations
+exceeds the step's time; the shares are what to read. XLA:CPU runs some
+convolutions (Eigen's) on its thread pool after their event ends: such an
+operation shows a rate above the peak, is marked "dispatched only", and its
+FLOPs count in no rate. Used on XLA:CPU, whose profile names each event after
+its operation; where no event matches (another backend's naming), the script
+says so.
 """
 import argparse
 import collections
@@ -24,15 +40,16 @@ import gzip
 import json
 import os
 import re
+import sys
 import tempfile
 import time
 
 import jax
 import numpy as np
 
-from jaxbp import data as data_lib
+from jaxbp import data as data_lib, ops
 from jaxbp.train import Config, build_model, build_optimizer, epoch_order, make_steps, new_state
-from jaxbp.train.loop import chunk_size
+from jaxbp.train.step import chunk_size
 
 
 def settings(pairs):
@@ -56,27 +73,110 @@ def settings(pairs):
     return out
 
 
-def optimized_ops(compiled):
-    """Instruction name -> (result shape, op_name metadata) of the optimized HLO."""
-    ops = {}
+def random_dataset(name, n):
+    """``n`` uniform images in the registry entry's shape, random labels of its classes."""
+    entry, rng = data_lib.get(name), np.random.default_rng(0)
+    x = rng.uniform(size=(n,) + tuple(entry.shape)).astype(np.float32)
+    y = rng.integers(0, len(entry.classes), n).astype(np.int32)
+    return data_lib.Dataset(x, y, x[:1], y[:1], len(entry.classes))
+
+
+def instructions(compiled):
+    """Every instruction of the optimized HLO: name -> dict(shape, opcode, text,
+    source (its op_name metadata), computation), and each computation's
+    parameter shapes (name -> shape), which the instruction lines do not repeat."""
+    ops, shapes, comp = {}, {}, None
     for line in compiled.as_text().splitlines():
-        m = re.match(r"\s*(?:ROOT )?%(\S+) = (\([^)]*\)|\S+) .*op_name=\"([^\"]+)\"", line)
-        if m:
-            ops[m.group(1)] = (m.group(2), re.sub(r"^jit\([^)]*\)/while/body/(closed_call/)?", "", m.group(3)))
-    return ops
+        head = re.match(r"(?:ENTRY )?%(\S+) \((.*)\) -> .* \{$", line)
+        if head:
+            comp = head.group(1)
+            for name, shape in re.findall(r"(\w[\w.]*): (\w+\[[^\]]*\])", head.group(2)):
+                shapes[(comp, name)] = shape
+            continue
+        m = re.match(r"\s*(?:ROOT )?%(\S+) = (\([^)]*\)|\S+?)(?:\{[^}]*\})? (\w[\w-]*)\((.*)", line)
+        if not m:
+            continue
+        source = re.search(r'op_name="([^"]+)"', line)
+        source = re.sub(r"^jit\([^)]*\)/(while/body/)?(closed_call/)?", "", source.group(1)) if source else ""
+        ops[m.group(1)] = dict(shape=m.group(2), opcode=m.group(3), text=m.group(4), source=source, computation=comp)
+        shapes[(comp, m.group(1))] = m.group(2)
+    return ops, shapes
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default="mnist", choices=data_lib.names(), help="the data set")
-    p.add_argument("--data-dir", help="directory with its files (mnist: the four IDX files)")
-    p.add_argument("--chunks", type=int, default=8, help="chunks run under the profiler")
-    p.add_argument("--top", type=int, default=40, help="operations listed")
-    p.add_argument("set", nargs="*", metavar="FIELD=VALUE", help="Config fields changed from the recipe")
-    a = p.parse_args(argv)
+def _dims(shape):
+    return [int(d) for d in re.findall(r"\d+", shape.split("[", 1)[1].split("]")[0])] if "[" in shape else []
 
+
+def useful_flops(op, products, shapes):
+    """Multiply-adds × 2 of a convolution or dot (or the one a fusion calls), the
+    zeros a stride-dilated input (``lhs_dilate``, δX of a strided conv) puts in
+    its windows left out; None for other operations. ``products``: the
+    program's convolutions and dots per computation."""
+    called = re.search(r"calls=%([\w.]+)", op["text"])
+    if op["opcode"] == "fusion" and called:
+        inner = products.get(called.group(1), ())
+        return useful_flops(inner[0], products, shapes) if len(inner) == 1 else None
+    out = int(np.prod(_dims(op["shape"])))
+    operands = re.findall(r"%([\w.]+)", op["text"].split(")", 1)[0])
+    if op["opcode"] == "dot":
+        lhs = _dims(shapes.get((op["computation"], operands[0]), ""))
+        axes = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", op["text"])
+        return 2 * out * int(np.prod([lhs[int(i)] for i in axes.group(1).split(",") if i])) if lhs and axes else None
+    if op["opcode"] != "convolution":
+        return None
+    window = re.search(r"size=([\dx]+)", op["text"])
+    labels = re.search(r"dim_labels=\w+_(\w+)->", op["text"])
+    rhs = _dims(shapes.get((op["computation"], operands[1]), ""))
+    if not (window and labels and rhs):
+        return None
+    dilate = re.search(r"lhs_dilate=([\dx]+)", op["text"])
+    taps = np.prod([int(k) for k in window.group(1).split("x")])
+    zeros = np.prod([int(k) for k in dilate.group(1).split("x")]) if dilate else 1
+    return 2 * out * taps * rhs[labels.group(1).index("i")] / zeros
+
+
+OPS = set(ops.__all__)   # jaxbp's ops: each runs under a name scope of its name
+
+
+def kind(op, flops, kernels):
+    """What an operation computes: ``conv2d forward|δX|δF|other``, ``<op>
+    forward|backward`` for jaxbp's other ops (its name scope; the twin's
+    backward too, as ``transpose(jvp(op))``), else by primitive: ``convolution
+    forward|δX|δF`` for a peer's convolutions (δF: a result of a kernel's size), else ``rest``."""
+    scopes = [n for pair in re.findall(r"jvp\((\w+)\)|/(\w+)/", op["source"]) for n in pair if n in OPS]
+    backward = op["source"].startswith("transpose(")
+    name = scopes[-1] if scopes else None
+    if name == "conv2d" or (name is None and "conv_general_dilated" in op["source"]):
+        if flops is None:
+            return "conv2d other" if name else "rest"
+        label = "conv2d" if name else "convolution"
+        if not backward:
+            return f"{label} forward"
+        return f"{label} δF" if int(np.prod(_dims(op["shape"]))) in kernels else f"{label} δX"
+    if name:
+        return f"{name} {'backward' if backward else 'forward'}"
+    return "rest"
+
+
+def peak_flops(n=2048, rounds=5):
+    """FLOP/s of XLA's best case on this backend: an ``n × n`` float32 matmul, best of ``rounds``."""
+    a = jax.numpy.ones((n, n), jax.numpy.float32)
+    f = jax.jit(lambda a: a @ a)
+    jax.block_until_ready(f(a))
+    best = min(_timed(f, a) for _ in range(rounds))
+    return 2 * n ** 3 / best
+
+
+def _timed(f, *args):
+    t = time.perf_counter()
+    jax.block_until_ready(f(*args))
+    return time.perf_counter() - t
+
+
+def jaxbp_program(a):
+    """(compiled chunk of train steps, its runner, steps per call, kernel sizes, title)."""
     cfg = Config.for_data(a.data, **settings(a.set)).validate()
-    ds = data_lib.load(a.data, a.data_dir)
+    ds = random_dataset(a.data, a.random) if a.random else data_lib.load(a.data, a.data_dir)
     steps_per_epoch = len(ds.x_train) // cfg.batch_size
     model = build_model(cfg, ds.num_classes)
     optimizer = build_optimizer(cfg, steps_per_epoch)
@@ -84,51 +184,120 @@ def main(argv=None):
     ts = new_state(model, cfg, optimizer, ds.x_train.shape[1:])
     x, y = jax.device_put(ds.x_train), jax.device_put(ds.y_train)
     order = epoch_order(ts.key, 0, len(ds.x_train), cfg.batch_size)
-    length = chunk_size(steps_per_epoch)
+    length = chunk_size(steps_per_epoch, unrolled=steps.unrolled)
     compiled = steps.chunk.lower(ts, x, y, order, length=length).compile()
+    kernels = {int(np.prod(v.shape)) for v in jax.tree.leaves(ts.params) if v.ndim == 4}
+    carry = [ts]
 
-    def run(ts, n):
+    def run(n):
         for _ in range(n):
-            ts, metrics = compiled(ts, x, y, order)
+            carry[0], metrics = compiled(carry[0], x, y, order)
         jax.block_until_ready(metrics)
-        return ts
 
-    ts = run(ts, 2)
+    title = (f"jaxbp {cfg.gradients}: {cfg.model}, batch {cfg.batch_size}, " +
+             ", ".join(f"{k} {v}" for k, v in cfg.model_options().items()) + f"; {length} steps per chunk")
+    return compiled, run, length, kernels, title
+
+
+def flax_program(a):
+    """The same for the Flax NNX version of the model (``benchmarks/flax_models.py``), one step per call."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from flax_models import flax_step
+    cfg = Config.for_data(a.data, **settings(a.set)).validate()
+    entry, rng = data_lib.get(a.data), np.random.default_rng(0)
+    x = jax.numpy.asarray(rng.uniform(size=(cfg.batch_size,) + tuple(entry.shape)), jax.numpy.float32)
+    y = jax.numpy.asarray(rng.integers(0, len(entry.classes), cfg.batch_size), jax.numpy.int32)
+    step, state = flax_step(cfg.model, "float32", x, cfg.model_options())
+    compiled = step.lower(state, x, y).compile()
+    kernels = {int(np.prod(v.shape)) for v in jax.tree.leaves(state) if getattr(v, "ndim", 0) == 4}
+    carry = [state]
+
+    def run(n):
+        for _ in range(n):
+            carry[0], metrics = compiled(carry[0], x, y)
+        jax.block_until_ready(metrics)
+    return compiled, run, 1, kernels, f"Flax NNX: {cfg.model}, batch {cfg.batch_size}"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default="mnist", choices=data_lib.names(), help="the data set")
+    p.add_argument("--data-dir", help="directory with its files (mnist: the four IDX files)")
+    p.add_argument("--random", type=int, metavar="N",
+                   help="N random images of the data set's shape and classes instead of its files")
+    p.add_argument("--flax", action="store_true", help="profile the model's Flax NNX step instead")
+    p.add_argument("--chunks", type=int, default=8, help="calls run under the profiler")
+    p.add_argument("--top", type=int, default=40, help="operations listed")
+    p.add_argument("set", nargs="*", metavar="FIELD=VALUE", help="Config fields changed from the recipe")
+    a = p.parse_args(argv)
+
+    compiled, run, length, kernels, title = (flax_program if a.flax else jaxbp_program)(a)
+    peak = peak_flops()
+    run(2)
     times = []
     for _ in range(a.chunks):
         t = time.perf_counter()
-        ts = run(ts, 1)
+        run(1)
         times.append((time.perf_counter() - t) / length * 1e3)
-    print(f"{cfg.model} width {cfg.width}, batch {cfg.batch_size}, algorithm {cfg.algorithm}, "
-          f"block {cfg.block}, dropout {cfg.dropout}; {length} steps per chunk; {jax.devices()[0].device_kind}")
+    print(f"{title}; {jax.devices()[0].device_kind}")
     print(f"step without the profiler: median {np.median(times):.3f} ms, min {min(times):.3f} ms")
+    print(f"peak used: {peak / 1e9:.1f} GFLOP/s, XLA's 2048×2048 float32 matmul on this backend (best of 5)")
 
     with tempfile.TemporaryDirectory() as where:
         with jax.profiler.trace(where, create_perfetto_trace=True):
-            ts = run(ts, a.chunks)
+            run(a.chunks)
         trace = glob.glob(os.path.join(where, "**", "*.trace.json.gz"), recursive=True)[0]
         with gzip.open(trace) as f:
             events = json.load(f)
     events = events["traceEvents"] if isinstance(events, dict) else events
-    ops = optimized_ops(compiled)
+    ops_, shapes = instructions(compiled)
     # Events named after the instruction (XLA:CPU), or after its kernel, whose
     # name has "_" for the instruction's "." (GPUs; not measured here).
-    ops.update({name.replace(".", "_"): op for name, op in ops.items() if name.replace(".", "_") not in ops})
+    alias = {name.replace(".", "_"): name for name in ops_}
+    alias.update({name: name for name in ops_})
     total, count = collections.Counter(), collections.Counter()
     for e in events:
-        if e.get("ph") == "X" and e.get("name") in ops:
-            total[e["name"]] += e["dur"]
-            count[e["name"]] += 1
+        if e.get("ph") == "X" and e.get("name") in alias:
+            total[alias[e["name"]]] += e["dur"]
+            count[alias[e["name"]]] += 1
     if not total:
         raise SystemExit("the profile has no events named after the program's operations on this backend")
     n_steps = a.chunks * length
     step_us = sum(total.values()) / n_steps
+    products = collections.defaultdict(list)
+    for op in ops_.values():
+        if op["opcode"] in ("convolution", "dot"):
+            products[op["computation"]].append(op)
+    flops = {name: useful_flops(ops_[name], products, shapes) for name in total}
+    kinds = {name: kind(ops_[name], flops[name], kernels) for name in total}
     print(f"under the profiler: {step_us:.0f} us per step in {len(total)} operations\n")
-    print("| us/step | share | per step | operation | result | from |\n|---:|---:|---:|---|---|---|")
+
+    # An operation XLA:CPU hands to its thread pool (Eigen's convolutions) ends its
+    # event when dispatched: its time falls to later events. A rate above the peak
+    # marks one; its FLOPs are left out of its kind's rate.
+    unseen = {name for name in total
+              if flops[name] and flops[name] * count[name] / (total[name] * 1e-6) > peak}
+
+    def rate(f, us):
+        return f"{f / us / 1e3:.1f} | {100 * f / us / 1e-6 / peak:.0f} %" if f else "– | –"
+
+    if unseen:
+        print(f"{len(unseen)} operations ran past their events (dispatched to a thread pool): their time "
+              "counts in later events, their FLOPs in no rate below\n")
+    print("| kind | us/step | share | GFLOP/step | GFLOP/s | of peak |\n|---|---:|---:|---:|---:|---:|")
+    by_kind = collections.defaultdict(lambda: [0.0, 0.0])
+    for name, us in total.items():
+        by_kind[kinds[name]][0] += us / n_steps
+        by_kind[kinds[name]][1] += (flops[name] or 0) * count[name] / n_steps if name not in unseen else 0
+    for k, (us, f) in sorted(by_kind.items(), key=lambda kv: -kv[1][0]):
+        print(f"| {k} | {us:.0f} | {100 * us / step_us:.1f} % | {f / 1e9:.3f} | {rate(f, us)} |")
+    print("\n| us/step | share | per step | kind | GFLOP/s | of peak | operation | result | from |"
+          "\n|---:|---:|---:|---|---:|---:|---|---|---|")
     for name, us in total.most_common(a.top):
-        shape, source = ops[name]
-        print(f"| {us / n_steps:.1f} | {100 * us / n_steps / step_us:.1f} % | {count[name] / n_steps:g} | "
-              f"{name} | `{shape[:60]}` | {source[:80]} |")
+        f, per = flops[name], count[name] / n_steps
+        cells = "dispatched only | –" if name in unseen else rate(f * per if f else None, us / n_steps)
+        print(f"| {us / n_steps:.1f} | {100 * us / n_steps / step_us:.1f} % | {per:g} | {kinds[name]} | "
+              f"{cells} | {name} | `{ops_[name]['shape'][:50]}` | {ops_[name]['source'][:60]} |")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,152 @@
+"""Where XLA:CPU's floor is for a ResNet step: every conv layer's three products
+(forward, δX, δF) timed alone, as jaxbp's implicit conv runs them (XLA's
+convolutions) and as PyTorch runs them (oneDNN), with each one's FLOP rate as
+a fraction of the machine's peak; then the sums over the network beside
+PyTorch's whole train step.
+
+    python benchmarks/conv_floor.py --model resnet20 --batch-size 32 [--rounds 10]
+
+If XLA's convolutions alone, summed over the layers, take longer than a share
+of PyTorch's whole step, no choice of rules on XLA:CPU brings the step under
+that share: the floor is the convolution kernels'. Each product is jitted
+(XLA) or called (PyTorch, channels-last, ``torch.ops.aten.convolution_backward``
+for δX and δF alone) and timed interleaved with its PyTorch counterpart
+(median of rounds). The stem's δX (the data's gradient, which no step
+computes) is left out of both sums. Each layer's forward + δX + δF by
+each of jaxbp's conv algorithms (``benchmarks/conv_algorithms.py``'s
+programs) gives the fastest, and the sum of those is the best a per-layer
+choice can do. "Peak" is the best float32 matmul rate
+either framework reaches on this machine (2048 × 2048, best of 10); the
+machine's nominal rate is not known inside a virtual machine.
+"""
+import argparse
+import functools
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+from jaxbp.ops.conv import _implicit
+from jaxbp.tools.timing import interleaved, machine
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from conv_algorithms import candidates, layer_shapes  # noqa: E402
+from pytorch_resnet import resnet  # noqa: E402
+
+
+def xla_products(x_shape, w_shape, stride):
+    """Zero-argument callables for the forward, δX and δF of one NHWC layer, as jaxbp's implicit conv."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
+    w = jnp.asarray(rng.standard_normal(w_shape), jnp.float32)
+    pad = w_shape[2] // 2   # as the ResNets' (and PyTorch's below)
+    static = dict(stride=stride, pads=((pad, pad), (pad, pad)), dilation=(1, 1), groups=1, layout="NHWC")
+    y = jax.jit(functools.partial(_implicit.forward, **static))
+    g = jnp.ones_like(y(x, w))
+    dx = jax.jit(lambda x, w, g: _implicit.backward(x, w, g, **static)[0])
+    dw = jax.jit(lambda x, w, g: _implicit.backward(x, w, g, **static)[1])
+    return {"forward": lambda: y(x, w), "δX": lambda: dx(x, w, g), "δF": lambda: dw(x, w, g)}
+
+
+def torch_products(x_shape, w_shape, stride):
+    """The same three for PyTorch (NCHW tensors in channels-last memory)."""
+    n, h, wd, c = x_shape
+    x = torch.randn(n, c, h, wd).to(memory_format=torch.channels_last)
+    w = torch.randn(*w_shape).to(memory_format=torch.channels_last)
+    pad = w_shape[2] // 2
+    y = torch.nn.functional.conv2d(x, w, None, stride, pad)
+    g = torch.ones_like(y)
+
+    def backward(mask):
+        return torch.ops.aten.convolution_backward(g, x, w, None, stride, (pad, pad), (1, 1), False, (0, 0), 1, mask)
+    return {"forward": lambda: torch.nn.functional.conv2d(x, w, None, stride, pad),
+            "δX": lambda: backward([True, False, False]), "δF": lambda: backward([False, True, False])}
+
+
+def peak(rounds=10, n=2048):
+    """The best float32 n×n matmul FLOP/s of XLA and of PyTorch here."""
+    a, t = jnp.ones((n, n), jnp.float32), torch.ones(n, n)
+    f = jax.jit(lambda a: a @ a)
+    best = {}
+    for name, call in (("xla", lambda: jax.block_until_ready(f(a))), ("torch", lambda: t @ t)):
+        call()
+        times = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - t0)
+        best[name] = 2 * n ** 3 / min(times)
+    return best
+
+
+def torch_step_ms(model, batch, steps=10):
+    """PyTorch's whole train step (benchmarks/pytorch_resnet.py's network, Adam), median ms."""
+    torch.manual_seed(0)
+    net = resnet(model).to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    x = torch.rand(batch, 3, 32, 32).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+    times = []
+    for i in range(steps + 3):
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+        if i >= 3:
+            times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="resnet20", choices=("resnet20", "resnet18"))
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=10)
+    a = p.parse_args()
+    torch.set_num_threads(os.cpu_count())
+    peaks = peak()
+    top = max(peaks.values())
+    print(f"Conv products of {a.model}, batch {a.batch_size}, float32, NHWC — {machine()}, "
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    print(f"peak: {top / 1e9:.1f} GFLOP/s (2048² matmul: XLA {peaks['xla'] / 1e9:.1f}, "
+          f"PyTorch {peaks['torch'] / 1e9:.1f})\n")
+    print("| x (N, H, W, C) | w (O, I, FH, FW) | stride | layers | GFLOP each | product | XLA ms | XLA of peak "
+          "| PyTorch ms | PyTorch of peak |\n|---|---|---:|---:|---:|---|---:|---:|---:|---:|")
+    shapes = {((a.batch_size,) + x[1:], *rest): count
+              for (x, *rest), count in layer_shapes(a.model).items()}
+    sums = {"xla": 0.0, "torch": 0.0, "best": 0.0}
+    for i, ((x_shape, w_shape, stride, _, _, _), count) in enumerate(shapes.items()):
+        stride = tuple(stride) if isinstance(stride, tuple) else (stride, stride)
+        n, h, wd, c = x_shape
+        ho, wo = -(-h // stride[0]), -(-wd // stride[1])
+        flops = 2 * n * ho * wo * w_shape[0] * c * w_shape[2] * w_shape[3]
+        xla, pt = xla_products(x_shape, w_shape, stride), torch_products(x_shape, w_shape, stride)
+        for product in ("forward", "δX", "δF"):
+            if product == "δX" and i == 0:
+                continue   # the stem's: the data's gradient
+            times = interleaved({"xla": xla[product], "torch": pt[product]}, rounds=a.rounds)
+            for k in times:
+                sums[k] += count * times[k]
+            print(f"| {x_shape} | {w_shape} | {stride[0]} | {count} | {flops / 1e9:.3f} | {product} | "
+                  f"{1e3 * times['xla']:.2f} | {100 * flops / times['xla'] / top:.0f} % | "
+                  f"{1e3 * times['torch']:.2f} | {100 * flops / times['torch'] / top:.0f} % |", flush=True)
+        # jaxbp's fastest algorithm for the layer, forward + both gradients in one program
+        algs = interleaved(candidates(x_shape, w_shape, stride, (1, 1), 1, "NHWC"), rounds=a.rounds)
+        best = min(algs, key=algs.get)
+        sums["best"] += count * algs[best]
+        print(f"| | | | | | all three, jaxbp's fastest ({best}) | {1e3 * algs[best]:.2f} | | | |", flush=True)
+    step = torch_step_ms(a.model, a.batch_size)
+    print(f"\nevery conv product of the network: XLA {1e3 * sums['xla']:.1f} ms, PyTorch {1e3 * sums['torch']:.1f} ms;"
+          f" PyTorch's whole train step {step:.1f} ms: XLA's convolutions alone are "
+          f"{1e3 * sums['xla'] / step:.2f}× PyTorch's step ({1e3 * sums['torch'] / step:.2f}× for its own); "
+          f"jaxbp's fastest algorithm per layer (explicit, implicit or Winograd; the stem's δX included) "
+          f"{1e3 * sums['best']:.1f} ms, {1e3 * sums['best'] / step:.2f}× PyTorch's step")
+
+
+if __name__ == "__main__":
+    main()
