@@ -195,11 +195,12 @@ def make_steps(model, optimizer, cfg, mesh=None):
         def one(ts, batch):
             x, y, key = batch
             return update(ts, *shard(x, y), key)
+        batches = (xs, y_all[idx], keys)
         if not unrolled:
-            return jax.lax.scan(one, ts, (xs, y_all[idx], keys))
+            return jax.lax.scan(one, ts, batches)
         metrics = []
         for i in range(length):   # what the scan computes, without its loop
-            ts, m = one(ts, jax.tree.map(lambda a: a[i], (xs, y_all[idx], keys)))
+            ts, m = one(ts, jax.tree.map(lambda a: a[i], batches))
             metrics.append(m)
         return ts, jax.tree.map(lambda *m: jnp.stack(m), *metrics)
 
