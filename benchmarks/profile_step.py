@@ -85,7 +85,7 @@ def instructions(compiled):
     """Every instruction of the optimized HLO: name -> dict(shape, opcode, text,
     source (its op_name metadata), computation), and each computation's
     parameter shapes (name -> shape), which the instruction lines do not repeat."""
-    ops, shapes, comp = {}, {}, None
+    found, shapes, comp = {}, {}, None
     for line in compiled.as_text().splitlines():
         head = re.match(r"(?:ENTRY )?%(\S+) \((.*)\) -> .* \{$", line)
         if head:
@@ -98,9 +98,9 @@ def instructions(compiled):
             continue
         source = re.search(r'op_name="([^"]+)"', line)
         source = re.sub(r"^jit\([^)]*\)/(while/body/)?(closed_call/)?", "", source.group(1)) if source else ""
-        ops[m.group(1)] = dict(shape=m.group(2), opcode=m.group(3), text=m.group(4), source=source, computation=comp)
+        found[m.group(1)] = dict(shape=m.group(2), opcode=m.group(3), text=m.group(4), source=source, computation=comp)
         shapes[(comp, m.group(1))] = m.group(2)
-    return ops, shapes
+    return found, shapes
 
 
 def _dims(shape):
@@ -250,11 +250,11 @@ def main(argv=None):
         with gzip.open(trace) as f:
             events = json.load(f)
     events = events["traceEvents"] if isinstance(events, dict) else events
-    ops_, shapes = instructions(compiled)
+    hlo, shapes = instructions(compiled)
     # Events named after the instruction (XLA:CPU), or after its kernel, whose
     # name has "_" for the instruction's "." (GPUs; not measured here).
-    alias = {name.replace(".", "_"): name for name in ops_}
-    alias.update({name: name for name in ops_})
+    alias = {name.replace(".", "_"): name for name in hlo}
+    alias.update({name: name for name in hlo})
     total, count = collections.Counter(), collections.Counter()
     for e in events:
         if e.get("ph") == "X" and e.get("name") in alias:
@@ -265,11 +265,11 @@ def main(argv=None):
     n_steps = a.chunks * length
     step_us = sum(total.values()) / n_steps
     products = collections.defaultdict(list)
-    for op in ops_.values():
+    for op in hlo.values():
         if op["opcode"] in ("convolution", "dot"):
             products[op["computation"]].append(op)
-    flops = {name: useful_flops(ops_[name], products, shapes) for name in total}
-    kinds = {name: kind(ops_[name], flops[name], kernels) for name in total}
+    flops = {name: useful_flops(hlo[name], products, shapes) for name in total}
+    kinds = {name: kind(hlo[name], flops[name], kernels) for name in total}
     print(f"under the profiler: {step_us:.0f} us per step in {len(total)} operations\n")
 
     # An operation XLA:CPU hands to its thread pool (Eigen's convolutions) ends its
@@ -297,7 +297,7 @@ def main(argv=None):
         f, per = flops[name], count[name] / n_steps
         cells = "dispatched only | –" if name in unseen else rate(f * per if f else None, us / n_steps)
         print(f"| {us / n_steps:.1f} | {100 * us / n_steps / step_us:.1f} % | {per:g} | {kinds[name]} | "
-              f"{cells} | {name} | `{ops_[name]['shape'][:50]}` | {ops_[name]['source'][:60]} |")
+              f"{cells} | {name} | `{hlo[name]['shape'][:50]}` | {hlo[name]['source'][:60]} |")
 
 
 if __name__ == "__main__":
