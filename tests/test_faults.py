@@ -163,6 +163,7 @@ def test_two_processes_racing_for_one_run_directory_one_runs_and_nothing_mixes(t
     assert [row["epoch"] for row in rundir.read_metrics(run)] == list(range(1, 10))
 
 
+@pytest.mark.slow   # a second process (the holder): the end-to-end lane
 def test_a_run_directory_held_by_a_live_process_is_refused_and_a_dead_ones_lock_is_free(tmp_path):
     from jaxbp import data, train
     run = str(tmp_path / "run")
