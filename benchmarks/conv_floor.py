@@ -24,7 +24,6 @@ import functools
 import os
 import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -32,11 +31,11 @@ import numpy as np
 import torch
 
 from jaxbp.ops.conv import _implicit
-from jaxbp.tools.timing import interleaved, machine
+from jaxbp.tools.timing import best_seconds, interleaved, machine, matmul_flops
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conv_algorithms import candidates, layer_shapes  # noqa: E402
-from pytorch_resnet import resnet  # noqa: E402
+from pytorch_resnet import step_seconds  # noqa: E402
 
 
 def xla_products(x_shape, w_shape, stride):
@@ -68,38 +67,10 @@ def torch_products(x_shape, w_shape, stride):
             "δX": lambda: backward([True, False, False]), "δF": lambda: backward([False, True, False])}
 
 
-def peak(rounds=10, n=2048):
-    """The best float32 n×n matmul FLOP/s of XLA and of PyTorch here."""
-    a, t = jnp.ones((n, n), jnp.float32), torch.ones(n, n)
-    f = jax.jit(lambda a: a @ a)
-    best = {}
-    for name, call in (("xla", lambda: jax.block_until_ready(f(a))), ("torch", lambda: t @ t)):
-        call()
-        times = []
-        for _ in range(rounds):
-            t0 = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - t0)
-        best[name] = 2 * n ** 3 / min(times)
-    return best
-
-
-def torch_step_ms(model, batch, steps=10):
-    """PyTorch's whole train step (benchmarks/pytorch_resnet.py's network, Adam), median ms."""
-    torch.manual_seed(0)
-    net = resnet(model).to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    x = torch.rand(batch, 3, 32, 32).to(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch,))
-    times = []
-    for i in range(steps + 3):
-        t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(net(x), y).backward()
-        opt.step()
-        if i >= 3:
-            times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+def peaks(rounds=10, n=2048):
+    """The float32 n×n matmul FLOP/s of XLA and of PyTorch here, best of ``rounds``."""
+    t = torch.ones(n, n)
+    return {"xla": matmul_flops(n, rounds), "torch": 2 * n ** 3 / best_seconds(lambda: t @ t, rounds)}
 
 
 def main():
@@ -109,12 +80,12 @@ def main():
     p.add_argument("--rounds", type=int, default=10)
     a = p.parse_args()
     torch.set_num_threads(os.cpu_count())
-    peaks = peak()
-    top = max(peaks.values())
+    rates = peaks()
+    top = max(rates.values())
     print(f"Conv products of {a.model}, batch {a.batch_size}, float32, NHWC — {machine()}, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
-    print(f"peak: {top / 1e9:.1f} GFLOP/s (2048² matmul: XLA {peaks['xla'] / 1e9:.1f}, "
-          f"PyTorch {peaks['torch'] / 1e9:.1f})\n")
+    print(f"peak: {top / 1e9:.1f} GFLOP/s (2048² matmul: XLA {rates['xla'] / 1e9:.1f}, "
+          f"PyTorch {rates['torch'] / 1e9:.1f})\n")
     print("| x (N, H, W, C) | w (O, I, FH, FW) | stride | layers | GFLOP each | product | XLA ms | XLA of peak "
           "| PyTorch ms | PyTorch of peak |\n|---|---|---:|---:|---:|---|---:|---:|---:|---:|")
     shapes = {((a.batch_size,) + x[1:], *rest): count
@@ -140,7 +111,7 @@ def main():
         best = min(algs, key=algs.get)
         sums["best"] += count * algs[best]
         print(f"| | | | | | all three, jaxbp's fastest ({best}) | {1e3 * algs[best]:.2f} | | | |", flush=True)
-    step = torch_step_ms(a.model, a.batch_size)
+    step = 1e3 * statistics.median(step_seconds(a.model, a.batch_size, steps=10, warmup=3))
     print(f"\nevery conv product of the network: XLA {1e3 * sums['xla']:.1f} ms, PyTorch {1e3 * sums['torch']:.1f} ms;"
           f" PyTorch's whole train step {step:.1f} ms: XLA's convolutions alone are "
           f"{1e3 * sums['xla'] / step:.2f}× PyTorch's step ({1e3 * sums['torch'] / step:.2f}× for its own); "

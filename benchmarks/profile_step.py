@@ -49,6 +49,8 @@ import numpy as np
 
 from jaxbp import data as data_lib, ops
 from jaxbp.train import Config, build_model, build_optimizer, epoch_order, make_steps, new_state
+from jaxbp.tools import bench
+from jaxbp.tools.timing import matmul_flops
 from jaxbp.train.step import chunk_size
 
 
@@ -158,21 +160,6 @@ def kind(op, flops, kernels):
     return "rest"
 
 
-def peak_flops(n=2048, rounds=5):
-    """FLOP/s of XLA's best case on this backend: an ``n × n`` float32 matmul, best of ``rounds``."""
-    a = jax.numpy.ones((n, n), jax.numpy.float32)
-    f = jax.jit(lambda a: a @ a)
-    jax.block_until_ready(f(a))
-    best = min(_timed(f, a) for _ in range(rounds))
-    return 2 * n ** 3 / best
-
-
-def _timed(f, *args):
-    t = time.perf_counter()
-    jax.block_until_ready(f(*args))
-    return time.perf_counter() - t
-
-
 def jaxbp_program(a):
     """(compiled chunk of train steps, its runner, steps per call, kernel sizes, title)."""
     cfg = Config.for_data(a.data, **settings(a.set)).validate()
@@ -204,9 +191,7 @@ def flax_program(a):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from flax_models import flax_step
     cfg = Config.for_data(a.data, **settings(a.set)).validate()
-    entry, rng = data_lib.get(a.data), np.random.default_rng(0)
-    x = jax.numpy.asarray(rng.uniform(size=(cfg.batch_size,) + tuple(entry.shape)), jax.numpy.float32)
-    y = jax.numpy.asarray(rng.integers(0, len(entry.classes), cfg.batch_size), jax.numpy.int32)
+    x, y = bench.batch(cfg.batch_size, cfg.model)   # the batch jaxbp bench gives Flax
     step, state = flax_step(cfg.model, "float32", x, cfg.model_options())
     compiled = step.lower(state, x, y).compile()
     kernels = {int(np.prod(v.shape)) for v in jax.tree.leaves(state) if getattr(v, "ndim", 0) == 4}
@@ -232,7 +217,7 @@ def main(argv=None):
     a = p.parse_args(argv)
 
     compiled, run, length, kernels, title = (flax_program if a.flax else jaxbp_program)(a)
-    peak = peak_flops()
+    peak = matmul_flops()
     run(2)
     times = []
     for _ in range(a.chunks):

@@ -50,6 +50,30 @@ def resnet(name, num_classes=10):
     return nn.Sequential(*layers)
 
 
+def step_seconds(model, batch_size, steps, warmup=5):
+    """Seconds of each of ``steps`` train steps (after ``warmup``): the network,
+    Adam and cross-entropy on one random CIFAR-shaped batch, channels-last."""
+    torch.manual_seed(0)
+    net = resnet(model).to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(batch_size, 3, 32, 32, generator=g).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch_size,), generator=g)
+    net.train()
+    times = []
+    for i in range(warmup + steps):
+        t = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(net(x), y)
+        loss.backward()
+        opt.step()
+        loss.item()
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    return times
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=tuple(WIDTHS), default="resnet20")
@@ -59,24 +83,7 @@ def main():
     p.add_argument("--threads", type=int, default=os.cpu_count())
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    torch.manual_seed(0)
-    net = resnet(a.model).to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    loss_fn = nn.CrossEntropyLoss()
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(a.batch_size, 3, 32, 32, generator=g).to(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (a.batch_size,), generator=g)
-    net.train()
-    times = []
-    for i in range(a.warmup + a.steps):
-        t = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(net(x), y)
-        loss.backward()
-        opt.step()
-        loss.item()
-        if i >= a.warmup:
-            times.append(time.perf_counter() - t)
+    times = step_seconds(a.model, a.batch_size, a.steps, a.warmup)
     print(json.dumps({"framework": f"pytorch {torch.__version__}", "model": a.model, "batch_size": a.batch_size,
                       "threads": a.threads, "step_ms": 1e3 * statistics.median(times),
                       "steps": a.warmup + a.steps, "process_s": time.time() - START}))

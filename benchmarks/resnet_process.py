@@ -8,9 +8,11 @@ jaxbp (its train step, custom rules, Adam) against ``benchmarks/pytorch_resnet.p
 Each round runs both, alternating which goes first; wall time is measured
 from outside (``time.perf_counter`` around the subprocess). jaxbp compiles
 from scratch every time (the library keeps no persistent compilation cache;
-``jaxbp train`` does, which would hide compilation after a first run); the step is ``jaxbp.train.make_steps(...).train`` on one random batch, as
-PyTorch's script reuses one. Prints one Markdown table: per framework the
-median whole-process seconds, and jaxbp ÷ PyTorch per round (median, range).
+``jaxbp train`` does, which would hide compilation after a first run); the
+step is ``jaxbp bench``'s (``jaxbp.tools.bench.jaxbp_step``) on its one random
+batch, as PyTorch's script reuses one. Prints one Markdown table: per
+framework the median whole-process seconds, and jaxbp ÷ PyTorch per round
+(median, range).
 """
 import argparse
 import json
@@ -25,23 +27,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def jaxbp_process(model, batch, steps):
-    """The inner process: N jaxbp train steps; prints one JSON line."""
+    """The inner process: N steps of ``jaxbp bench``'s train step (custom rules,
+    Adam) on its batch; prints one JSON line."""
     import jax
-    import numpy as np
-    import optax
 
-    from jaxbp import layers
-    from jaxbp.train import Config, build_model, make_steps, new_state
+    from jaxbp.tools import bench
 
-    cfg = Config(model=model, batch_size=batch, optimizer="adam", lr=1e-3, weight_decay=0.0)
-    net, opt = build_model(cfg, 10), optax.adam(1e-3)
-    program = make_steps(net, opt, cfg).train
-    ts = new_state(net, cfg, opt, layers.MODELS[model].input_shape)
-    rng = np.random.default_rng(0)
-    x = jax.numpy.asarray(rng.uniform(size=(batch,) + tuple(layers.MODELS[model].input_shape)), jax.numpy.float32)
-    y = jax.numpy.asarray(rng.integers(0, 10, batch), jax.numpy.int32)
+    x, y = bench.batch(batch, model)
+    step, carry = bench.jaxbp_step(model, "custom", "float32", x)
     for _ in range(steps):
-        ts, metrics = program(ts, x, y)
+        carry, metrics = step(carry, x, y)
     loss = float(metrics["loss"])
     print(json.dumps({"framework": f"jaxbp (jax {jax.__version__})", "loss": loss,
                       "process_s": time.perf_counter() - START}))

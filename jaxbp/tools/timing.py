@@ -44,6 +44,28 @@ def paired_ratio(a, b):
     return statistics.median(ratios), q1, q3
 
 
+def best_seconds(fn, rounds=5):
+    """The fastest of ``rounds`` calls of the zero-argument ``fn`` (after one
+    warm-up call), in seconds: a ceiling's measure, where the noise only slows."""
+    jax.block_until_ready(fn())
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def matmul_flops(n=2048, rounds=5):
+    """FLOP/s of XLA's ``n × n`` float32 matmul on the default backend, best of
+    ``rounds``: the peak the benchmarks state FLOP rates against (a nominal
+    rate is not known inside a virtual machine)."""
+    import jax.numpy as jnp
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    return 2 * n ** 3 / best_seconds(lambda: f(a), rounds)
+
+
 def temp_bytes(jitted, *args):
     """Compiled temporary memory of ``jitted(*args)`` (exact, from XLA), or None."""
     stats = jitted.lower(*args).compile().memory_analysis()
