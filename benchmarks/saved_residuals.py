@@ -41,7 +41,7 @@ def kind(aval, source):
         if aval.dtype == jnp.bool_:
             return "relu's mask (bool)"
         if aval.size > max(aval.shape, default=1):   # more than one axis of length > 1
-            return "batch norm's x̂"
+            return "batch norm's input z (the conv or dense output)"
         return "batch norm's 1/s and γ (per channel)"
     for pattern, name in KINDS:
         if re.search(pattern, source):

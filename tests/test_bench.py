@@ -23,12 +23,12 @@ def test_paired_ratio_is_the_median_of_per_round_ratios():
 
 def test_saved_residuals_itemizes_what_a_step_keeps(capsys):
     """benchmarks/saved_residuals.py (BENCHMARKS.md's table): every saved array
-    is counted once, and the rules keep relu's mask and batch norm's x̂ where the
+    is counted once, and the rules keep relu's mask and batch norm's input where the
     twin keeps its intermediates."""
     from helpers import load_benchmark
     script = load_benchmark("saved_residuals")
     tables = {g: script.residuals("mlp", g, 8) for g in ("custom", "autodiff")}
-    assert {"relu's mask (bool)", "batch norm's x̂"} <= set(tables["custom"])
+    assert {"relu's mask (bool)", "batch norm's input z (the conv or dense output)"} <= set(tables["custom"])
     assert tables["custom"]["relu's mask (bool)"] == [2, 2 * 8 * 256]   # two hidden layers of 256, a byte each
     assert script.saved_bytes(tables["custom"]) < script.saved_bytes(tables["autodiff"])
     script.main(["--model", "mlp", "--batch-size", "8"])

@@ -79,6 +79,44 @@ def test_large_mean_small_spread_in_float32():
     np.testing.assert_allclose(mean, mean_ref, rtol=1e-6)
 
 
+def test_large_mean_small_spread_gradients_in_float32():
+    """The backward rebuilds x̂ from x: as exactly as the forward formed it, so
+    a large mean does not cancel (measured 2.6e-7 on δx; x − μ with μ rounded
+    to float32 gave 3e-3, Σ δy ⊙ x − μ Σ δy far more)."""
+    rng = np.random.default_rng(0)
+    x = (1e4 + 1e-2 * rng.standard_normal((256, 3))).astype(np.float32)
+    w, gamma, beta = rng.standard_normal((256, 3)), rng.standard_normal(3) + 1, rng.standard_normal(3)
+
+    def grads(dtype):
+        f = lambda x, g, b: (jaxbp.batch_norm(x, g, b)[0] * w.astype(dtype)).sum()
+        return jax.grad(f, (0, 1, 2))(*(jnp.asarray(a, dtype) for a in (x, gamma, beta)))
+
+    for got, want in zip(grads(np.float32), grads(np.float64)):   # float64 on the same inputs
+        assert got.dtype == jnp.float32
+        err = np.abs(np.asarray(got, np.float64) - np.asarray(want)).max() / np.abs(np.asarray(want)).max()
+        assert err < 2e-6
+
+
+def test_train_step_keeps_the_input_not_also_x_hat():
+    """A conv → batch norm → relu stack's compiled gradient holds, per layer,
+    the conv input and batch norm's input (x̂ is rebuilt from it): ≤ 0.6× the
+    twin's temporary memory (measured 0.54; 0.71 when the rule saved x̂, which
+    XLA:CPU kept beside the conv output it also read)."""
+    from jaxbp import layers
+
+    def temp(gradients):
+        ops = layers.namespace(gradients)
+        net = layers.serial(*[layer for _ in range(4) for layer in (
+            layers.Conv2D(16, 3, ops=ops, layout="NHWC", bias=False), layers.BatchNorm(ops=ops, axis=3),
+            layers.Activation("relu", ops=ops))])
+        x = jax.random.normal(jax.random.key(0), (8, 16, 16, 16), jnp.float32)
+        _, params, state = net.init(jax.random.key(1), x.shape)
+        grad = jax.jit(jax.grad(lambda p: net.apply(p, state, x, train=True)[0].sum()))
+        return grad.lower(params).compile().memory_analysis().temp_size_in_bytes
+
+    assert temp("custom") <= 0.6 * temp("autodiff")
+
+
 def test_constant_feature_is_finite():
     x = jnp.concatenate([jnp.full((8, 1), 3.0, jnp.float32), jnp.arange(8.0, dtype=jnp.float32)[:, None]], 1)
     f = lambda x, g, b: (jaxbp.batch_norm(x, g, b)[0] ** 2).sum()

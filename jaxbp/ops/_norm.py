@@ -42,7 +42,8 @@ def _count(x, axis, axis_name):
 
 
 def _normalize(x, eps, axis, axis_name):
-    """Return ``x̂``, ``1/s``, ``μ``, ``σ²`` (keepdims), in the statistics dtype."""
+    """Return ``x̂``, ``1/s``, the shift and ``μ − shift``, ``σ²`` (keepdims), in
+    the statistics dtype."""
     xs = x.astype(_stat_dtype(x.dtype))
     m = _count(x, axis, axis_name)
     # Two-pass variance about a shift (the first sample of each feature), so a
@@ -58,7 +59,7 @@ def _normalize(x, eps, axis, axis_name):
     c = d - d_mean
     var = _sum(c * c, axis, axis_name) / m
     inv_std = lax.rsqrt(var + eps)
-    return c * inv_std, inv_std, shift + d_mean, var
+    return c * inv_std, inv_std, shift, d_mean, var
 
 
 def _total(c, axis_name):
@@ -67,7 +68,8 @@ def _total(c, axis_name):
 
 
 def _scale_shift(x, x_hat, inv_std, gamma, beta, axis):
-    """``y = γ ⊙ x̂ + β`` in x's dtype, and the residuals every norm saves: x̂, 1/s, γ."""
+    """``y = γ ⊙ x̂ + β`` in x's dtype, and the residuals of layer norm and the
+    inference-mode batch norm: x̂, 1/s, γ."""
     y = x_hat * _feature(gamma, x, axis) + _feature(beta, x, axis)
     return y.astype(x.dtype), saved(x_hat, inv_std, gamma)
 
@@ -77,41 +79,53 @@ def _feature(v, x, axis):
 
 
 def _forward(x, gamma, beta, *, eps, axis, axis_name):
-    """The forward ``(y, μ, σ²)``; residuals ``x̂``, ``1/s`` and ``γ`` (not ``x``)."""
-    x_hat, inv_std, mean, var = _normalize(x, eps, axis, axis_name)
-    y, residuals = _scale_shift(x, x_hat, inv_std, gamma, beta, axis)
-    return (y, mean.reshape(-1), var.reshape(-1)), residuals
+    """The forward ``(y, μ, σ²)``; residuals ``x`` (the caller's array), the
+    shift and ``μ − shift``, ``1/s`` and ``γ``: not ``x̂``, rebuilt in the backward."""
+    x_hat, inv_std, shift, d_mean, var = _normalize(x, eps, axis, axis_name)
+    y = x_hat * _feature(gamma, x, axis) + _feature(beta, x, axis)
+    mean = (shift + d_mean).reshape(-1)
+    return (y.astype(x.dtype), mean, var.reshape(-1)), saved(x, shift, d_mean, inv_std, gamma)
 
 
 def _backward(res, cotangents, *, eps, axis, axis_name):
-    x_hat, inv_std, gamma = res
+    x, shift, d_mean, inv_std, gamma = res
     g, g_mean, g_var = (None if isinstance(c, SymbolicZero) else c for c in cotangents)
-    red = tuple(a for a in range(x_hat.ndim) if a != axis)
-    m = _count(x_hat, axis, axis_name)
-    dx = jnp.zeros_like(x_hat)
+    red = tuple(a for a in range(x.ndim) if a != axis)
+    m = _count(x, axis, axis_name)
+    xs = x.astype(inv_std.dtype)
+    # x̂ is rebuilt in two different expressions, one per use, each as exact as
+    # the forward's (x − shift) − (μ − shift): as one shared array, XLA:CPU
+    # computes it in the forward pass and keeps it beside x (BENCHMARKS.md).
+    # For δx: x − μ = (x − μ̃) − e, where μ̃ = shift + (μ − shift) rounded and
+    # e = (μ − shift) − (μ̃ − shift) its rounding error (exact near a large mean).
+    mean = shift + d_mean
+    centered = (xs - mean) - (d_mean - (mean - shift))
+    dx = jnp.zeros_like(xs)
     dgamma = dbeta = jnp.zeros_like(gamma)
     if g is not None:
-        g = g.astype(x_hat.dtype)
-        # δβ = Σ δy, δγ = Σ δy ⊙ x̂: this device's share (the recipe sums it over
-        # the mesh axes where γ, β are replicated, as for any replicated parameter).
+        g = g.astype(xs.dtype)
+        # δβ = Σ δy, δγ = Σ δy ⊙ x̂ = (Σ δy ⊙ (x − shift) − (μ − shift) Σ δy) / s
+        # (about the shift, as the variance, so that no large mean cancels):
+        # this device's share (the recipe sums it over the mesh axes where γ,
+        # β are replicated).
         sum_g = g.sum(axis=red, keepdims=True)
-        sum_gx = (g * x_hat).sum(axis=red, keepdims=True)
+        sum_gx = ((g * (xs - shift)).sum(axis=red, keepdims=True) - d_mean * sum_g) * inv_std
         dbeta, dgamma = sum_g.reshape(-1), sum_gx.reshape(-1)
         # δx̂ = γ δy, so Σ δx̂ = γ Σ δy and Σ δx̂ ⊙ x̂ = γ Σ δy ⊙ x̂: the same two
         # sums, over the *global* batch.
         if axis_name is not None:
             sum_g, sum_gx = lax.psum(sum_g, axis_name), lax.psum(sum_gx, axis_name)
-        scale = _feature(gamma, x_hat, axis).astype(x_hat.dtype) * inv_std / m
-        dx = scale * (m * g - sum_g - x_hat * sum_gx)
+        scale = _feature(gamma, x, axis).astype(xs.dtype) * inv_std / m
+        dx = scale * (m * g - sum_g - centered * (inv_std * sum_gx))
     # The statistics' own cotangents (zero, and skipped, when only y is used):
     # ∂μ/∂x_i = 1/m, ∂σ²/∂x_i = 2 (x_i − μ)/m. μ and σ² are the same on every
     # device, so their cotangent is the total over devices: shard_map already
     # summed it when it arrives invariant over ``axis_name``; a varying one is
     # this device's share, summed here.
     if g_mean is not None:
-        dx = dx + _feature(_total(g_mean, axis_name), x_hat, axis).astype(x_hat.dtype) / m
+        dx = dx + _feature(_total(g_mean, axis_name), x, axis).astype(xs.dtype) / m
     if g_var is not None:
-        dx = dx + _feature(_total(g_var, axis_name), x_hat, axis).astype(x_hat.dtype) * 2 * x_hat / (inv_std * m)
+        dx = dx + _feature(_total(g_var, axis_name), x, axis).astype(xs.dtype) * 2 * centered / m
     return dx, dgamma, dbeta
 
 
@@ -127,7 +141,8 @@ def batch_norm(x, gamma, beta, eps=1e-5, *, axis=1, axis_name=None):
     Backward (docs/derivation.md §5, compact form of ∂C/∂x_i):
     ``δγ = Σ δy ⊙ x̂``, ``δβ = Σ δy``,
     ``δx = (1/(m·s)) (m·δx̂ − Σδx̂ − x̂ ⊙ Σ(δx̂ ⊙ x̂))`` plus the exact terms
-    of the returned statistics. Saves ``x̂`` and ``1/s`` (statistics dtype).
+    of the returned statistics. Saves ``x`` itself (in its dtype; ``x̂`` is
+    rebuilt from it) and, per feature, ``1/s``, the shift and ``μ − shift``.
 
     Args:
       x: ``(N, D)``, ``(N, C, L)``, ``(N, C, H, W)`` or ``(N, C, D, H, W)``;
