@@ -38,11 +38,11 @@ KINDS = [(r"_activation\.py.*_relu_forward", "relu's output: the next conv's inp
 
 def kind(aval, source):
     if "saved" in source:   # a rule's declared residual
-        if aval.dtype == jnp.bool_:
-            return "relu's mask (bool)"
+        if aval.dtype == jnp.uint8:
+            return "relu's mask (a bit per value)"
         if aval.size > max(aval.shape, default=1):   # more than one axis of length > 1
             return "batch norm's input z (the conv or dense output)"
-        return "batch norm's 1/s and γ (per channel)"
+        return "batch norm's 1/s, γ, shift, μ − shift (per channel)"
     for pattern, name in KINDS:
         if re.search(pattern, source):
             return name

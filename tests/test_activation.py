@@ -76,3 +76,31 @@ def test_gelu_tanh_form_equals_jax_nn():
     np.testing.assert_allclose(jaxbp.gelu(z, approximate=True), jax.nn.gelu(z, approximate=True), rtol=1e-14)
     np.testing.assert_allclose(jax.grad(lambda z: jaxbp.gelu(z, approximate=True).sum())(z),
                                jax.grad(lambda z: jax.nn.gelu(z, approximate=True).sum())(z), rtol=1e-13)
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (1,), (7,), (8,), (9,), (3, 5, 2), (2, 16, 4, 3)])
+def test_a_saved_mask_is_one_bit_per_entry_and_round_trips(shape):
+    from jaxbp.ops._recipe import pack_mask, unpack_mask
+    mask = jax.random.bernoulli(jax.random.key(len(shape) + sum(shape)), 0.5, shape)
+    packed = pack_mask(mask)
+    assert packed.dtype == jnp.uint8 and packed.shape == (-(-mask.size // 8),)
+    np.testing.assert_array_equal(unpack_mask(packed, shape), mask)
+
+
+def test_residual_network_step_keeps_relus_mask_not_the_block_input():
+    """relu saves its mask as bits: a saved bool mask XLA:CPU recomputed in the
+    backward pass from the residual block's input, which it then kept beside
+    the transposed copy the conv's δF reads. Compiled gradient of a small
+    ResNet: ≤ 0.53× the twin's temporary memory (measured 0.48; 0.60 with a
+    bool mask)."""
+    from jaxbp import autodiff, layers, ops
+
+    def temp(gradients):
+        net = layers.resnet(10, (16,), 3, gradients=gradients)
+        x = jax.random.normal(jax.random.key(0), (8, 3, 16, 16), jnp.float32)
+        _, params, state = net.init(jax.random.key(1), x.shape)
+        loss_of = (ops if gradients == "custom" else autodiff).softmax_cross_entropy
+        grad = jax.jit(jax.grad(lambda p: loss_of(net.apply(p, state, x, train=True)[0], jnp.arange(8)).sum()))
+        return grad.lower(params).compile().memory_analysis().temp_size_in_bytes
+
+    assert temp("custom") <= 0.53 * temp("autodiff")

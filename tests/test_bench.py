@@ -28,8 +28,8 @@ def test_saved_residuals_itemizes_what_a_step_keeps(capsys):
     from helpers import load_benchmark
     script = load_benchmark("saved_residuals")
     tables = {g: script.residuals("mlp", g, 8) for g in ("custom", "autodiff")}
-    assert {"relu's mask (bool)", "batch norm's input z (the conv or dense output)"} <= set(tables["custom"])
-    assert tables["custom"]["relu's mask (bool)"] == [2, 2 * 8 * 256]   # two hidden layers of 256, a byte each
+    assert {"relu's mask (a bit per value)", "batch norm's input z (the conv or dense output)"} <= set(tables["custom"])
+    assert tables["custom"]["relu's mask (a bit per value)"] == [2, 2 * 8 * 256 // 8]   # two hidden layers of 256
     assert script.saved_bytes(tables["custom"]) < script.saved_bytes(tables["autodiff"])
     script.main(["--model", "mlp", "--batch-size", "8"])
     out = capsys.readouterr().out

@@ -1,7 +1,7 @@
 """Activations. Elementwise ``a = f(z)``, backward ``δz = δa ⊙ f'(z)``
 (docs/derivation.md §2, from the source's "DNN"); softmax and log-softmax along
 an axis (§9). Each saves the smallest residual that determines the backward
-pass: a boolean mask for the piecewise-linear ones, the output ``a`` for
+pass: a mask, one bit per entry, for the piecewise-linear ones, the output ``a`` for
 sigmoid (``f' = a(1 − a)``), tanh (``f' = 1 − a²``) and the softmaxes, the
 input for GELU and SiLU.
 """
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxbp.ops import _checks
-from jaxbp.ops._recipe import Check, Rule, op, saved
+from jaxbp.ops._recipe import Check, Rule, op, pack_mask, saved, unpack_mask
 
 
 def _relu_forward(z):
@@ -22,22 +22,22 @@ def _relu_forward(z):
     # NaN passes through (as jax.nn.relu and torch.relu), its gradient does not
     # (jax.nn.relu's is 0 there): a diverging run must reach the non-finite guard.
     a = jnp.where(z > 0, z, jnp.where(jnp.isnan(z), lax.stop_gradient(z), 0))
-    return a, saved(z > 0)
+    return a, saved(pack_mask(z > 0))
 
 
 def _relu_backward(res, g):
     (mask,) = res
-    return (jnp.where(mask, g, jnp.zeros_like(g)),)
+    return (jnp.where(unpack_mask(mask, g.shape), g, jnp.zeros_like(g)),)
 
 
 def _leaky_relu_forward(z, *, negative_slope):
     # `>=` as in jax.nn.leaky_relu: the derivative at 0 is 1.
-    return jnp.where(z >= 0, z, negative_slope * z), saved(z >= 0)
+    return jnp.where(z >= 0, z, negative_slope * z), saved(pack_mask(z >= 0))
 
 
 def _leaky_relu_backward(res, g, *, negative_slope):
     (mask,) = res
-    return (jnp.where(mask, g, negative_slope * g),)
+    return (jnp.where(unpack_mask(mask, g.shape), g, negative_slope * g),)
 
 
 def _sigmoid_forward(z):
@@ -70,7 +70,7 @@ def relu(z):
 
     NaN propagates (``relu(nan) = nan``), with gradient 0 there, as ``jax.nn.relu``.
 
-    Args: z: any shape, floating. Saves the boolean mask ``z > 0``.
+    Args: z: any shape, floating. Saves the mask ``z > 0``, one bit per entry.
     """
     _checks.floating("z", z)
     return _relu(z)
@@ -103,7 +103,7 @@ def leaky_relu(z, negative_slope=0.01):
     NaN included: it propagates, with gradient ``negative_slope·δa``).
 
     Args: z: any shape, floating; negative_slope: a Python number.
-    Saves the boolean mask ``z ≥ 0``.
+    Saves the mask ``z ≥ 0``, one bit per entry.
     """
     _checks.floating("z", z)
     return _leaky_relu(z, negative_slope=_checks.number("negative_slope", negative_slope))

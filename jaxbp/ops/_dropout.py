@@ -13,16 +13,16 @@ import jax
 import jax.numpy as jnp
 
 from jaxbp.ops import _checks
-from jaxbp.ops._recipe import Check, Rule, op, saved
+from jaxbp.ops._recipe import Check, Rule, op, pack_mask, saved, unpack_mask
 
 
 def _forward(x, keep, *, rate):
-    return jnp.where(keep, x / (1 - rate), 0).astype(x.dtype), saved(keep)
+    return jnp.where(keep, x / (1 - rate), 0).astype(x.dtype), saved(pack_mask(keep))
 
 
 def _backward(res, g, *, rate):
     (keep,) = res
-    return jnp.where(keep, g / (1 - rate), 0).astype(g.dtype), None
+    return jnp.where(unpack_mask(keep, g.shape), g / (1 - rate), 0).astype(g.dtype), None
 
 
 _rule = Rule(_forward, _backward)
@@ -33,7 +33,7 @@ def dropout(x, rate, key):
     """Zero each entry with probability ``rate`` and scale the others by
     ``1/(1 − rate)`` (training-time dropout; for evaluation do not call it).
 
-    Backward ``δx = δy ⊙ m / (1 − rate)`` with the same mask ``m``. Saves ``m``.
+    Backward ``δx = δy ⊙ m / (1 − rate)`` with the same mask ``m``. Saves ``m``, one bit per entry.
 
     Args:
       x: any shape, floating.

@@ -27,6 +27,7 @@ import contextlib
 import contextvars
 import functools
 import inspect
+import math
 import typing
 
 import jax
@@ -239,6 +240,25 @@ def saved(*residuals):
     of their mesh-axis types inside ``shard_map``. In the twin the residuals are
     unused, and XLA removes the barriers with them."""
     return tuple(lax.optimization_barrier(r) for r in residuals)
+
+
+def pack_mask(mask):
+    """A boolean ``mask`` as a flat ``uint8`` array of one bit per entry: how a
+    rule saves a mask. A byte per entry as ``bool`` would be 8×; and XLA:CPU
+    does not keep a saved ``bool`` mask but recomputes it in the backward pass
+    from the arrays it came from, keeping those alive instead (a residual
+    block's input beside its transposed copy: BENCHMARKS.md), which it does not
+    do through the packing's reduction. :func:`unpack_mask` restores it."""
+    flat = mask.reshape(-1)
+    flat = jnp.pad(flat, (0, -flat.size % 8)).reshape(-1, 8).astype(jnp.uint8)
+    # Distinct bits: the sum is their OR, at most 255.
+    return (flat << jnp.arange(8, dtype=jnp.uint8)[None]).sum(axis=1, dtype=jnp.uint8)
+
+
+def unpack_mask(packed, shape):
+    """The boolean mask of ``shape`` that :func:`pack_mask` packed."""
+    bits = (packed[:, None] >> jnp.arange(8, dtype=jnp.uint8)[None]) & 1
+    return bits.reshape(-1)[:math.prod(shape)].reshape(shape).astype(jnp.bool_)
 
 
 class Check(typing.NamedTuple):
