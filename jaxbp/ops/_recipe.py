@@ -235,7 +235,10 @@ def saved(*residuals):
     pass and keep its larger inputs alive instead — measured in the CNN train
     step on CPU: relu's boolean mask recomputed from the float conv output, the
     int8 pool index widened to int32, ``γ`` broadcast to the activation's shape
-    and kept — which undoes the point of saving less (BENCHMARKS.md).
+    and kept — which undoes the point of saving less (BENCHMARKS.md). The
+    barrier holds through XLA's first simplifications only: XLA:CPU may still
+    recompute an elementwise residual in the backward from what it was computed
+    from (a ``bool`` mask: save :func:`pack_mask`'s bits, made by a reduction).
     One barrier per residual: a shared one would give every residual the union
     of their mesh-axis types inside ``shard_map``. In the twin the residuals are
     unused, and XLA removes the barriers with them."""
