@@ -89,7 +89,7 @@ def test_large_mean_small_spread_gradients_in_float32():
 
     def grads(dtype):
         f = lambda x, g, b: (jaxbp.batch_norm(x, g, b)[0] * w.astype(dtype)).sum()
-        return jax.grad(f, (0, 1, 2))(*(jnp.asarray(a, dtype) for a in (x, gamma, beta)))
+        return jax.jit(jax.grad(f, (0, 1, 2)))(*(jnp.asarray(a, dtype) for a in (x, gamma, beta)))
 
     for got, want in zip(grads(np.float32), grads(np.float64)):   # float64 on the same inputs
         assert got.dtype == jnp.float32
