@@ -78,15 +78,6 @@ def test_gelu_tanh_form_equals_jax_nn():
                                jax.grad(lambda z: jax.nn.gelu(z, approximate=True).sum())(z), rtol=1e-13)
 
 
-@pytest.mark.parametrize("shape", [(), (0,), (1,), (7,), (8,), (9,), (3, 5, 2), (2, 16, 4, 3)])
-def test_a_saved_mask_is_one_bit_per_entry_and_round_trips(shape):
-    from jaxbp.ops._recipe import pack_mask, unpack_mask
-    mask = jax.random.bernoulli(jax.random.key(len(shape) + sum(shape)), 0.5, shape)
-    packed = pack_mask(mask)
-    assert packed.dtype == jnp.uint8 and packed.shape == (-(-mask.size // 8),)
-    np.testing.assert_array_equal(unpack_mask(packed, shape), mask)
-
-
 def test_residual_network_step_keeps_relus_mask_not_the_block_input():
     """relu saves its mask as bits: a saved bool mask XLA:CPU recomputed in the
     backward pass from the residual block's input, which it then kept beside

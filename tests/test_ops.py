@@ -181,3 +181,12 @@ def test_each_op_names_its_operations_in_the_compiled_program(gradients):
     text = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, w).compile().as_text()
     names = set(re.findall(r'op_name="[^"]*?((?:transpose\()?jvp\(\w+\))', text))
     assert {f"{p}jvp({op})" for op in ("conv2d", "batch_norm", "relu") for p in ("", "transpose(")} <= names, names
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (1,), (7,), (8,), (9,), (3, 5, 2), (2, 16, 4, 3)])
+def test_a_saved_mask_is_one_bit_per_entry_and_round_trips(shape):
+    from jaxbp.ops._recipe import pack_mask, unpack_mask
+    mask = jax.random.bernoulli(jax.random.key(len(shape) + sum(shape)), 0.5, shape)
+    packed = pack_mask(mask)
+    assert packed.dtype == jnp.uint8 and packed.shape == (-(-mask.size // 8),)
+    np.testing.assert_array_equal(unpack_mask(packed, shape), mask)
