@@ -362,6 +362,7 @@ def test_first_non_finite_step_and_quantity_are_named():
         _check_finite([(t, t, t), (t, t, t), (t, t, f)], 40)
 
 
+@pytest.mark.slow   # three whole training runs into run directories: the end-to-end lane
 def test_a_run_directory_holds_one_run(tmp_path):
     """The Python API keeps the rules of the command line: a used directory is
     refused unless overwrite=True; resume refuses a config that changes the run."""
@@ -426,6 +427,7 @@ def test_resume_before_the_first_checkpoint_starts_the_run_again(tmp_path, capsy
     assert [r["epoch"] for r in result.history] == [1, 2]
 
 
+@pytest.mark.slow   # a training run, then its resumption: the end-to-end lane
 def test_resume_with_more_epochs_says_the_schedule_changes(tmp_path, capsys):
     cfg = Config(model="mlp", epochs=1, run_dir=str(tmp_path / "run"))
     train.fit(cfg, dataset=small_digits(n_train=128), quiet=True)
