@@ -7,8 +7,9 @@ JAX's saved residuals (``saved_residuals.py``) say what a rule *declares*; XLA
 may recompute a residual from what it came from and keep that instead, or
 compute a backward-pass value in the forward pass and keep it (BENCHMARKS.md,
 "What a ResNet-20 step keeps"). This reads the optimized, scheduled program
-(``compiled.as_text()``): each instruction of its entry computation in
-schedule order, its result's bytes, and its last use (aliases — bitcasts,
+(``compiled.as_text()``, as ``profile_step.py`` reads it): each instruction
+of its entry computation in schedule order, its result's bytes, and its last
+use (aliases — bitcasts,
 tuples, their elements — share their operand's buffer; the step's results are
 output memory, not temporaries; a fusion writes into an operand's buffer that
 dies there). The peak of that simulation is XLA's temp memory
@@ -21,16 +22,20 @@ optimizer's update (the CNN at batch 8: 1.3×). Each op's name scope
 import argparse
 import collections
 import math
+import os
 import re
+import sys
 
 from jaxbp import layers
 from jaxbp.tools import bench
 from jaxbp.tools.timing import machine
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from profile_step import instructions  # noqa: E402  (the same reading of the optimized program)
+
 _BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2,
           "f32": 4, "s32": 4, "u32": 4, "f64": 8, "s64": 8, "u64": 8}
 _ARRAY = re.compile(r"\b(" + "|".join(_BYTES) + r")\[([0-9,]*)\]")
-_INSTRUCTION = re.compile(r"\s*(?:ROOT )?%(\S+) = (.*?) ([\w-]+)\((.*)$")
 _ALIASES = {"bitcast", "get-tuple-element", "tuple", "opt-barrier"}   # no buffer of their own
 _NO_BUFFER = _ALIASES | {"parameter", "constant"}                      # or not a temporary
 
@@ -41,19 +46,12 @@ def nbytes(shape_text):
                for t, dims in _ARRAY.findall(shape_text))
 
 
-def entry(hlo_text):
+def entry(compiled):
     """``[(name, shape, opcode, operands, op_name)]`` of the entry computation, in schedule order."""
-    body = hlo_text[hlo_text.index("\nENTRY"):]
-    body = body[body.index("{\n") + 2:body.index("\n}")]
-    out = []
-    for line in body.split("\n"):
-        m = _INSTRUCTION.match(line)
-        if m:
-            name, shape, opcode, rest = m.groups()
-            args = rest.split("), ")[0]
-            scope = re.search(r'op_name="([^"]*)"', line)
-            out.append((name, shape, opcode, re.findall(r"%([\w.\-]+)", args), scope.group(1) if scope else ""))
-    return out
+    main = re.search(r"^ENTRY %(\S+) ", compiled.as_text(), re.M).group(1)
+    found, _ = instructions(compiled)
+    return [(name, op["shape"], op["opcode"], re.findall(r"%([\w.\-]+)", op["text"].split(")", 1)[0]),
+             op["source"]) for name, op in found.items() if op["computation"] == main]
 
 
 def peak(instructions):
@@ -93,7 +91,7 @@ def report(model, gradients, batch, top):
     x, y = bench.batch(batch, model)
     step, carry = bench.jaxbp_step(model, gradients, "float32", x)
     compiled = step.lower(carry, x, y).compile()
-    total, at, live = peak(entry(compiled.as_text()))
+    total, at, live = peak(entry(compiled))
     temp = compiled.memory_analysis().temp_size_in_bytes
     groups = collections.defaultdict(lambda: [0, 0, collections.Counter()])
     for size, shape, op_name in live.values():
