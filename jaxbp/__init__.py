@@ -12,13 +12,15 @@ itself) is not defined for ``custom_vjp`` functions: JAX raises ``TypeError``
 twins support every mode.
 
 A rule of your own: :class:`jaxbp.Rule` (forward, backward), :func:`jaxbp.op`
-(the public front and its twin), :mod:`jaxbp.validate` (argument errors) and
-:func:`jaxbp.check` (the rule against its twin, with a diagnosis).
+(the public front and its twin), :func:`jaxbp.saved` and :func:`jaxbp.after`
+(what the backward pass keeps, what it rebuilds), :mod:`jaxbp.validate`
+(argument errors) and :func:`jaxbp.check` (the rule against its twin, with a
+diagnosis).
 """
 from jaxbp import autodiff, ops, validate
 from jaxbp.ops import *  # noqa: F401,F403
 from jaxbp.ops import __all__ as _ops_all
-from jaxbp.ops._recipe import Rule, op, saved
+from jaxbp.ops._recipe import Rule, after, op, saved
 from jaxbp.tools.check import CheckFailed, CheckReport, check
 from jaxbp.tools.gradcheck import compare_gradients
 
@@ -35,6 +37,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'jaxbp' has no attribute {name!r}")
 
 
-# The extension API (docs/extending.md): Rule, op, saved, validate, check.
-__all__ = list(_ops_all) + ["autodiff", "ops", "validate", "Rule", "op", "saved", "check", "CheckReport",
+# The extension API (docs/extending.md): Rule, op, saved, after, validate, check.
+__all__ = list(_ops_all) + ["autodiff", "ops", "validate", "Rule", "op", "saved", "after", "check", "CheckReport",
                             "CheckFailed", "compare_gradients"]

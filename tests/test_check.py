@@ -187,7 +187,7 @@ def test_a_backward_returning_the_wrong_thing_is_named(backward, error, message)
 
 
 def test_the_public_extension_api():
-    assert {"Rule", "op", "saved", "validate", "check", "CheckReport", "CheckFailed"} <= set(jaxbp.__all__)
+    assert {"Rule", "op", "saved", "after", "validate", "check", "CheckReport", "CheckFailed"} <= set(jaxbp.__all__)
     with pytest.raises(ValueError, match=r"w must have shape \(3, 4\) \(out, in\), got \(4, 3\)"):
         jaxbp.validate.shape("w", jnp.ones((4, 3)), (3, 4), "out, in")
 

@@ -245,6 +245,62 @@ def saved(*residuals):
     return tuple(lax.optimization_barrier(r) for r in residuals)
 
 
+def after(anchor, *values):
+    """``values`` unchanged, computed only once ``anchor`` is: how a backward
+    rule rebuilds an intermediate from a residual (im2col's ``X̃``, Winograd's
+    ``V``) *in* the backward pass, ``anchor`` being the incoming ``g``.
+
+    A rebuild that depends on forward values alone is not one once compiled:
+    XLA:CPU merges it with the forward pass's identical computation (CSE runs
+    again once the optimization barriers are gone) or schedules it in the
+    forward pass, and keeps the large intermediate until the backward — the
+    memory the rebuild was written to save (ResNet-20's step with explicit
+    convolutions: 217 MiB kept so, 67 MiB with the rebuild tied to ``δY``;
+    BENCHMARKS.md). Each value is multiplied by a one XLA cannot fold, made
+    from the bits of ``anchor``'s first entry, shifted out. Exact (``x · 1 = x``
+    for every float, ``−0``, ``inf`` and ``NaN`` included); differentiable in
+    the values, to any order, and constant in ``anchor``; under ``vmap`` a value
+    is batched only if it was (``jacrev`` maps the cotangents alone: an
+    unbatched ``x`` tied to them stays one array, not one per cotangent). One
+    value: returned as is; several: a tuple."""
+    out = tuple(_after(anchor, v) for v in values)
+    return out[0] if len(out) == 1 else out
+
+
+def _one(anchor, dtype):
+    """A ``1`` of ``dtype`` that XLA computes from ``anchor``'s first entry."""
+    if anchor.size == 0:
+        return jnp.ones((), dtype)
+    first = jnp.ravel(anchor)[0]
+    first = first.astype(jnp.uint8) if first.dtype == jnp.bool_ else first
+    width = first.dtype.itemsize
+    bits = lax.bitcast_convert_type(first, jnp.dtype(f"uint{8 * width}"))
+    half = bits.dtype.type(4 * width)
+    return (1 + lax.shift_right_logical(lax.shift_right_logical(bits, half), half)).astype(dtype)
+
+
+@jax.custom_jvp
+@jax.custom_batching.custom_vmap
+def _after(anchor, value):
+    return value * _one(anchor, value.dtype)
+
+
+@_after.def_vmap
+def _after_vmap(axis_size, in_batched, anchor, value):
+    anchor_batched, value_batched = in_batched
+    if anchor_batched and value_batched:  # one 1 per batch entry
+        one = jax.vmap(_one, (0, None))(anchor, value.dtype)
+        return value * one.reshape((axis_size,) + (1,) * (value.ndim - 1)), True
+    # An unbatched value stays unbatched: any entry of a batched anchor orders it.
+    return value * _one(anchor, value.dtype), value_batched
+
+
+@_after.defjvp
+def _after_jvp(primals, tangents):
+    anchor, value = primals
+    return _after(anchor, value), tangents[1]
+
+
 def pack_mask(mask):
     """A boolean ``mask`` as a flat ``uint8`` array of one bit per entry: how a
     rule saves a mask. A byte per entry as ``bool`` would be 8×; and XLA:CPU

@@ -10,10 +10,10 @@ docs/derivation.md §3. With ``X̃ = im2col(X)`` — rows ``(n, h', w')``, colum
 The products are written as ``einsum`` over named axes (NHWC: 2-D matmuls on
 the patch matrix as laid out). The forward pass materializes ``X̃`` (``FH·FW``
 times the input); the residuals are ``x`` and ``w``, not ``X̃``. The backward
-pass evaluates the two products either whole (``X̃`` rebuilt, ``δX̃``
-materialized: on CPUs, where XLA shares the rebuilt ``X̃`` with the forward's)
-or one window entry at a time (``X̃_k``, a block of ``C`` columns: elsewhere),
-chosen when XLA compiles for the platform.
+pass rebuilds ``X̃`` from ``x`` and evaluates the two products either whole
+(``X̃`` and ``δX̃`` materialized: on CPUs) or one window entry at a time
+(``X̃_k``, a block of ``C`` columns: elsewhere), chosen when XLA compiles for
+the platform.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxbp.ops import _windows
+from jaxbp.ops._recipe import after
 from jaxbp.ops.conv.select import NARROW_PATCH, TRANSPOSED_PATCH
 
 # einsum subscripts of the patch tensor X̃, the output Ỹ and the kernel F̃, per
@@ -152,11 +153,13 @@ def _blockwise(stride, pads, dilation, groups, layout, x, w, g):
 
 
 def backward(x, w, g, *, stride, pads, dilation, groups, layout):
-    """``(δX, δF)``: on CPUs the whole matmuls (XLA shares the rebuilt X̃ with
-    the forward pass's); elsewhere the blocks (less memory traffic, no
-    patch-sized buffers). Both are tested against the twin on every backend."""
+    """``(δX, δF)``: on CPUs the whole matmuls; elsewhere the blocks (less
+    memory traffic, no patch-sized buffers). Both are tested against the twin
+    on every backend. ``X̃`` is rebuilt from ``x`` once ``δY`` exists
+    (:func:`~jaxbp.ops._recipe.after`): otherwise XLA keeps the forward pass's
+    ``X̃``, ``FH·FW`` times the input, from the forward to the backward pass."""
     static = (stride, pads, dilation, groups, layout)
-    return lax.platform_dependent(x, w, g, cpu=functools.partial(_whole, *static),
+    return lax.platform_dependent(after(g, x), w, g, cpu=functools.partial(_whole, *static),
                                   default=functools.partial(_blockwise, *static))
 
 
