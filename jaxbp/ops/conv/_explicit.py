@@ -114,7 +114,8 @@ def _whole(stride, pads, dilation, groups, layout, x, w, g):
             dw = (cols_t.reshape(kk * c, -1) @ g2).reshape(fh, fw, c, o).transpose(3, 2, 0, 1)
         else:
             dw = (g2.T @ cols.reshape(n * ho * wo, kk * c)).reshape(o, fh, fw, c).transpose(0, 3, 1, 2)
-        dcols = (g2 @ kernel.reshape(o, kk * c)).reshape(cols.shape)
+        # δX̃ once δF̃ is made (``after``, on the small F̃): X̃ and δX̃ not alive at once.
+        dcols = (g2 @ after(dw, kernel.reshape(o, kk * c))).reshape(cols.shape)
     else:
         xs, ys, ks = _SUBSCRIPTS[layout]
         xg, yg = _GROUP_AXIS[layout]
@@ -122,7 +123,7 @@ def _whole(stride, pads, dilation, groups, layout, x, w, g):
         dk = jnp.einsum(f"{xs},{ys}->{ks}", _split(cols, xg, groups), gs)
         dw = (dk.reshape(w.shape) if layout == "NCHW"
               else dk.reshape(w.shape[0], fh, fw, w.shape[1]).transpose(0, 3, 1, 2))
-        dcols = jnp.einsum(f"{ys},{ks}->{xs}", gs, kernel).reshape(cols.shape)
+        dcols = jnp.einsum(f"{ys},{ks}->{xs}", gs, after(dk, kernel)).reshape(cols.shape)
     dx = _windows.col2im(dcols, (fh, fw), stride, padded, layout, dilation)
     return _windows.unpad(dx, pads, in_hw, layout), dw
 

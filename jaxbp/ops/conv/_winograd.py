@@ -181,10 +181,10 @@ def _backward(x, w, g, pads):
     g = jnp.pad(g, [(0, 0), (0, OUT * th - g.shape[1]), (0, OUT * tw - g.shape[2]), (0, 0)])
     dm = _output_adjoint(_output_adjoint(g, 1), 3).reshape(TILE, TILE, -1, g.shape[3])  # δM = A δY Aᵀ
     # One contracted axis (the tiles, merged): with T and S apart XLA transposed both operands.
-    # Vᵀ rebuilt once δM exists and δV made once δU is (``after``): XLA kept the
-    # forward's V otherwise, or held V, δM and δV at once (BENCHMARKS.md).
+    # Vᵀ rebuilt once δM exists, δV made once δU is (``after``; on the small U,
+    # not δM, which XLA then copied): else XLA kept the forward's V, or V, δM and δV at once.
     du = _tiles(after(dm, x), pads, transposed=True) @ dm                  # δU = Vᵀ δM
-    dv = after(du, dm) @ jnp.swapaxes(_kernel(w).astype(g.dtype), 2, 3)     # δV = δM Uᵀ
+    dv = dm @ after(du, jnp.swapaxes(_kernel(w).astype(g.dtype), 2, 3))     # δV = δM Uᵀ
     dv = dv.reshape(TILE, TILE, x.shape[0], th, tw, x.shape[3])
     dxp = _transform_adjoint(_transform_adjoint(dv, 3), 1)  # B δV Bᵀ, tiles added where they overlap
     return _windows.unpad(dxp, tiled, x.shape[1:3], "NHWC"), _kernel_adjoint(du, w.dtype)
