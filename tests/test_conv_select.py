@@ -23,6 +23,8 @@ from jaxbp.ops.conv import select
     ((32, 128, 16, 16), (128, 128, 3, 3), {}, "cpu", "implicit"),    # ResNet-18's second stage: much work
     ((32, 512, 4, 4), (512, 512, 3, 3), {}, "cpu", "explicit"),      # ... its last: few positions
     ((32, 32, 16, 16), (64, 32, 3, 3), {"stride": 2}, "cpu", "explicit"),  # strided
+    ((32, 64, 32, 32), (128, 64, 3, 3), {"stride": 2}, "cpu", "implicit"),  # ... with a large patch matrix (ResNet-18)
+    ((32, 16, 32, 32), (32, 16, 3, 3), {"stride": 2}, "cpu", "explicit"),   # ... a smaller one (ResNet-20)
     ((32, 32, 16, 16), (64, 32, 1, 1), {"stride": 2}, "cpu", "explicit"),  # a 1×1 projection
     ((32, 32, 14, 14), (64, 16, 3, 3), {"groups": 2}, "cpu", "explicit"),  # not one Winograd computes
     ((32, 32, 14, 14), (64, 32, 3, 3), {}, "gpu", "implicit"),

@@ -27,6 +27,7 @@ MANY_ROWS = 16384         # from this many positions (N·H·W) XLA's own convolu
 MUCH_WORK = 1 << 20       # ... or from this many positions × input channels
 WINOGRAD_ROWS = 2048      # Winograd's transforms pay for themselves from this many positions
 WINOGRAD_CHANNELS = 32    # ... and this many input channels (fewer: within noise of explicit, in a model slower)
+LARGE_PATCH = 1 << 22     # a strided conv's patch matrix from this many entries: XLA's convolution wins (1.3–1.5×)
 
 # Inside the explicit algorithm on CPUs:
 NARROW_PATCH = 16         # a patch matrix narrower than this (and as few outputs) is padded to it: XLA:CPU's faster shape
@@ -44,17 +45,21 @@ def auto_algorithm(x_shape, w_shape, stride=1, dilation=1, groups=1, layout="NCH
 
     On other backends than CPUs, :data:`DEFAULT_ALGORITHM`. On CPUs, from the
     layer's input positions ``N·H·W`` and channels ``C`` (the constants above):
-    the explicit im2col for strided and 1×1 convolutions and for few input
-    channels; XLA's convolution (implicit) for large ones; Winograd's for the
-    3×3 stride-1 ones between; the explicit im2col for the smallest.
+    the explicit im2col for 1×1 convolutions, for few input channels and for
+    strided ones unless their patch matrix is large; XLA's convolution
+    (implicit) for large ones; Winograd's for the 3×3 stride-1 ones between;
+    the explicit im2col for the smallest.
     ``backend``: default JAX's default backend, where the model will run."""
     if (backend or jax.default_backend()) != "cpu":
         return DEFAULT_ALGORITHM
     (ah, aw), ch = _windows.check_layout(layout)
     stride, dilation = _checks.pair("stride", stride, 1), _checks.pair("dilation", dilation, 1)
     rows, channels = x_shape[0] * x_shape[ah] * x_shape[aw], x_shape[ch]
-    if stride != (1, 1) or tuple(w_shape[2:]) == (1, 1) or channels <= FEW_CHANNELS:
+    if tuple(w_shape[2:]) == (1, 1) or channels <= FEW_CHANNELS:
         return "explicit"
+    if stride != (1, 1):
+        out = x_shape[0] * -(-x_shape[ah] // stride[0]) * -(-x_shape[aw] // stride[1])
+        return "implicit" if out * channels * w_shape[2] * w_shape[3] >= LARGE_PATCH else "explicit"
     if rows >= MANY_ROWS or rows * channels >= MUCH_WORK:
         return "implicit"
     if (winograd_applies(w_shape[2:], stride, dilation, groups) and rows >= WINOGRAD_ROWS
