@@ -2,15 +2,18 @@
 train step (custom rules, Adam, NHWC) built once per algorithm and timed
 interleaved in one process; compiled temporary memory from XLA.
 
-    python benchmarks/auto_vs_fixed.py [--models cnn:128 mnist:32 resnet20:32 resnet18:32] [--rounds 10]
+    python benchmarks/auto_vs_fixed.py [--models cnn:128 cnn:32 mnist:32 resnet20:32 resnet18:32] [--rounds 10]
 
 ``mnist`` is the CNN of MNIST's CPU recipe (width 12, pooling first). Winograd's
 applies to 3×3 stride-1 layers only, so a fixed "winograd" model runs its other
-layers as explicit. Prints one Markdown row per model: each algorithm's ms and
-MiB, and auto's time over the best fixed algorithm's, auto's memory over
-implicit's.
+layers as explicit. "auto w/o Winograd" is auto's rule with its Winograd
+choices sent to the implicit conv: what auto's memory would be without
+Winograd's tiles, and what that costs in time. Prints one Markdown row per
+model: each algorithm's ms and MiB, auto's time over the best fixed
+algorithm's, auto's memory over implicit's.
 """
 import argparse
+import contextlib
 import os
 import sys
 
@@ -18,7 +21,8 @@ import jax
 import numpy as np
 
 from jaxbp import train
-from jaxbp.tools.timing import interleaved, machine, temp_bytes
+from jaxbp.ops.conv import select
+from jaxbp.tools.timing import interleaved, machine
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conv_algorithms import network  # noqa: E402  (the same networks, one table)
@@ -27,7 +31,8 @@ ALGORITHMS = ("explicit", "implicit", "winograd", "auto")
 
 
 def step(model, batch, algorithm):
-    """(jitted step, its argument) of jaxbp's train step for ``model`` with ``algorithm``."""
+    """(compiled step, its arguments) of jaxbp's train step for ``model`` with
+    ``algorithm``: compiled here, so that the rule in force now is the one it uses."""
     import optax
     net, shape, _ = network(model, algorithm)
     cfg = train.Config(optimizer="adam", lr=1e-3, weight_decay=0.0, augment=0, flip="off")
@@ -35,7 +40,23 @@ def step(model, batch, algorithm):
     x = jax.numpy.asarray(rng.uniform(size=(batch,) + shape).astype(np.float32))
     y = jax.numpy.asarray(rng.integers(0, 10, batch).astype(np.int32))
     opt = optax.adam(1e-3)
-    return train.make_steps(net, opt, cfg).train, [train.new_state(net, cfg, opt, x.shape[1:]), x, y]
+    carry = [train.new_state(net, cfg, opt, x.shape[1:]), x, y]
+    return train.make_steps(net, opt, cfg).train.lower(*carry).compile(), carry
+
+
+@contextlib.contextmanager
+def without_winograd():
+    """auto's rule with its Winograd choices sent to the implicit conv."""
+    rule = select.auto_algorithm
+
+    def rule_without(*args, **kwargs):
+        chosen = rule(*args, **kwargs)
+        return "implicit" if chosen == "winograd" else chosen
+    select.auto_algorithm = rule_without   # what conv2d(algorithm="auto") asks
+    try:
+        yield
+    finally:
+        select.auto_algorithm = rule
 
 
 def caller(fn, carry):
@@ -48,13 +69,15 @@ def caller(fn, carry):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=["cnn:128", "mnist:32", "resnet20:32", "resnet18:32"])
+    p.add_argument("--models", nargs="+", default=["cnn:128", "cnn:32", "mnist:32", "resnet20:32", "resnet18:32"])
     p.add_argument("--rounds", type=int, default=10)
     a = p.parse_args()
     print(f"Train step by conv algorithm, float32, NHWC — {machine()}\n")
     print("| model, batch | explicit ms | implicit ms | winograd ms | auto ms | auto ÷ best fixed "
-          "| temp MiB explicit / implicit / winograd / auto | auto memory ÷ implicit |")
-    print("|---|---:|---:|---:|---:|---:|---|---:|")
+          "| auto w/o Winograd ms | ÷ best fixed | temp MiB explicit / implicit / winograd / auto "
+          "/ auto w/o Winograd | auto memory ÷ implicit | w/o Winograd ÷ implicit |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+    columns = ALGORITHMS + ("auto w/o Winograd",)
     for spec in a.models:
         model, batch = spec.split(":")
         steps = {}
@@ -63,14 +86,16 @@ def main():
                 steps[alg] = step(model, int(batch), alg)
             except ValueError:   # Winograd's for every layer: the model has strided ones
                 pass
-        mib = {alg: temp_bytes(fn, *carry) / 2**20 for alg, (fn, carry) in steps.items()}
+        with without_winograd():
+            steps[columns[-1]] = step(model, int(batch), "auto")
+        mib = {alg: fn.memory_analysis().temp_size_in_bytes / 2**20 for alg, (fn, _) in steps.items()}
         times = interleaved({alg: caller(fn, carry) for alg, (fn, carry) in steps.items()}, rounds=a.rounds)
-        best = min(t for alg, t in times.items() if alg != "auto")
+        best = min(t for alg, t in times.items() if alg in ALGORITHMS[:3])
         ms = lambda alg: f"{1e3 * times[alg]:.1f}" if alg in times else "—"
         size = lambda alg: f"{mib[alg]:.1f}" if alg in mib else "—"
         print(f"| {model}, {batch} | " + " | ".join(map(ms, ALGORITHMS)) + f" | {times['auto'] / best:.2f} | "
-              + " / ".join(map(size, ALGORITHMS)) + f" | {mib['auto'] / mib['implicit']:.2f} |", flush=True)
-
+              + f"{ms(columns[-1])} | {times[columns[-1]] / best:.2f} | " + " / ".join(map(size, columns))
+              + f" | {mib['auto'] / mib['implicit']:.2f} | {mib[columns[-1]] / mib['implicit']:.2f} |", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -1,7 +1,8 @@
 """What XLA keeps at the peak of a compiled train step: the buffers alive at the
 moment the step's live bytes are largest, grouped by the op that made them.
 
-    python benchmarks/peak_buffers.py --model resnet20 --batch-size 32 [--gradients autodiff] [--top 20]
+    python benchmarks/peak_buffers.py --model resnet20 --batch-size 32 [--gradients autodiff]
+        [--algorithm implicit|explicit|winograd|auto] [--top 20]
 
 JAX's saved residuals (``saved_residuals.py``) say what a rule *declares*; XLA
 may recompute a residual from what it came from and keep that instead, or
@@ -27,6 +28,7 @@ import re
 import sys
 
 from jaxbp import layers
+from jaxbp.ops import CHOICES
 from jaxbp.tools import bench
 from jaxbp.tools.timing import machine
 
@@ -87,9 +89,9 @@ def scope(op_name):
     return m[-1] if m else (op_name.rsplit("/", 1)[-1] or "(unnamed)")
 
 
-def report(model, gradients, batch, top):
+def report(model, gradients, batch, top, algorithm=None):
     x, y = bench.batch(batch, model)
-    step, carry = bench.jaxbp_step(model, gradients, "float32", x)
+    step, carry = bench.jaxbp_step(model, gradients, "float32", x, algorithm=algorithm)
     compiled = step.lower(carry, x, y).compile()
     total, at, live = peak(entry(compiled))
     temp = compiled.memory_analysis().temp_size_in_bytes
@@ -106,10 +108,12 @@ def main(argv=None):
     p.add_argument("--model", default="resnet20", choices=tuple(layers.MODELS))
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--gradients", default="custom", choices=("custom", "autodiff"))
+    p.add_argument("--algorithm", default=None, choices=CHOICES, help="the convs' (default: the model's)")
     p.add_argument("--top", type=int, default=20)
     a = p.parse_args(argv)
-    total, temp, at, groups = report(a.model, a.gradients, a.batch_size, a.top)
-    print(f"### Alive at the peak: {a.model}, batch {a.batch_size}, {a.gradients} — {machine()}\n")
+    total, temp, at, groups = report(a.model, a.gradients, a.batch_size, a.top, a.algorithm)
+    conv = f", {a.algorithm} conv" if a.algorithm else ""
+    print(f"### Alive at the peak: {a.model}, batch {a.batch_size}, {a.gradients}{conv} — {machine()}\n")
     print(f"Peak of the schedule {total / 2**20:.1f} MiB (instruction {at}); XLA's temp memory "
           f"{temp / 2**20:.1f} MiB.\n")
     print("| made by | buffers | MiB | shapes |")
