@@ -255,7 +255,7 @@ def after(anchor, *values):
     again once the optimization barriers are gone) or schedules it in the
     forward pass, and keeps the large intermediate until the backward — the
     memory the rebuild was written to save (ResNet-20's step with explicit
-    convolutions: 217 MiB kept so, 67 MiB with the rebuild tied to ``δY``;
+    convolutions: 217 MiB kept so, 62 MiB with the rebuilds tied to ``δY``;
     BENCHMARKS.md). Each value is multiplied by a one XLA cannot fold, made
     from the bits of ``anchor``'s first entry, shifted out. Exact (``x · 1 = x``
     for every float, ``−0``, ``inf`` and ``NaN`` included); differentiable in
