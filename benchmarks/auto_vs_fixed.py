@@ -97,5 +97,6 @@ def main():
               + f"{ms(columns[-1])} | {times[columns[-1]] / best:.2f} | " + " / ".join(map(size, columns))
               + f" | {mib['auto'] / mib['implicit']:.2f} | {mib[columns[-1]] / mib['implicit']:.2f} |", flush=True)
 
+
 if __name__ == "__main__":
     main()
