@@ -69,6 +69,7 @@ def test_sigkill_inside_checkpoint_writes_then_resume_equals_uninterrupted(tmp_p
             np.testing.assert_array_equal(arrays[k], ref[k])
 
 
+@pytest.mark.slow   # a training run into a run directory: the end-to-end lane
 def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
     """One good epoch is saved; the resumed run meets non-finite inputs in its
     second epoch: it stops naming the step and that checkpoint, which stays."""
@@ -91,6 +92,7 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint
         assert np.all(np.isfinite(after[1][k].astype(np.float64))) or after[1][k].dtype.kind in "iu"
 
 
+@pytest.mark.slow   # a training run into a run directory: the end-to-end lane
 def test_a_non_finite_state_is_never_checkpointed_as_the_last_good_one(tmp_path):
     """With a huge learning rate the running variance overflowed while the loss was
     still finite: that state was saved as "the last good state" (evaluating it gave
@@ -196,6 +198,7 @@ METRICS_EDITS = {
 }
 
 
+@pytest.mark.slow   # a training run into a run directory: the end-to-end lane
 @pytest.mark.parametrize("edit", METRICS_EDITS)
 def test_metrics_jsonl_is_rebuilt_from_the_checkpoint_on_resume(tmp_path, edit):
     """With its last line deleted the resumed history was epochs [1, 2, 4]; with
@@ -221,6 +224,7 @@ def test_a_bad_metrics_line_is_named_with_its_file_and_line(tmp_path):
         rundir.read_metrics(str(tmp_path))
 
 
+@pytest.mark.slow   # a training run into a run directory: the end-to-end lane
 def test_an_edited_checkpoint_epoch_falls_back_with_one_warning(tmp_path):
     """"epoch": 2 edited to 1 resumed with no warning and trained an extra epoch."""
     from jaxbp import data, train

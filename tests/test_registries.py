@@ -70,6 +70,7 @@ def test_gradcheck_checks_it_on_its_own_input_shape(registered, capsys):
     assert "model five_pools, every parameter" in out and "conv5.w" in out and "PASS" in out
 
 
+@pytest.mark.slow   # training and evaluation runs: the end-to-end lane
 def test_training_and_evaluation_run_it(registered):
     run = registered / "run"
     cfg = train.Config(model="five_pools", data="colours", data_dir=str(registered), epochs=1, batch_size=16,

@@ -215,6 +215,7 @@ def test_resume_from_a_checkpoint_written_mid_epoch_equals_a_straight_run_bitwis
         assert [l[key] for l in lines] == [r[key] for r in straight.history]
 
 
+@pytest.mark.slow   # a training run into a run directory: the end-to-end lane
 def test_run_directory_contents(tmp_path):
     ds = small_digits(n_train=128)
     train.fit(Config(model="mlp", epochs=2, run_dir=str(tmp_path)), dataset=ds, quiet=True)
