@@ -202,6 +202,20 @@ def sharded_test(cases, batch_args=(0,)):
     return test_sharded
 
 
+def conv_stack_temp(depth, x_shape, gradients="custom", algorithm="implicit"):
+    """Compiled temporary bytes of the gradient of ``depth`` conv → batch norm →
+    relu layers (16 channels, NHWC) on an ``x_shape`` batch: what XLA keeps."""
+    from jaxbp import layers
+    ops = layers.namespace(gradients)
+    net = layers.serial(*[layer for _ in range(depth) for layer in (
+        layers.Conv2D(16, 3, ops=ops, layout="NHWC", bias=False, algorithm=algorithm),
+        layers.BatchNorm(ops=ops, axis=3), layers.Activation("relu", ops=ops))])
+    x = jax.random.normal(jax.random.key(0), x_shape, jnp.float32)
+    _, params, state = net.init(jax.random.key(1), x.shape)
+    grad = jax.jit(jax.grad(lambda p: net.apply(p, state, x, train=True)[0].sum()))
+    return grad.lower(params).compile().memory_analysis().temp_size_in_bytes
+
+
 def write_idx(path, array):
     """Write ``array`` as an IDX file (gzip if ``path`` ends in .gz), as MNIST's files are."""
     code = {np.dtype(v).newbyteorder("="): k for k, v in idx.IDX_TYPES.items()}[array.dtype]

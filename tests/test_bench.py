@@ -51,4 +51,3 @@ def test_peak_buffers_names_who_made_what_is_alive_at_the_peak(capsys):
     total, temp = map(float, re.search(r"schedule ([\d.]+) MiB .* temp memory ([\d.]+) MiB", out).groups())
     assert abs(total / temp - 1) < 0.05
     assert "| made by | buffers | MiB | shapes |" in out and "| transpose(jvp(dense)) |" in out
-

@@ -12,7 +12,7 @@ from jax import lax
 import jaxbp
 from jaxbp.ops import _checks, _windows
 from jaxbp.ops.conv import _explicit, select
-from helpers import (TWIN_TOL, Case, assert_close_trees, assert_twin, gradient_test, normal,
+from helpers import (TWIN_TOL, Case, assert_close_trees, assert_twin, conv_stack_temp, gradient_test, normal,
                      sharded_test, vjp)
 
 
@@ -277,16 +277,7 @@ def test_implicit_backward_computes_no_entry_it_drops(x_shape, w_shape, stride, 
 
 @functools.cache
 def _stack_temp(algorithm, depth):
-    """Compiled temporary bytes of the gradient of ``depth`` conv → batch norm → relu layers."""
-    from jaxbp import layers
-    ops = layers.namespace("custom")
-    net = layers.serial(*[layer for _ in range(depth) for layer in (
-        layers.Conv2D(16, 3, ops=ops, layout="NHWC", bias=False, algorithm=algorithm),
-        layers.BatchNorm(ops=ops, axis=3), layers.Activation("relu", ops=ops))])
-    x = jax.random.normal(jax.random.key(0), (4, 16, 16, 16), jnp.float32)
-    _, params, state = net.init(jax.random.key(1), x.shape)
-    grad = jax.jit(jax.grad(lambda p: net.apply(p, state, x, train=True)[0].sum()))
-    return grad.lower(params).compile().memory_analysis().temp_size_in_bytes
+    return conv_stack_temp(depth, (4, 16, 16, 16), algorithm=algorithm)
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's CSE and schedule, measured there")

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import jaxbp
-from helpers import TWIN_TOL, TWIN_TOL_2ND, Case, assert_close_trees, gradient_test, normal, sharded_test
+from helpers import (TWIN_TOL, TWIN_TOL_2ND, Case, assert_close_trees, conv_stack_temp, gradient_test, normal,
+                     sharded_test)
 
 
 def bn_case(seed, shape, axis=1, eps=1e-5, scale=1.0, offset=0.0):
@@ -103,19 +104,8 @@ def test_train_step_keeps_the_input_not_also_x_hat():
     the conv input and batch norm's input (x̂ is rebuilt from it): ≤ 0.6× the
     twin's temporary memory (measured 0.54; 0.71 when the rule saved x̂, which
     XLA:CPU kept beside the conv output it also read)."""
-    from jaxbp import layers
-
-    def temp(gradients):
-        ops = layers.namespace(gradients)
-        net = layers.serial(*[layer for _ in range(4) for layer in (
-            layers.Conv2D(16, 3, ops=ops, layout="NHWC", bias=False), layers.BatchNorm(ops=ops, axis=3),
-            layers.Activation("relu", ops=ops))])
-        x = jax.random.normal(jax.random.key(0), (8, 16, 16, 16), jnp.float32)
-        _, params, state = net.init(jax.random.key(1), x.shape)
-        grad = jax.jit(jax.grad(lambda p: net.apply(p, state, x, train=True)[0].sum()))
-        return grad.lower(params).compile().memory_analysis().temp_size_in_bytes
-
-    assert temp("custom") <= 0.6 * temp("autodiff")
+    shape = (8, 16, 16, 16)
+    assert conv_stack_temp(4, shape, "custom") <= 0.6 * conv_stack_temp(4, shape, "autodiff")
 
 
 def test_constant_feature_is_finite():
