@@ -244,6 +244,7 @@ def test_an_edited_checkpoint_epoch_falls_back_with_one_warning(tmp_path):
     assert [(r["epoch"], r["step"]) for r in result.history] == [(1, 4), (2, 8), (3, 12)]
 
 
+@pytest.mark.slow   # a training run into a run directory: the end-to-end lane
 def test_a_failed_write_names_the_file_keeps_the_checkpoint_and_leaves_no_temporary(tmp_path, monkeypatch):
     """A full disk gave "[Errno 28]" naming no file and no checkpoint, and left
     curves.png.tmp.png and config.json.tmp behind."""

@@ -415,6 +415,7 @@ def test_the_step_profiler_lists_the_chunks_operations(capsys):
             "relu backward"} <= kinds, kinds
 
 
+@pytest.mark.slow   # a training run into a run directory: the end-to-end lane
 def test_resume_before_the_first_checkpoint_starts_the_run_again(tmp_path, capsys):
     """Interrupted before its first checkpoint, a run sent the user in a circle:
     rerun said "use --resume", --resume said "no checkpoint"."""
