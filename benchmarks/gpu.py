@@ -4,19 +4,22 @@
 
 1. Ceilings: float32 matmul at the default precision (TF32 on NVIDIA GPUs) and
    device-to-device copy bandwidth (bytes read + written).
-2. Train steps (`jaxbp bench`): CNN batch 1024 float32 (explicit NHWC, explicit
+2. ResNet-20 and ResNet-18 train steps at batch 256 vs the twin and Flax NNX
+   (time, memory), and each one's largest batch in 8 GiB (`largest_batch.py`).
+3. Train steps (`jaxbp bench`): CNN batch 1024 float32 (explicit NHWC, explicit
    NCHW, implicit NHWC) and bfloat16; MLP 4096 wide, batch 4096, without batch
    norm (dense + relu: the matmul-bound case) and with it, vs the matmul ceiling.
-3. Batch norm fwd+bwd bandwidth vs the copy ceiling.
-4. Convolution fwd+bwd: explicit im2col (NCHW, NHWC), implicit, Winograd, vs lax.conv
+4. Batch norm fwd+bwd bandwidth vs the copy ceiling.
+5. Convolution fwd+bwd: explicit im2col (NCHW, NHWC), implicit, Winograd, vs lax.conv
    autodiff, float32 and bfloat16, with the patch-matrix traffic bound.
-5. Every op vs its twin (benchmarks/ops.py at scale 4).
+6. Every op vs its twin (benchmarks/ops.py at scale 4).
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import os
+import subprocess
 import sys
 import time
 
@@ -120,6 +123,17 @@ def main():
     log(out, f"Ceilings: float32 matmul (default precision = TF32) {mm_rate / 1e12:.1f} TFLOP/s; "
              f"device-to-device copy {copy_bw / 1e12:.2f} TB/s (read + write).\n")
 
+    # The open issue's GPU target first (its figures must fit the time box): the
+    # ResNet train steps at batch 256 vs the twin and Flax NNX, time and memory,
+    # then each one's largest batch in 8 GiB.
+    for model in ("resnet20", "resnet18"):
+        r = bench.run(model, 64 if quick else 256, "float32", rounds, BASELINES, layout="NHWC", algorithm="implicit")
+        log(out, bench.table(r, model, 64 if quick else 256, "float32", ", NHWC, implicit") + "\n")
+    for model in ("resnet20", "resnet18"):
+        largest = subprocess.run([sys.executable, "benchmarks/largest_batch.py", "--model", model,
+                                  "--budget-mib", "1024" if quick else "8192"], capture_output=True, text=True)
+        log(out, largest.stdout + largest.stderr[-2000:])
+
     big, wide = (64, 256) if quick else (1024, 4096)
     for model, bs, dtype, options in (
             ("cnn", big, "float32", dict(layout="NHWC", algorithm="explicit")),
@@ -137,16 +151,6 @@ def main():
                 f"{flops / (c['step_ms'] / 1e3) / mm_rate:.0%}" for c in r if "step_ms" in c)
                 + " of the measured TF32 matmul rate (matmul FLOPs only)")
         log(out, "")
-
-    # Issue targets: the ResNet train step at batch 256 (custom ≤ 1.0× twin time,
-    # ≤ 0.8× twin memory, ≤ 0.9× Flax NNX time), and the largest batch in 8 GiB.
-    for model in ("resnet20", "resnet18"):
-        r = bench.run(model, 64 if quick else 256, "float32", rounds, BASELINES, layout="NHWC", algorithm="implicit")
-        log(out, bench.table(r, model, 64 if quick else 256, "float32", ", NHWC, implicit") + "\n")
-    import subprocess
-    largest = subprocess.run([sys.executable, "benchmarks/largest_batch.py", "--model", "resnet20",
-                              "--budget-mib", "1024" if quick else "8192"], capture_output=True, text=True)
-    log(out, largest.stdout + largest.stderr[-2000:])
 
     bn = batch_norm_bandwidth(rounds, copy_bw, quick)
     log(out, "Batch norm fwd+bwd (256×64×56×56 float32, 5 passes counted): " + "; ".join(
