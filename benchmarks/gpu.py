@@ -123,9 +123,9 @@ def main():
     log(out, f"Ceilings: float32 matmul (default precision = TF32) {mm_rate / 1e12:.1f} TFLOP/s; "
              f"device-to-device copy {copy_bw / 1e12:.2f} TB/s (read + write).\n")
 
-    # The open issue's GPU target first (its figures must fit the time box): the
-    # ResNet train steps at batch 256 vs the twin and Flax NNX, time and memory,
-    # then each one's largest batch in 8 GiB.
+    # The ResNet figures first, so that gpu_check.sh's time box always holds them:
+    # the train steps at batch 256 vs the twin and Flax NNX (time, memory), then
+    # each model's largest batch in 8 GiB.
     for model in ("resnet20", "resnet18"):
         r = bench.run(model, 64 if quick else 256, "float32", rounds, BASELINES, layout="NHWC", algorithm="implicit")
         log(out, bench.table(r, model, 64 if quick else 256, "float32", ", NHWC, implicit") + "\n")
