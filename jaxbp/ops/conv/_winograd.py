@@ -130,16 +130,11 @@ def _geometry(x, pads):
     return tuple(tiles), tuple(tiled)
 
 
-def _tiles(x, pads, transposed=False):
+def _tiles(x, pads):
     """``V = Bᵀ d B`` for every tile and channel, as 16 matrices ``(4, 4, N·T·S, C)``,
-    entries (ν, ξ); ``transposed``: the 16 ``Vᵀ`` ``(4, 4, C, N·T·S)``, built
-    so from the channels-first input rather than transposed afterwards."""
+    entries (ν, ξ)."""
     (th, tw), tiled = _geometry(x, pads)
-    xp = _windows.pad(x, tiled, "NHWC")
-    if transposed:
-        v = _transform(_transform(xp.transpose(3, 0, 1, 2), 2, th), 4, tw)
-        return v.reshape(TILE, TILE, x.shape[3], -1)
-    v = _transform(_transform(xp, 1, th), 3, tw)  # W is axis 3 once the ξ axis is stacked in front
+    v = _transform(_transform(_windows.pad(x, tiled, "NHWC"), 1, th), 3, tw)  # W is axis 3 once ξ is in front
     return v.reshape(TILE, TILE, -1, x.shape[3])
 
 
@@ -180,10 +175,11 @@ def _backward(x, w, g, pads):
     # δY padded to whole tiles: the cropped outputs had no gradient.
     g = jnp.pad(g, [(0, 0), (0, OUT * th - g.shape[1]), (0, OUT * tw - g.shape[2]), (0, 0)])
     dm = _output_adjoint(_output_adjoint(g, 1), 3).reshape(TILE, TILE, -1, g.shape[3])  # δM = A δY Aᵀ
-    # One contracted axis (the tiles, merged): with T and S apart XLA transposed both operands.
-    # Vᵀ rebuilt once δM exists, δV made once δU is (``after``; on the small U,
+    # One contracted axis (the tiles, merged): with T and S apart XLA transposed both operands;
+    # contracted where V has it, not on a Vᵀ built channels first (BENCHMARKS.md).
+    # V rebuilt once δM exists, δV made once δU is (``after``; on the small U,
     # not δM, which XLA then copied): else XLA kept the forward's V, or V, δM and δV at once.
-    du = _tiles(after(dm, x), pads, transposed=True) @ dm                  # δU = Vᵀ δM
+    du = jnp.einsum("xytc,xyto->xyco", _tiles(after(dm, x), pads), dm)     # δU = Vᵀ δM
     dv = dm @ after(du, jnp.swapaxes(_kernel(w).astype(g.dtype), 2, 3))     # δV = δM Uᵀ
     dv = dv.reshape(TILE, TILE, x.shape[0], th, tw, x.shape[3])
     dxp = _transform_adjoint(_transform_adjoint(dv, 3), 1)  # B δV Bᵀ, tiles added where they overlap
