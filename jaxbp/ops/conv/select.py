@@ -21,10 +21,11 @@ CHOICES = ALGORITHMS + ("auto",)   # what conv2d(algorithm=...), the layers and 
 DEFAULT_ALGORITHM = "implicit"
 
 # "auto" on CPUs, from each layer's measured forward + backward time by every
-# algorithm (per layer shape, not per network):
+# algorithm, and its workspace (per layer shape, not per network):
 FEW_CHANNELS = 4          # up to this many input channels the patch matrix is small: one matmul wins
 MANY_ROWS = 16384         # from this many positions (N·H·W) XLA's own convolution wins
-MUCH_WORK = 1 << 20       # ... or from this many positions × input channels
+MUCH_WORK = 1 << 20       # ... or this many positions × input channels: Winograd's may be faster there, but its
+                          # tiles (4× an input of this size) raise the step's peak above implicit's (BENCHMARKS.md)
 WINOGRAD_ROWS = 2048      # Winograd's transforms pay for themselves from this many positions
 WINOGRAD_CHANNELS = 32    # ... and this many input channels (fewer: within noise of explicit, in a model slower)
 LARGE_PATCH = 1 << 22     # a strided conv's patch matrix from this many entries: XLA's convolution wins (1.3–1.5×)
