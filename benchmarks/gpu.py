@@ -130,7 +130,8 @@ def main():
         r = bench.run(model, 64 if quick else 256, "float32", rounds, BASELINES, layout="NHWC", algorithm="implicit")
         log(out, bench.table(r, model, 64 if quick else 256, "float32", ", NHWC, implicit") + "\n")
     for model in ("resnet20", "resnet18"):
-        largest = subprocess.run([sys.executable, "benchmarks/largest_batch.py", "--model", model,
+        largest = subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                               "largest_batch.py"), "--model", model,
                                   "--budget-mib", "1024" if quick else "8192"], capture_output=True, text=True)
         log(out, largest.stdout + largest.stderr[-2000:])
 

@@ -175,8 +175,8 @@ def _backward(x, w, g, pads):
     # δY padded to whole tiles: the cropped outputs had no gradient.
     g = jnp.pad(g, [(0, 0), (0, OUT * th - g.shape[1]), (0, OUT * tw - g.shape[2]), (0, 0)])
     dm = _output_adjoint(_output_adjoint(g, 1), 3).reshape(TILE, TILE, -1, g.shape[3])  # δM = A δY Aᵀ
-    # One contracted axis (the tiles, merged): with T and S apart XLA transposed both operands;
-    # contracted where V has it, not on a Vᵀ built channels first (BENCHMARKS.md).
+    # One contracted axis (the tiles, merged): with T and S apart XLA transposed both operands.
+    # Contracted on V's own tiles axis, which XLA:CPU's product reads as laid out (BENCHMARKS.md).
     # V rebuilt once δM exists, δV made once δU is (``after``; on the small U,
     # not δM, which XLA then copied): else XLA kept the forward's V, or V, δM and δV at once.
     du = jnp.einsum("xytc,xyto->xyco", _tiles(after(dm, x), pads), dm)     # δU = Vᵀ δM
