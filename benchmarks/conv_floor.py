@@ -6,18 +6,26 @@ PyTorch's whole train step.
 
     python benchmarks/conv_floor.py --model resnet20 --batch-size 32 [--rounds 10]
 
-If XLA's convolutions alone, summed over the layers, take longer than a share
-of PyTorch's whole step, no choice of rules on XLA:CPU brings the step under
-that share: the floor is the convolution kernels'. Each product is jitted
+If the convolutions at their fastest, with the batch norms and relus after
+them, summed over the layers, take longer than a share of PyTorch's whole
+step, no choice of rules on XLA:CPU brings the step under that share: the
+floor is the kernels'. Each product is jitted
 (XLA) or called (PyTorch, channels-last, ``torch.ops.aten.convolution_backward``
 for δX and δF alone) and timed interleaved with its PyTorch counterpart
 (median of rounds). The stem's δX (the data's gradient, which no step
 computes) is left out of both sums. Each layer's forward + δX + δF by
 each of jaxbp's conv algorithms (``benchmarks/conv_algorithms.py``'s
 programs) gives the fastest, and the sum of those is the best a per-layer
-choice can do. "Peak" is the best float32 matmul rate
-either framework reaches on this machine (2048 × 2048, best of 10); the
-machine's nominal rate is not known inside a virtual machine.
+choice can do. So that the floor is not an artefact of jaxbp's Winograd
+tiles (F(2×2, 3×3)), every stride-1 3×3 layer is also timed with larger
+ones, F(4×4, 3×3) and F(6×6, 3×3) (``benchmarks/winograd_tiles.py``; not
+shipped). After each conv, its batch norm (and relu, after every 3×3 conv)
+is timed forward + backward beside PyTorch's: the floor is the fastest
+convolutions plus these, the network's work without pooling, the loss and
+the optimizer. PyTorch's whole step is timed before and after the layers,
+and the slower of the two is the one compared. "Peak" is the best float32
+matmul rate either framework reaches on this machine (2048 × 2048, best of
+10); the machine's nominal rate is not known inside a virtual machine.
 """
 import argparse
 import functools
@@ -30,12 +38,14 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
+from jaxbp import ops
 from jaxbp.ops.conv import _implicit
 from jaxbp.tools.timing import best_seconds, interleaved, machine, matmul_flops
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from conv_algorithms import candidates, layer_shapes  # noqa: E402
 from pytorch_resnet import step_seconds  # noqa: E402
+from winograd_tiles import larger_tile_candidates  # noqa: E402
 
 
 def xla_products(x_shape, w_shape, stride):
@@ -67,6 +77,28 @@ def torch_products(x_shape, w_shape, stride):
             "δX": lambda: backward([True, False, False]), "δF": lambda: backward([False, True, False])}
 
 
+def norm_products(y_shape, relu):
+    """Batch norm (training mode), then relu where the network has one, forward +
+    backward of the conv's output: jaxbp's rules and PyTorch's modules, as the steps run them."""
+    rng = np.random.default_rng(0)
+    y = jnp.asarray(rng.standard_normal(y_shape), jnp.float32)
+    gamma, beta = jnp.ones(y_shape[-1]), jnp.zeros(y_shape[-1])
+
+    def layer(y, gamma, beta):
+        z = ops.batch_norm(y, gamma, beta, axis=3)[0]
+        return ops.relu(z) if relu else z
+    step = jax.jit(lambda y, gamma, beta, g: jax.vjp(layer, y, gamma, beta)[1](g))
+    n, h, w, c = y_shape
+    ty = torch.randn(n, c, h, w).to(memory_format=torch.channels_last).requires_grad_()
+    bn = torch.nn.BatchNorm2d(c)
+    tg = torch.ones_like(ty)
+
+    def torch_step():
+        z = bn(ty)
+        (torch.relu(z) if relu else z).backward(tg)
+    return {"xla": functools.partial(step, y, gamma, beta, jnp.ones_like(y)), "torch": torch_step}
+
+
 def peaks(rounds=10, n=2048):
     """The float32 n×n matmul FLOP/s of XLA and of PyTorch here, best of ``rounds``."""
     t = torch.ones(n, n)
@@ -88,9 +120,10 @@ def main():
           f"PyTorch {rates['torch'] / 1e9:.1f})\n")
     print("| x (N, H, W, C) | w (O, I, FH, FW) | stride | layers | GFLOP each | product | XLA ms | XLA of peak "
           "| PyTorch ms | PyTorch of peak |\n|---|---|---:|---:|---:|---|---:|---:|---:|---:|")
+    first_step = 1e3 * statistics.median(step_seconds(a.model, a.batch_size, steps=10, warmup=3))
     shapes = {((a.batch_size,) + x[1:], *rest): count
               for (x, *rest), count in layer_shapes(a.model).items()}
-    sums = {"xla": 0.0, "torch": 0.0, "best": 0.0}
+    sums = {"xla": 0.0, "torch": 0.0, "best": 0.0, "tiles": 0.0, "norm xla": 0.0, "norm torch": 0.0}
     for i, ((x_shape, w_shape, stride, _, _, _), count) in enumerate(shapes.items()):
         stride = tuple(stride) if isinstance(stride, tuple) else (stride, stride)
         n, h, wd, c = x_shape
@@ -107,16 +140,42 @@ def main():
                   f"{1e3 * times['xla']:.2f} | {100 * flops / times['xla'] / top:.0f} % | "
                   f"{1e3 * times['torch']:.2f} | {100 * flops / times['torch'] / top:.0f} % |", flush=True)
         # jaxbp's fastest algorithm for the layer, forward + both gradients in one program
-        algs = interleaved(candidates(x_shape, w_shape, stride, (1, 1), 1, "NHWC"), rounds=a.rounds)
-        best = min(algs, key=algs.get)
+        fns = candidates(x_shape, w_shape, stride, (1, 1), 1, "NHWC")
+        if "winograd" in fns:   # stride 1, 3×3: also the larger tiles
+            fns.update(larger_tile_candidates(x_shape, w_shape))
+        algs = interleaved(fns, rounds=a.rounds)
+        shipped = {k: v for k, v in algs.items() if not k.startswith("F(")}
+        best, fastest = min(shipped, key=shipped.get), min(algs, key=algs.get)
         sums["best"] += count * algs[best]
-        print(f"| | | | | | all three, jaxbp's fastest ({best}) | {1e3 * algs[best]:.2f} | | | |", flush=True)
-    step = 1e3 * statistics.median(step_seconds(a.model, a.batch_size, steps=10, warmup=3))
+        sums["tiles"] += count * algs[fastest]
+        each = ", ".join(f"{k} {1e3 * v:.2f}" for k, v in algs.items())
+        print(f"| | | | | | all three, jaxbp's fastest: {best} ({each}) | {1e3 * algs[best]:.2f} | | | |",
+              flush=True)
+        # the batch norm after every conv, and the relu after every 3×3 one (not the shortcuts')
+        relu = w_shape[2] > 1
+        norm = interleaved(norm_products((n, ho, wo, w_shape[0]), relu), rounds=a.rounds)
+        for k in norm:
+            sums[f"norm {k}"] += count * norm[k]
+        print(f"| | | | | | batch norm{' + relu' if relu else ''}, forward + backward | "
+              f"{1e3 * norm['xla']:.2f} | | {1e3 * norm['torch']:.2f} | |", flush=True)
+    steps = (first_step, 1e3 * statistics.median(step_seconds(a.model, a.batch_size, steps=10, warmup=3)))
+    step = max(steps)   # the slower of the two: the floor is not claimed on a fast moment of PyTorch's
     print(f"\nevery conv product of the network: XLA {1e3 * sums['xla']:.1f} ms, PyTorch {1e3 * sums['torch']:.1f} ms;"
-          f" PyTorch's whole train step {step:.1f} ms: XLA's convolutions alone are "
+          f" PyTorch's whole train step {steps[0]:.1f} ms before the layers, {steps[1]:.1f} after;"
+          f" against the slower, XLA's convolutions alone are "
           f"{1e3 * sums['xla'] / step:.2f}× PyTorch's step ({1e3 * sums['torch'] / step:.2f}× for its own); "
           f"jaxbp's fastest algorithm per layer (explicit, implicit or Winograd; the stem's δX included) "
-          f"{1e3 * sums['best']:.1f} ms, {1e3 * sums['best'] / step:.2f}× PyTorch's step")
+          f"{1e3 * sums['best']:.1f} ms, {1e3 * sums['best'] / step:.2f}× PyTorch's step; "
+          f"with Winograd's larger tiles where faster {1e3 * sums['tiles']:.1f} ms, "
+          f"{1e3 * sums['tiles'] / step:.2f}× PyTorch's step "
+          f"({sums['tiles'] / sums['torch']:.2f}× PyTorch's convolutions, timed beside them).\n\n"
+          f"Batch norm and relu, forward + backward, over the network: jaxbp {1e3 * sums['norm xla']:.1f} ms, "
+          f"PyTorch {1e3 * sums['norm torch']:.1f} ms. The floor, jaxbp's fastest convolutions (larger tiles "
+          f"included) and its batch norm and relu: {1e3 * (sums['tiles'] + sums['norm xla']):.1f} ms, "
+          f"{1e3 * (sums['tiles'] + sums['norm xla']) / step:.2f}× PyTorch's whole step, "
+          f"{(sums['tiles'] + sums['norm xla']) / (sums['torch'] + sums['norm torch']):.2f}× PyTorch's same "
+          f"products timed beside them (which are {1e3 * (sums['torch'] + sums['norm torch']) / step:.2f}× "
+          f"its whole step)")
 
 
 if __name__ == "__main__":

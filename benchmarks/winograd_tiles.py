@@ -1,0 +1,86 @@
+"""Winograd's convolution with tiles larger than jaxbp ships, for the
+benchmarks that ask whether the floor is the tile size: F(4×4, 3×3) and
+F(6×6, 3×3), each jaxbp's own Winograd module (``jaxbp/ops/conv/_winograd.py``,
+F(2×2, 3×3)) loaded a second time with the larger tiles' matrices.
+
+Not shipped: in float32 their error is an order of magnitude above F(2×2)'s
+(1–6e-6 of the largest output against 1–8e-7), and their workspaces sit on
+the train step's peak (BENCHMARKS.md, "The numbers behind the code's choices").
+The matrices come from the interpolation points by Toom–Cook (Lavin & Gray
+2016), so no table of constants is copied by hand.
+"""
+import fractions
+import functools
+import importlib.util
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxbp.ops.conv import _implicit, _winograd
+
+# F(m×m, 3×3)'s interpolation points: 0, ±1, ±2, ±1/2 (Lavin & Gray 2016) and ∞;
+# F(2×2)'s too, so that the construction can be checked on the shipped tiles' size.
+POINTS = {2: (0, 1, -1), 4: (0, 1, -1, 2, -2), 6: (0, 1, -1, 2, -2, 0.5, -0.5)}
+LARGER = (4, 6)
+PADS = ((1, 1), (1, 1))
+
+
+def toom_cook(m, points, r=3):
+    """``(Bᵀ, G, Aᵀ)`` of Winograd's F(m, r) from ``m + r − 2`` finite points and ∞:
+    ``Aᵀ`` and ``G`` evaluate at the points (Lavin & Gray 2016), and ``Bᵀ`` is
+    what makes ``Aᵀ[(G g) ⊙ (Bᵀ d)]`` the correlation of every ``d`` with every
+    ``g`` (a linear system, solved exactly)."""
+    n, p = m + r - 1, [fractions.Fraction(x) for x in points]
+    at = np.array([[float(q ** i) for q in p] + [float(i == m - 1)] for i in range(m)])
+    f = [math.prod(p[j] - q for q in p if q != p[j]) for j in range(n - 1)]
+    g = np.array([[float(p[j] ** k / f[j]) for k in range(r)] for j in range(n - 1)]
+                 + [[float(k == r - 1) for k in range(r)]])
+    # y_i = Σ_k g_k d_{i+k}:  Σ_j Aᵀ[i, j] G[j, k] Bᵀ[j, l] = [l = i + k]
+    eqs = np.array([np.outer(at[i] * g[:, k], np.eye(n)[l]).ravel()
+                    for i in range(m) for k in range(r) for l in range(n)])
+    rhs = np.array([float(l == i + k) for i in range(m) for k in range(r) for l in range(n)])
+    bt = np.linalg.lstsq(eqs, rhs, rcond=None)[0]
+    assert np.abs(eqs @ bt - rhs).max() < 1e-9, "no F(m, r) for these points"
+    return bt.reshape(n, n), g, at
+
+
+def tiles(m):
+    """jaxbp's Winograd module computing F(m×m, 3×3): a second copy with its matrices swapped."""
+    spec = importlib.util.spec_from_file_location(f"winograd_f{m}", _winograd.__file__)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.BT, mod.G, mod.AT = toom_cook(m, POINTS[m])
+    mod.TILE, mod.OUT = m + 2, m
+    return mod
+
+
+def conv(m):
+    """``conv(x, w)``: NHWC ``x``, OIHW ``w``, padding ``SAME``, by F(m×m, 3×3),
+    differentiable by the module's own backward pass (a ``custom_vjp``)."""
+    mod = tiles(m)
+    f = jax.custom_vjp(lambda x, w: mod._forward(x, w, PADS))
+    f.defvjp(lambda x, w: (mod._forward(x, w, PADS), (x, w)), lambda res, g: mod._backward(*res, g, PADS))
+    return f
+
+
+def larger_tile_candidates(x_shape, w_shape):
+    """Forward + δX + δF of one stride-1 3×3 NHWC layer by F(4×4, 3×3) and F(6×6, 3×3),
+    as ``conv_algorithms.candidates``' programs (``jax.grad`` of the output's sum),
+    each checked against jaxbp's implicit conv first."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
+    w = jnp.asarray(rng.standard_normal(w_shape) * 0.1, jnp.float32)
+    static = dict(stride=(1, 1), pads=PADS, dilation=(1, 1), groups=1, layout="NHWC")
+    y = _implicit.forward(x, w, **static)
+    exact = (y, *_implicit.backward(x, w, jnp.ones_like(y), **static))
+    fns = {}
+    for m in LARGER:
+        f = conv(m)
+        step = jax.jit(jax.grad(lambda x, w, f=f: f(x, w).sum(), argnums=(0, 1)))
+        for name, got, want in zip(("y", "δX", "δF"), (f(x, w), *step(x, w)), exact):
+            err = float(jnp.abs(got - want).max() / jnp.abs(want).max())
+            assert err < 1e-4, f"F({m}×{m}, 3×3)'s {name} is wrong: relative error {err:.1e}"
+        fns[f"F({m}×{m})"] = functools.partial(step, x, w)
+    return fns
