@@ -20,10 +20,8 @@ import numpy as np
 
 from jaxbp.ops.conv import _implicit, _winograd
 
-# F(m×m, 3×3)'s interpolation points: 0, ±1, ±2, ±1/2 (Lavin & Gray 2016) and ∞;
-# F(2×2)'s too, so that the construction can be checked on the shipped tiles' size.
-POINTS = {2: (0, 1, -1), 4: (0, 1, -1, 2, -2), 6: (0, 1, -1, 2, -2, 0.5, -0.5)}
-LARGER = (4, 6)
+# F(m×m, 3×3)'s interpolation points: 0, ±1, ±2, ±1/2 (Lavin & Gray 2016) and ∞.
+POINTS = {4: (0, 1, -1, 2, -2), 6: (0, 1, -1, 2, -2, 0.5, -0.5)}
 PADS = ((1, 1), (1, 1))
 
 
@@ -76,7 +74,7 @@ def larger_tile_candidates(x_shape, w_shape):
     y = _implicit.forward(x, w, **static)
     exact = (y, *_implicit.backward(x, w, jnp.ones_like(y), **static))
     fns = {}
-    for m in LARGER:
+    for m in POINTS:
         f = conv(m)
         step = jax.jit(jax.grad(lambda x, w, f=f: f(x, w).sum(), argnums=(0, 1)))
         for name, got, want in zip(("y", "δX", "δF"), (f(x, w), *step(x, w)), exact):

@@ -53,11 +53,12 @@ def test_peak_buffers_names_who_made_what_is_alive_at_the_peak(capsys):
     assert "| made by | buffers | MiB | shapes |" in out and "| transpose(jvp(dense)) |" in out
 
 
-@pytest.mark.parametrize("m", [2, 4, 6])
+@pytest.mark.parametrize("m", [4, 6])
 def test_winograd_tiles_builds_exact_larger_tiles(m):
     """benchmarks/winograd_tiles.py (the conv floor's larger tiles): the Toom–Cook
     matrices make jaxbp's Winograd module compute the convolution and both its
-    gradients, in float64 to rounding, also where the tiles overhang the image."""
+    gradients, in float64 to rounding, also where the tiles overhang the image
+    (13 × 13: neither size's multiple)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -68,11 +69,9 @@ def test_winograd_tiles_builds_exact_larger_tiles(m):
                                                      dimension_numbers=("NHWC", "OIHW", "NHWC"))
     both = [jax.jit(lambda x, w, g, f=f: (f(x, w), *jax.vjp(f, x, w)[1](g))) for f in (script.conv(m), exact)]
     rng = np.random.default_rng(m)
-    for hw in (7, 13):
-        x, w = rng.standard_normal((2, hw, hw, 5)), rng.standard_normal((4, 5, 3, 3))
-        g = rng.standard_normal((2, hw, hw, 4))
-        got, want = (run(x, w, g) for run in both)
-        for a, b in zip(got, want):
-            assert jnp.abs(a - b).max() <= 1e-12 * jnp.abs(b).max()
-        y32 = both[0](*(a.astype(np.float32) for a in (x, w, g)))[0]
-        assert jnp.abs(y32 - want[0]).max() <= 1e-5 * jnp.abs(want[0]).max()
+    x, w, g = rng.standard_normal((2, 13, 13, 5)), rng.standard_normal((4, 5, 3, 3)), rng.standard_normal((2, 13, 13, 4))
+    got, want = (run(x, w, g) for run in both)
+    for a, b in zip(got, want):
+        assert jnp.abs(a - b).max() <= 1e-12 * jnp.abs(b).max()
+    y32 = both[0](*(a.astype(np.float32) for a in (x, w, g)))[0]
+    assert jnp.abs(y32 - want[0]).max() <= 1e-5 * jnp.abs(want[0]).max()
