@@ -18,11 +18,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbp.ops import conv as conv_ops
 from jaxbp.ops.conv import _implicit, _winograd
 
 # F(m×m, 3×3)'s interpolation points: 0, ±1, ±2, ±1/2 (Lavin & Gray 2016) and ∞.
 POINTS = {4: (0, 1, -1, 2, -2), 6: (0, 1, -1, 2, -2, 0.5, -0.5)}
 PADS = ((1, 1), (1, 1))
+STATIC = dict(stride=(1, 1), pads=PADS, dilation=(1, 1), groups=1, layout="NHWC")
 
 
 def toom_cook(m, points, r=3):
@@ -55,12 +57,11 @@ def tiles(m):
 
 
 def conv(m):
-    """``conv(x, w)``: NHWC ``x``, OIHW ``w``, padding ``SAME``, by F(m×m, 3×3),
-    differentiable by the module's own backward pass (a ``custom_vjp``)."""
-    mod = tiles(m)
-    f = jax.custom_vjp(lambda x, w: mod._forward(x, w, PADS))
-    f.defvjp(lambda x, w: (mod._forward(x, w, PADS), (x, w)), lambda res, g: mod._backward(*res, g, PADS))
-    return f
+    """``conv(x, w)``: NHWC ``x``, OIHW ``w``, padding ``SAME``, by F(m×m, 3×3):
+    the module registered as ``conv2d`` registers its algorithms, so its own
+    backward pass differentiates it."""
+    rule = conv_ops._rule(tiles(m))
+    return lambda x, w: rule(x, w, None, **STATIC)
 
 
 def larger_tile_candidates(x_shape, w_shape):
@@ -70,9 +71,8 @@ def larger_tile_candidates(x_shape, w_shape):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
     w = jnp.asarray(rng.standard_normal(w_shape) * 0.1, jnp.float32)
-    static = dict(stride=(1, 1), pads=PADS, dilation=(1, 1), groups=1, layout="NHWC")
-    y = _implicit.forward(x, w, **static)
-    exact = (y, *_implicit.backward(x, w, jnp.ones_like(y), **static))
+    y = _implicit.forward(x, w, **STATIC)
+    exact = (y, *_implicit.backward(x, w, jnp.ones_like(y), **STATIC))
     fns = {}
     for m in POINTS:
         f = conv(m)
