@@ -75,3 +75,31 @@ def test_winograd_tiles_builds_exact_larger_tiles(m):
         assert jnp.abs(a - b).max() <= 1e-12 * jnp.abs(b).max()
     y32 = both[0](*(a.astype(np.float32) for a in (x, w, g)))[0]
     assert jnp.abs(y32 - want[0]).max() <= 1e-5 * jnp.abs(want[0]).max()
+
+
+
+def test_every_rule_assigns_each_layer_shape_its_algorithm():
+    """benchmarks/auto_vs_fixed.py --every-rule: an assignment of algorithms to
+    the model's conv layer shapes is what its layers compute with, at any batch
+    (only the implicit conv states XLA convolutions: none with both layers
+    explicit, twice as many with both implicit as with one), and auto's own
+    rule is back afterwards."""
+    import jax
+    import jax.numpy as jnp
+    from helpers import load_benchmark
+    from jaxbp.ops.conv import select
+    script = load_benchmark("auto_vs_fixed")
+    shapes = list(script.layer_shapes("mnist"))
+    assert len(shapes) == 2
+    rule = select.auto_algorithm
+
+    def convolutions(choice):
+        with script.assigned(dict(zip(shapes, choice))):
+            net, shape, _ = script.network("mnist", "auto")
+            _, params, state = net.init(jax.random.key(0), (3,) + shape)
+            jaxpr = jax.make_jaxpr(lambda p, x: net.apply(p, state, x, train=True)[0])(params, jnp.zeros((3,) + shape))
+        return str(jaxpr).count("conv_general_dilated")
+    one = convolutions(("explicit", "implicit"))
+    assert convolutions(("explicit", "explicit")) == 0 and one > 0
+    assert convolutions(("implicit", "implicit")) == 2 * one == 2 * convolutions(("implicit", "explicit"))
+    assert select.auto_algorithm is rule
