@@ -4,15 +4,18 @@ jaxbp (its train step, custom rules, Adam) against ``benchmarks/pytorch_resnet.p
 (the same network, Adam, eager), alternated process by process.
 
     python benchmarks/resnet_process.py --model resnet20 --batch-size 32 --steps 50 [--rounds 3]
+        [--algorithm auto] [--warm-cache]
 
-Each round runs both, alternating which goes first; wall time is measured
-from outside (``time.perf_counter`` around the subprocess). jaxbp compiles
-from scratch every time (the library keeps no persistent compilation cache;
-``jaxbp train`` does, which would hide compilation after a first run); the
-step is ``jaxbp bench``'s (``jaxbp.tools.bench.jaxbp_step``) on its one random
-batch, as PyTorch's script reuses one. Prints one Markdown table: per
-framework the median whole-process seconds, and jaxbp ÷ PyTorch per round
-(median, range).
+Each round runs every process once, in turn going first; wall time is measured from
+outside (``time.perf_counter`` around the subprocess). jaxbp compiles from
+scratch (the library keeps no persistent compilation cache); with
+``--warm-cache`` each round also runs jaxbp with JAX's persistent compilation
+cache filled, as ``jaxbp train`` keeps it: a second run of the same model.
+Each process runs once untimed first (the libraries' files read from disk,
+the cache filled). The step is ``jaxbp bench``'s
+(``jaxbp.tools.bench.jaxbp_step``) on its one random batch, as PyTorch's
+script reuses one. Prints one Markdown table: per process the median
+whole-process seconds, and its ÷ PyTorch per round (median, range).
 """
 import argparse
 import json
@@ -20,21 +23,22 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 START = time.perf_counter()
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def jaxbp_process(model, batch, steps):
+def jaxbp_process(model, batch, steps, algorithm):
     """The inner process: N steps of ``jaxbp bench``'s train step (custom rules,
-    Adam) on its batch; prints one JSON line."""
+    Adam, conv ``algorithm``) on its batch; prints one JSON line."""
     import jax
 
     from jaxbp.tools import bench
 
     x, y = bench.batch(batch, model)
-    step, carry = bench.jaxbp_step(model, "custom", "float32", x)
+    step, carry = bench.jaxbp_step(model, "custom", "float32", x, algorithm=algorithm)
     for _ in range(steps):
         carry, metrics = step(carry, x, y)
     loss = float(metrics["loss"])
@@ -42,9 +46,9 @@ def jaxbp_process(model, batch, steps):
                       "process_s": time.perf_counter() - START}))
 
 
-def timed(cmd):
+def timed(cmd, env=None):
     t = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
     return time.perf_counter() - t, json.loads(out[out.index("{"):])
 
 
@@ -54,30 +58,43 @@ def main():
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--algorithm", default="implicit", help="jaxbp's conv algorithm (implicit: the default)")
+    p.add_argument("--warm-cache", action="store_true", help="also jaxbp with its compilation cache filled")
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.inner:
-        return jaxbp_process(a.model, a.batch_size, a.steps)
+        return jaxbp_process(a.model, a.batch_size, a.steps, a.algorithm)
     jaxbp = [sys.executable, os.path.abspath(__file__), "--inner", "--model", a.model,
-             "--batch-size", str(a.batch_size), "--steps", str(a.steps)]
+             "--batch-size", str(a.batch_size), "--steps", str(a.steps), "--algorithm", a.algorithm]
     torch = [sys.executable, os.path.join(HERE, "pytorch_resnet.py"), "--model", a.model,
              "--batch-size", str(a.batch_size), "--steps", str(a.steps), "--warmup", "0"]
-    walls = {"jaxbp": [], "pytorch": []}
+    cold = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+    runs = {"jaxbp": (jaxbp, cold), "pytorch": (torch, None)}
+    if a.warm_cache:
+        cache = tempfile.mkdtemp(prefix="jaxbp-xla-")
+        # what `jaxbp train` sets: the train step and the initial state, not each small eager op
+        warm = dict(cold, JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.2")
+        runs["jaxbp, compilation cache warm"] = (jaxbp, warm)
+    for cmd, env in runs.values():   # untimed: the files read from disk (and the cache filled)
+        timed(cmd, env)
+    walls = {name: [] for name in runs}
     names = {}
     for r in range(a.rounds):
-        for name, cmd in ((("jaxbp", jaxbp), ("pytorch", torch)) if r % 2 == 0 else
-                          (("pytorch", torch), ("jaxbp", jaxbp))):
-            wall, result = timed(cmd)
+        order = list(runs)[r % len(runs):] + list(runs)[:r % len(runs)]
+        for name in order:
+            wall, result = timed(*runs[name])
             walls[name].append(wall)
-            names[name] = result["framework"]
-        print(f"round {r}: jaxbp {walls['jaxbp'][-1]:.1f} s, pytorch {walls['pytorch'][-1]:.1f} s", file=sys.stderr)
-    ratios = [j / t for j, t in zip(walls["jaxbp"], walls["pytorch"])]
-    print(f"| {a.model}, batch {a.batch_size}, {a.steps} steps, whole process | s (median) | ÷ PyTorch (median, range) |")
+            names[name] = result["framework"] + (name[5:] if name.startswith("jaxbp,") else "")
+        print(f"round {r}: " + ", ".join(f"{n} {walls[n][-1]:.1f} s" for n in runs), file=sys.stderr)
+    print(f"| {a.model}, batch {a.batch_size}, {a.steps} steps, {a.algorithm}, whole process | s (median) "
+          "| ÷ PyTorch (median, range) |")
     print("|---|---:|---:|")
     print(f"| {names['pytorch']} | {statistics.median(walls['pytorch']):.1f} | 1.00 |")
-    print(f"| {names['jaxbp']} | {statistics.median(walls['jaxbp']):.1f} | "
-          f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f}) |")
-
+    for name in runs:
+        if name != "pytorch":
+            ratios = [j / t for j, t in zip(walls[name], walls["pytorch"])]
+            print(f"| {names[name]} | {statistics.median(walls[name]):.1f} | "
+                  f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f}) |")
 
 if __name__ == "__main__":
     main()
