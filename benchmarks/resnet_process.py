@@ -71,9 +71,9 @@ def main():
     cold = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
     runs = {"jaxbp": (jaxbp, cold), "pytorch": (torch, None)}
     if a.warm_cache:
-        cache = tempfile.mkdtemp(prefix="jaxbp-xla-")
+        cache = tempfile.TemporaryDirectory(prefix="jaxbp-xla-")   # removed when the script ends
         # what `jaxbp train` sets: the train step and the initial state, not each small eager op
-        warm = dict(cold, JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.2")
+        warm = dict(cold, JAX_COMPILATION_CACHE_DIR=cache.name, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.2")
         runs["jaxbp, compilation cache warm"] = (jaxbp, warm)
     for cmd, env in runs.values():   # untimed: the files read from disk (and the cache filled)
         timed(cmd, env)
@@ -95,6 +95,7 @@ def main():
             ratios = [j / t for j, t in zip(walls[name], walls["pytorch"])]
             print(f"| {names[name]} | {statistics.median(walls[name]):.1f} | "
                   f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f}) |")
+
 
 if __name__ == "__main__":
     main()
