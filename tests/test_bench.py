@@ -77,7 +77,6 @@ def test_winograd_tiles_builds_exact_larger_tiles(m):
     assert jnp.abs(y32 - want[0]).max() <= 1e-5 * jnp.abs(want[0]).max()
 
 
-
 def test_every_rule_assigns_each_layer_shape_its_algorithm():
     """benchmarks/auto_vs_fixed.py --every-rule: an assignment of algorithms to
     the model's conv layer shapes is what its layers compute with, at any batch
