@@ -59,34 +59,35 @@ def step(model, batch, algorithm):
 
 
 @contextlib.contextmanager
-def without_winograd():
-    """auto's rule with its Winograd choices sent to the implicit conv."""
-    rule = select.auto_algorithm
-
-    def rule_without(*args, **kwargs):
-        chosen = rule(*args, **kwargs)
-        return "implicit" if chosen == "winograd" else chosen
-    select.auto_algorithm = rule_without   # what conv2d(algorithm="auto") asks
+def auto_rule(rule):
+    """``rule(x_shape, w_shape, stride, dilation, groups, layout, backend)`` in
+    place of auto's: what conv2d(algorithm="auto") asks while the models are built."""
+    own = select.auto_algorithm
+    select.auto_algorithm = rule
     try:
         yield
     finally:
-        select.auto_algorithm = rule
+        select.auto_algorithm = own
 
 
-@contextlib.contextmanager
+def without_winograd():
+    """auto's rule with its Winograd choices sent to the implicit conv."""
+    own = select.auto_algorithm
+
+    def rule_without(*args, **kwargs):
+        chosen = own(*args, **kwargs)
+        return "implicit" if chosen == "winograd" else chosen
+    return auto_rule(rule_without)
+
+
 def assigned(choice):
     """``auto`` answering from ``choice``: layer shape -> algorithm (any batch:
     the model's initialization traces its layers at batch 1)."""
-    rule = select.auto_algorithm
     by_shape = {(x[1:], *rest): alg for (x, *rest), alg in choice.items()}
 
     def rule_from(x_shape, w_shape, stride=1, dilation=1, groups=1, layout="NCHW", backend=None):
         return by_shape[(tuple(x_shape[1:]), tuple(w_shape), stride, dilation, groups, layout)]
-    select.auto_algorithm = rule_from
-    try:
-        yield
-    finally:
-        select.auto_algorithm = rule
+    return auto_rule(rule_from)
 
 
 def every_rule(model, batch, rounds):
