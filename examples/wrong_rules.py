@@ -10,13 +10,15 @@ inputs, the words the diagnosis must contain, and the right op to compare.
 """
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import jaxbp
 
 
 def normal(seed, *shapes):
-    keys = jax.random.split(jax.random.key(seed), len(shapes))
-    return tuple(jax.random.normal(k, s, jnp.float64) for k, s in zip(keys, shapes))
+    """float64 inputs, kept so by NumPy whatever JAX's x64 setting (jaxbp.check works in float64)."""
+    rng = np.random.default_rng(seed)
+    return tuple(rng.standard_normal(s) for s in shapes)
 
 
 # -- dense: Z = X Wᵀ + b (docs/derivation.md §1) --------------------------------
@@ -204,7 +206,7 @@ GALLERY = {
                                                     dense_rule()),
     "source: δb counted fan-in times": (dense_rule("db fan-in"), (x8, w8, b8), "factor of 4", dense_rule()),
     "source: δzᵢ with an extra Σᵢ": (sigmoid_summed, (x8,), "an extra Σᵢ", jaxbp.sigmoid),
-    "source: softmax(o) − y with Σy ≠ 1": (xent_sum_one, (logits, 3 * jnp.abs(raw)), "only 'o' is wrong",
+    "source: softmax(o) − y with Σy ≠ 1": (xent_sum_one, (logits, 3 * np.abs(raw)), "only 'o' is wrong",
                                            xent_right),
     "source: (o − y)/L for a mean squared error": (mse_norm_rule, normal(4, (5, 6), (5, 6)),
                                                    "different factor for each index along axis 0", jaxbp.mse),

@@ -168,7 +168,8 @@ def check(fn, *args, argnums=None, dtype="float32", seed=0, directions=3, jacobi
       dtype: the low precision whose accuracy is audited (rule and twin both
         against the float64 truth); bfloat16 is checked for dtype, shape and
         finiteness too. ``None`` skips both.
-      seed: for the cotangent, the directions and the batch copies.
+      seed: of NumPy's generator, for the cotangent, the directions and the
+        second-order weights.
       directions: random directions of the finite-difference check, per argument.
       jacobian_limit: the full Jacobian is compared when the differentiated
         arguments have at most this many elements (and the outputs at most 8×).
@@ -209,6 +210,11 @@ def _floating(a):
     return hasattr(a, "dtype") and hasattr(a, "shape") and jnp.issubdtype(a.dtype, jnp.floating)
 
 
+def _host(a, dtype):
+    """``a`` cast to ``dtype`` by NumPy: an eager JAX cast compiles a program per shape."""
+    return jnp.asarray(np.asarray(a).astype(dtype))
+
+
 def _rel(a, b, scale=None):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     num, den = np.linalg.norm(a - b), np.linalg.norm(b)
@@ -222,7 +228,7 @@ class _Check:
         self.fn, self.kwargs, self.low, self.seed = fn, kwargs, dtype, seed
         self.directions, self.jacobian_limit = directions, jacobian_limit
         self.name = name or getattr(fn, "__name__", type(fn).__name__)
-        self.args = [jnp.asarray(a, jnp.float64) if _floating(a) else a for a in args]
+        self.args = [_host(a, np.float64) if _floating(a) else a for a in args]
         if argnums is None:
             argnums = tuple(i for i, a in enumerate(self.args) if _floating(a))
         argnums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
@@ -235,15 +241,20 @@ class _Check:
         names = _arg_names(fn, len(args))
         self.names = [names[i] for i in self.argnums]
         self.x = tuple(self.args[i] for i in self.argnums)
-        self.key = jax.random.key(seed)
         self._jitted = {}
         self.rows, self.diagnoses, self.arguments = [], [], []
         out = jax.eval_shape(self.f(fn), *self.x)
         self.out_leaves = [o for o in jax.tree.leaves(out) if jnp.issubdtype(o.dtype, jnp.floating)]
         if not self.out_leaves:
             raise ValueError(f"check: {self.name} returns no floating array to differentiate")
-        keys = jax.random.split(jax.random.fold_in(self.key, 1), len(self.out_leaves))
-        self.u = [jax.random.normal(k, o.shape, jnp.float64) for k, o in zip(keys, self.out_leaves)]
+        rng = self.rng(1)
+        self.u = [jnp.asarray(rng.standard_normal(o.shape)) for o in self.out_leaves]
+
+    def rng(self, purpose):
+        """NumPy's generator for one purpose (cotangent, directions, ...) of this seed:
+        drawn on the host, where JAX's would compile a program per shape
+        (~0.5 s each, most of a small check's time)."""
+        return np.random.default_rng((self.seed, purpose))
 
     # The function of the differentiated arguments, and ⟨u, f⟩.
     def f(self, fn):
@@ -352,22 +363,23 @@ class _Check:
 
     def finite_differences(self, custom, twin):
         loss = jax.jit(self.loss(custom))
-        keys = jax.random.split(jax.random.fold_in(self.key, 2), len(self.x))
+        rng = self.rng(2)
         total = math.sqrt(sum(float(np.sum(g * g)) for g in self.gt))
         value = float(loss(*self.x))
-        for i, (name, x, k) in enumerate(zip(self.names, self.x, keys)):
+        for i, (name, x) in enumerate(zip(self.names, self.x)):
             errs, twin_errs = [], []
-            for kk in jax.random.split(k, self.directions):
-                v = jax.random.normal(kk, x.shape, x.dtype)
-                v = v / jnp.linalg.norm(v.ravel())
+            x = np.asarray(x)
+            for _ in range(self.directions):
+                v = rng.standard_normal(x.shape)
+                v = v / np.linalg.norm(v.ravel())
                 shifted = lambda s: self.x[:i] + (x + s * FD_EPS * v,) + self.x[i + 1:]
-                num = float((loss(*shifted(1.0)) - loss(*shifted(-1.0))) / (2 * FD_EPS))
+                num = (float(loss(*shifted(1.0))) - float(loss(*shifted(-1.0)))) / (2 * FD_EPS)
                 # A direction along which the loss barely changes (an argument whose gradient
                 # is ~0, as a bias before batch norm) is measured at the whole gradient's
                 # scale, and above the differences' own rounding (~1e-16·|L|/ε).
                 floor = max(1e-2 * total, 1e-3 * abs(value), 1e-300)
                 for g, out in ((self.gc[i], errs), (self.gt[i], twin_errs)):
-                    an = float(np.vdot(np.asarray(g), np.asarray(v)))
+                    an = float(np.vdot(g, v))
                     out.append(abs(num - an) / max(abs(num), abs(an), floor))
             e = max(errs, default=0.0) if not any(map(math.isnan, errs)) else float("nan")
             te = max(twin_errs, default=0.0)
@@ -433,8 +445,8 @@ class _Check:
 
     # -- second order --------------------------------------------------------
     def second_order(self, custom, twin):
-        keys = jax.random.split(jax.random.fold_in(self.key, 3), len(self.x))
-        w = [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, self.x)]
+        rng = self.rng(3)
+        w = [jnp.asarray(rng.standard_normal(x.shape)) for x in self.x]
 
         def hvp(fn):
             g = self.grad(fn)
@@ -471,8 +483,8 @@ class _Check:
                 pairs = [(jax.jit(self.grad(custom, jax.checkpoint))(*self.x), self.gc)]
             elif kind in ("vmap", "shard_map"):
                 n = 2 if kind == "vmap" else jax.device_count()
-                copies = [tuple(x * (1 - 0.1 * k) for x in self.x) for k in range(n)]
-                stacked = tuple(jnp.stack(c) for c in zip(*copies))
+                copies = [tuple(np.asarray(x) * (1 - 0.1 * k) for x in self.x) for k in range(n)]
+                stacked = tuple(np.stack(c) for c in zip(*copies))
                 if kind == "vmap":
                     got = jax.jit(jax.vmap(grad))(*stacked)
                 else:
@@ -504,7 +516,7 @@ class _Check:
     # -- dtypes ------------------------------------------------------------
     def precision(self, custom, twin):
         for dt in dict.fromkeys([self.low, jnp.dtype(jnp.bfloat16)]):
-            cast = lambda a: a.astype(dt) if _floating(a) else a
+            cast = lambda a: _host(a, dt) if _floating(a) else a
             low = tuple(cast(x) for x in self.x)
             saved_args = self.args
             self.args = [cast(a) for a in saved_args]
@@ -517,15 +529,15 @@ class _Check:
             finally:
                 self.args = saved_args
             if dt == self.low:   # the truth: float64 at the same (rounded) inputs
-                self.args = [a.astype(dt).astype(jnp.float64) if _floating(a) else a for a in saved_args]
+                self.args = [_host(_host(a, dt), np.float64) if _floating(a) else a for a in saved_args]
                 try:
-                    truth = jax.jit(self.grad(twin))(*(x.astype(jnp.float64) for x in low))
+                    truth = jax.jit(self.grad(twin))(*(_host(x, np.float64) for x in low))
                 finally:
                     self.args = saved_args
             for i, (name, x) in enumerate(zip(self.names, low)):
                 g = gc[i]
                 same = g.shape == x.shape and g.dtype == x.dtype
-                finite = bool(jnp.isfinite(g.astype(jnp.float32)).all())
+                finite = bool(np.isfinite(np.asarray(g, np.float32)).all())
                 self.row(f"{dt.name} dtype and shape", name, None, None, same and finite,
                          "" if same and finite else
                          f"gradient {g.dtype}{tuple(g.shape)}, argument {x.dtype}{tuple(x.shape)}"
@@ -549,7 +561,7 @@ class _Check:
 
     # -- non-differentiable points -------------------------------------------
     def special_points(self, custom, twin):
-        rounded = tuple(jnp.round(x * 2) / 2 for x in self.x)
+        rounded = tuple(jnp.asarray(np.round(np.asarray(x) * 2) / 2) for x in self.x)
         try:
             gc = [np.asarray(g) for g in self.jitted(custom)(*rounded)]
             gt = [np.asarray(g) for g in self.jitted(twin)(*rounded)]

@@ -120,15 +120,16 @@ def compare_gradients(loss_fn, params, *args, directions=3, eps=None, seed=0,
     dtype = jax.tree.leaves(params)[0].dtype
     eps = eps if eps is not None else (1e-6 if dtype == jnp.float64 else 1e-2)
     fd = []
-    keys = jax.random.split(jax.random.key(seed), directions)
+    rng = np.random.default_rng(seed)   # on the host: JAX's draws compile a program per shape
     p_leaves, p_def = jax.tree.flatten(params)
-    for k in keys:
-        v = [jax.random.normal(kk, l.shape, l.dtype) for kk, l in zip(jax.random.split(k, len(p_leaves)), p_leaves)]
-        norm = jnp.sqrt(sum(jnp.sum(x * x) for x in v))
-        v = [x / norm for x in v]
-        shifted = lambda s: p_def.unflatten([p + s * x for p, x in zip(p_leaves, v)])
-        analytic = float(sum(jnp.vdot(a, x) for a, x in zip(jax.tree.leaves(g), v)))
-        numerical = min((float((loss(shifted(h), *args) - loss(shifted(-h), *args)) / (2 * h))
+    p_host = [np.asarray(p) for p in p_leaves]
+    for _ in range(directions):
+        v = [rng.standard_normal(p.shape) for p in p_host]
+        norm = math.sqrt(sum(float(np.sum(x * x)) for x in v))
+        v = [(x / norm).astype(p.dtype) for x, p in zip(v, p_host)]
+        shifted = lambda s: p_def.unflatten([p + np.asarray(s, p.dtype) * x for p, x in zip(p_host, v)])
+        analytic = float(sum(np.vdot(np.asarray(a, np.float64), x) for a, x in zip(jax.tree.leaves(g), v)))
+        numerical = min(((float(loss(shifted(h), *args)) - float(loss(shifted(-h), *args))) / (2 * h)
                          for h in (eps, eps / 3)), key=lambda n: abs(n - analytic))
         fd.append((numerical, analytic, abs(numerical - analytic) / max(abs(analytic), abs(numerical), 1e-30)))
     return Report(leaves, tree("rel_err"), tree("max_abs_err"), fd)
@@ -225,9 +226,11 @@ def _print_audit(rows, dtype):
 
 
 def _draw(seed, dtype):
+    """``normal(*shapes)``: standard normal arrays in ``dtype``, drawn by NumPy
+    (JAX's draws would compile a program per shape, ~0.5 s each)."""
     def normal(*shapes):
-        keys = jax.random.split(jax.random.key(seed), len(shapes))
-        return tuple(jax.random.normal(k, sh, dtype) for k, sh in zip(keys, shapes))
+        rng = np.random.default_rng(seed)
+        return tuple(jnp.asarray(rng.standard_normal(sh).astype(dtype)) for sh in shapes)
     return normal
 
 
@@ -278,9 +281,9 @@ def main(model="cnn", dtype="float64", ops=None):
     # A batch of the model's own input shape (its registry entry's): a network
     # made for 32×32 images would shrink 8×8 digits to nothing.
     entry = layers.model_entry(model)
-    kx, ky = jax.random.split(jax.random.key(1))
-    x = jax.random.uniform(kx, (MODEL_BATCH,) + tuple(entry.input_shape), jnp.float64)
-    y = jax.random.randint(ky, (MODEL_BATCH,), 0, 10)
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.uniform(size=(MODEL_BATCH,) + tuple(entry.input_shape)))
+    y = jnp.asarray(rng.integers(0, 10, MODEL_BATCH))
     options = layers.model_options(model, deterministic=True)
     build = lambda g: layers.build_model(model, 10, gradients=g, **options)
     net = build("custom")
