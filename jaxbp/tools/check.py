@@ -211,8 +211,9 @@ def _floating(a):
 
 
 def _host(a, dtype):
-    """``a`` cast to ``dtype`` by NumPy: an eager JAX cast compiles a program per shape."""
-    return jnp.asarray(np.asarray(a).astype(dtype))
+    """``a`` cast to ``dtype`` by NumPy and put on the device: an eager JAX cast,
+    even ``jnp.asarray`` of a NumPy array, compiles a program per shape."""
+    return jax.device_put(np.asarray(a).astype(dtype))
 
 
 def _rel(a, b, scale=None):
@@ -248,7 +249,7 @@ class _Check:
         if not self.out_leaves:
             raise ValueError(f"check: {self.name} returns no floating array to differentiate")
         rng = self.rng(1)
-        self.u = [jnp.asarray(rng.standard_normal(o.shape)) for o in self.out_leaves]
+        self.u = [jax.device_put(rng.standard_normal(o.shape)) for o in self.out_leaves]
 
     def rng(self, purpose):
         """NumPy's generator for one purpose (cotangent, directions, ...) of this seed:
@@ -415,7 +416,7 @@ class _Check:
         f = flat_f(custom)
         basis = np.eye(n_in)
         jfd = np.asarray(jax.jit(jax.vmap(lambda e: (f(flat + FD_EPS * e) - f(flat - FD_EPS * e)) / (2 * FD_EPS),
-                                          out_axes=1))(jnp.asarray(basis)))
+                                          out_axes=1))(basis))
         peak = float(np.abs(jt).max()) or 1.0
         where = self._entry_namer(n_in)
         for label, ref, tol in (("twin", jt, TWIN_RTOL), ("finite differences", jfd, FD_RTOL)):
@@ -446,7 +447,7 @@ class _Check:
     # -- second order --------------------------------------------------------
     def second_order(self, custom, twin):
         rng = self.rng(3)
-        w = [jnp.asarray(rng.standard_normal(x.shape)) for x in self.x]
+        w = [jax.device_put(rng.standard_normal(x.shape)) for x in self.x]
 
         def hvp(fn):
             g = self.grad(fn)
@@ -494,7 +495,7 @@ class _Check:
                     got = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=P("batch"),
                                                 out_specs=P("batch")))(*stacked)
                 want = [self.jitted(custom)(*c) for c in copies]
-                pairs = [(tuple(g[k] for g in got), want[k]) for k in range(n)]
+                pairs = [(tuple(np.asarray(g)[k] for g in got), want[k]) for k in range(n)]
         except Exception as e:  # noqa: BLE001 (reported as the row's failure, not raised)
             return self._transform_error(kind, e)
         n = jax.device_count()
@@ -561,7 +562,7 @@ class _Check:
 
     # -- non-differentiable points -------------------------------------------
     def special_points(self, custom, twin):
-        rounded = tuple(jnp.asarray(np.round(np.asarray(x) * 2) / 2) for x in self.x)
+        rounded = tuple(jax.device_put(np.round(np.asarray(x) * 2) / 2) for x in self.x)
         try:
             gc = [np.asarray(g) for g in self.jitted(custom)(*rounded)]
             gt = [np.asarray(g) for g in self.jitted(twin)(*rounded)]

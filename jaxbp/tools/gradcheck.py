@@ -230,7 +230,7 @@ def _draw(seed, dtype):
     (JAX's draws would compile a program per shape, ~0.5 s each)."""
     def normal(*shapes):
         rng = np.random.default_rng(seed)
-        return tuple(jnp.asarray(rng.standard_normal(sh).astype(dtype)) for sh in shapes)
+        return tuple(jax.device_put(rng.standard_normal(sh).astype(dtype)) for sh in shapes)
     return normal
 
 
@@ -282,8 +282,8 @@ def main(model="cnn", dtype="float64", ops=None):
     # made for 32×32 images would shrink 8×8 digits to nothing.
     entry = layers.model_entry(model)
     rng = np.random.default_rng(1)
-    x = jnp.asarray(rng.uniform(size=(MODEL_BATCH,) + tuple(entry.input_shape)))
-    y = jnp.asarray(rng.integers(0, 10, MODEL_BATCH))
+    x = jax.device_put(rng.uniform(size=(MODEL_BATCH,) + tuple(entry.input_shape)))
+    y = jax.device_put(rng.integers(0, 10, MODEL_BATCH).astype(np.int32))
     options = layers.model_options(model, deterministic=True)
     build = lambda g: layers.build_model(model, 10, gradients=g, **options)
     net = build("custom")
