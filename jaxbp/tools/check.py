@@ -278,11 +278,14 @@ class _Check:
     def grad(self, fn, wrap=None):
         return jax.grad(self.loss(fn, wrap), argnums=tuple(range(len(self.x))))
 
-    def jitted(self, fn):
-        """The jitted gradient of ``fn``, compiled once per input dtype and reused."""
-        if fn not in self._jitted:
-            self._jitted[fn] = jax.jit(self.grad(fn))
-        return self._jitted[fn]
+    def jitted(self, *fns):
+        """The gradients of ``fns`` (the rule and its twin) as one jitted function,
+        compiled once per input dtype and reused: one program, not one per
+        function (XLA's fixed cost per program is most of a small op's)."""
+        if fns not in self._jitted:
+            grads = [self.grad(f) for f in fns]
+            self._jitted[fns] = jax.jit(lambda *x: tuple(g(*x) for g in grads))
+        return self._jitted[fns]
 
     def row(self, *a, **k):
         r = Row(*a, **k)
@@ -293,8 +296,7 @@ class _Check:
         custom, twin = self.fn, _twin_of(self.fn)
         if not self.rules_present(custom, twin):
             return self.report()
-        gc = [np.asarray(g) for g in self.jitted(custom)(*self.x)]
-        gt = [np.asarray(g) for g in self.jitted(twin)(*self.x)]
+        gc, gt = ([np.asarray(g) for g in gs] for gs in self.jitted(custom, twin)(*self.x))
         self.gc, self.gt = gc, gt
         scale = math.sqrt(sum(float(np.sum(g * g)) for g in gt))
         fanout = self.jacobian(custom, twin)
@@ -304,7 +306,7 @@ class _Check:
         if second_order:
             self.second_order(custom, twin)
         for t in transforms:
-            self.transform(t, custom)
+            self.transform(t, custom, twin)
         if self.low is not None:
             self.precision(custom, twin)
         if special_points:
@@ -475,7 +477,7 @@ class _Check:
                                       "that hides its dependence on the input)")
 
     # -- transformations ---------------------------------------------------
-    def transform(self, kind, custom):
+    def transform(self, kind, custom, twin):
         grad = self.grad(custom)
         try:
             if kind == "jit":   # every other gradient here is jitted: this one is not
@@ -494,7 +496,7 @@ class _Check:
                     local = lambda *x: tuple(g[None] for g in grad(*(v[0] for v in x)))
                     got = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=P("batch"),
                                                 out_specs=P("batch")))(*stacked)
-                want = [self.jitted(custom)(*c) for c in copies]
+                want = [self.jitted(custom, twin)(*c)[0] for c in copies]
                 pairs = [(tuple(np.asarray(g)[k] for g in got), want[k]) for k in range(n)]
         except Exception as e:  # noqa: BLE001 (reported as the row's failure, not raised)
             return self._transform_error(kind, e)
@@ -522,8 +524,8 @@ class _Check:
             saved_args = self.args
             self.args = [cast(a) for a in saved_args]
             try:
-                gc = jax.jit(self.grad(custom))(*low)
-                gt = jax.jit(self.grad(twin))(*low) if dt == self.low else None
+                fns = (custom, twin) if dt == self.low else (custom,)
+                gc, gt = (jax.jit(lambda *x: tuple(self.grad(f)(*x) for f in fns))(*low) + (None,))[:2]
             except Exception as e:  # noqa: BLE001
                 self.row(f"{dt.name}", None, None, None, False, f"{type(e).__name__}: {str(e).splitlines()[0]}")
                 continue
@@ -564,8 +566,7 @@ class _Check:
     def special_points(self, custom, twin):
         rounded = tuple(jax.device_put(np.round(np.asarray(x) * 2) / 2) for x in self.x)
         try:
-            gc = [np.asarray(g) for g in self.jitted(custom)(*rounded)]
-            gt = [np.asarray(g) for g in self.jitted(twin)(*rounded)]
+            gc, gt = ([np.asarray(g) for g in gs] for gs in self.jitted(custom, twin)(*rounded))
         except Exception as e:  # noqa: BLE001
             self.row("at 0 and ties", None, None, None, False, f"{type(e).__name__}: {str(e).splitlines()[0]}")
             return
