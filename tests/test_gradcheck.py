@@ -35,6 +35,18 @@ def test_a_leaf_with_zero_gradient_is_measured_against_the_whole_gradient():
     assert leaf.zero and leaf.rel_err < 1e-12 and r.ok("float64")
 
 
+def test_finite_differences_of_a_right_rule_pass_where_the_loss_barely_changes():
+    """A large loss with small derivatives (an offset, a sum over many examples):
+    the central difference's rounding, ~1e-16·|L|/ε, is then far above 1e-6 of
+    ⟨∇L, v⟩, so the error is measured at the loss's and the gradient's scale, as
+    jaxbp.check does; a wrong rule is still far outside it."""
+    params, x, y = setup()
+    offset = lambda ops, params, x, y: 1e6 + two_layer(ops, params, x, y)
+    r = jaxbp.compare_gradients(offset, params, x, y)
+    assert all(e < 1e-6 for _, _, e in r.finite_differences), r.table()
+    assert r.ok("float64")
+
+
 def test_a_wrong_backward_rule_is_detected(monkeypatch):
     @jax.custom_vjp
     def bad_relu(z):

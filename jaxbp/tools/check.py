@@ -216,6 +216,18 @@ def _host(a, dtype):
     return jax.device_put(np.asarray(a).astype(dtype))
 
 
+def fd_error(numerical, analytic, value, grad_norm=0.0):
+    """Relative error of a central difference ``numerical`` against the rule's
+    ``analytic`` ⟨∇L, v⟩ along a unit direction ``v``, measured above the
+    differences' own rounding (~1e-16·|L|/ε, ``value`` = L): a direction along
+    which a large loss barely changes is not a wrong rule. ``grad_norm``: for a
+    direction within one of several arguments, the whole gradient's norm ‖∇L‖;
+    an argument whose gradient is ~0 (a bias before batch norm) is measured at
+    its scale."""
+    floor = max(1e-2 * grad_norm, 1e-3 * abs(value), 1e-300)
+    return abs(numerical - analytic) / max(abs(numerical), abs(analytic), floor)
+
+
 def _rel(a, b, scale=None):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     num, den = np.linalg.norm(a - b), np.linalg.norm(b)
@@ -377,13 +389,8 @@ class _Check:
                 v = v / np.linalg.norm(v.ravel())
                 shifted = lambda s: self.x[:i] + (x + s * FD_EPS * v,) + self.x[i + 1:]
                 num = (float(loss(*shifted(1.0))) - float(loss(*shifted(-1.0)))) / (2 * FD_EPS)
-                # A direction along which the loss barely changes (an argument whose gradient
-                # is ~0, as a bias before batch norm) is measured at the whole gradient's
-                # scale, and above the differences' own rounding (~1e-16·|L|/ε).
-                floor = max(1e-2 * total, 1e-3 * abs(value), 1e-300)
                 for g, out in ((self.gc[i], errs), (self.gt[i], twin_errs)):
-                    an = float(np.vdot(g, v))
-                    out.append(abs(num - an) / max(abs(num), abs(an), floor))
+                    out.append(fd_error(num, float(np.vdot(g, v)), value, total))
             e = max(errs, default=0.0) if not any(map(math.isnan, errs)) else float("nan")
             te = max(twin_errs, default=0.0)
             ok = e <= FD_RTOL

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbp import autodiff, ops as custom_ops
+from jaxbp.tools.check import fd_error
 
 # Tolerances per dtype: (custom vs twin relative error, finite-difference relative error).
 TOLERANCES = {"float64": (1e-10, 1e-6), "float32": (1e-4, 5e-2)}
@@ -105,7 +106,9 @@ def compare_gradients(loss_fn, params, *args, directions=3, eps=None, seed=0,
     ``(L(p + εv) − L(p − εv)) / 2ε ≈ ⟨∇L, v⟩``, at two steps, ``ε`` and
     ``ε/3``, keeping the quotient closer to the rule's: a ReLU network's loss
     has kinks, and a step that crosses one (as likely as the step is long)
-    spoils that quotient alone, while a wrong rule is far from both.
+    spoils that quotient alone, while a wrong rule is far from both. The error
+    is relative, and above the quotient's rounding, ~1e-16·|L|/ε
+    (:func:`jaxbp.tools.check.fd_error`, as :func:`jaxbp.check` measures it).
     """
     grad = jax.jit(jax.grad(lambda p, *a: loss_fn(custom, p, *a)))
     grad_ref = jax.jit(jax.grad(lambda p, *a: loss_fn(reference, p, *a)))
@@ -117,6 +120,7 @@ def compare_gradients(loss_fn, params, *args, directions=3, eps=None, seed=0,
     tree = lambda field: treedef.unflatten([getattr(l, field) for l in leaves])
 
     loss = jax.jit(lambda p, *a: loss_fn(custom, p, *a))
+    value = float(loss(params, *args))
     dtype = jax.tree.leaves(params)[0].dtype
     eps = eps if eps is not None else (1e-6 if dtype == jnp.float64 else 1e-2)
     fd = []
@@ -131,7 +135,7 @@ def compare_gradients(loss_fn, params, *args, directions=3, eps=None, seed=0,
         analytic = float(sum(np.vdot(np.asarray(a, np.float64), x) for a, x in zip(jax.tree.leaves(g), v)))
         numerical = min(((float(loss(shifted(h), *args)) - float(loss(shifted(-h), *args))) / (2 * h)
                          for h in (eps, eps / 3)), key=lambda n: abs(n - analytic))
-        fd.append((numerical, analytic, abs(numerical - analytic) / max(abs(analytic), abs(numerical), 1e-30)))
+        fd.append((numerical, analytic, fd_error(numerical, analytic, value)))
     return Report(leaves, tree("rel_err"), tree("max_abs_err"), fd)
 
 
