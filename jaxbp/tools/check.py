@@ -416,16 +416,18 @@ class _Check:
                 return jnp.concatenate([o.astype(jnp.float64).ravel() for o in leaves])
             return g
 
+        f = flat_f(custom)
+
+        @jax.jit   # the three Jacobians in one program (one compile, not three)
+        def jacobians(v, basis):
+            numerical = jax.vmap(lambda e: (f(v + FD_EPS * e) - f(v - FD_EPS * e)) / (2 * FD_EPS), out_axes=1)
+            return jax.jacrev(f)(v), jax.jacfwd(flat_f(twin))(v), numerical(basis)
+
         try:
-            jc = np.asarray(jax.jit(jax.jacrev(flat_f(custom)))(flat))
+            jc, jt, jfd = (np.asarray(j) for j in jacobians(flat, np.eye(n_in)))
         except Exception as e:  # noqa: BLE001 (reported, not raised: the other checks still run)
             self.row("jacobian vs twin", None, None, None, False, f"{type(e).__name__}: {str(e).splitlines()[0]}")
             return {}
-        jt = np.asarray(jax.jit(jax.jacfwd(flat_f(twin)))(flat))
-        f = flat_f(custom)
-        basis = np.eye(n_in)
-        jfd = np.asarray(jax.jit(jax.vmap(lambda e: (f(flat + FD_EPS * e) - f(flat - FD_EPS * e)) / (2 * FD_EPS),
-                                          out_axes=1))(basis))
         peak = float(np.abs(jt).max()) or 1.0
         where = self._entry_namer(n_in)
         for label, ref, tol in (("twin", jt, TWIN_RTOL), ("finite differences", jfd, FD_RTOL)):
@@ -462,15 +464,14 @@ class _Check:
             g = self.grad(fn)
             return jax.grad(lambda *x: sum(jnp.vdot(a, b) for a, b in zip(g(*x), w)),
                             argnums=tuple(range(len(self.x))))(*self.x)
-        try:
-            hc = [np.asarray(h) for h in jax.jit(lambda: hvp(custom))()]
+        try:   # the rule's and the twin's in one program
+            hc, ht = ([np.asarray(h) for h in hs] for hs in jax.jit(lambda: (hvp(custom), hvp(twin)))())
         except Exception as e:  # noqa: BLE001
             self.row("second order vs twin", None, None, None, False,
                      f"grad of grad through the rule fails: {type(e).__name__}: {str(e).splitlines()[0]}")
             self.diagnoses.append("second order: the backward rule is not differentiable by JAX "
                                   "(write it with jax.numpy/lax operations)")
             return
-        ht = [np.asarray(h) for h in jax.jit(lambda: hvp(twin))()]
         scale = math.sqrt(sum(float(np.sum(h * h)) for h in ht))
         if scale == 0:   # a Hessian that is exactly 0 (a linear map): compare at the gradient's scale
             scale = math.sqrt(sum(float(np.sum(g * g)) for g in self.gt)) or 1.0
