@@ -110,9 +110,9 @@ def compare_gradients(loss_fn, params, *args, directions=3, eps=None, seed=0,
     is relative, and above the quotient's rounding, ~1e-16·|L|/ε
     (:func:`jaxbp.tools.check.fd_error`, as :func:`jaxbp.check` measures it).
     """
-    grad = jax.jit(jax.grad(lambda p, *a: loss_fn(custom, p, *a)))
-    grad_ref = jax.jit(jax.grad(lambda p, *a: loss_fn(reference, p, *a)))
-    g, g_ref = grad(params, *args), grad_ref(params, *args)
+    grads = jax.jit(lambda p, *a: (jax.grad(lambda p: loss_fn(custom, p, *a))(p),     # one program
+                                   jax.grad(lambda p: loss_fn(reference, p, *a))(p)))  # for both
+    g, g_ref = grads(params, *args)
     flat, treedef = jax.tree_util.tree_flatten_with_path(g)
     flat_ref = jax.tree.leaves(g_ref)
     scale = float(np.sqrt(sum(np.sum(np.asarray(b, np.float64) ** 2) for b in flat_ref)))
