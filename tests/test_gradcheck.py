@@ -38,8 +38,8 @@ def test_a_leaf_with_zero_gradient_is_measured_against_the_whole_gradient():
 def test_finite_differences_of_a_right_rule_pass_where_the_loss_barely_changes():
     """A large loss with small derivatives (an offset, a sum over many examples):
     the central difference's rounding, ~1e-16·|L|/ε, is then far above 1e-6 of
-    ⟨∇L, v⟩, so the error is measured at the loss's and the gradient's scale, as
-    jaxbp.check does; a wrong rule is still far outside it."""
+    ⟨∇L, v⟩, so the error is measured above that rounding (1e-3·|L|), as
+    jaxbp.check does; a wrong rule is still far outside it (the next test)."""
     params, x, y = setup()
     offset = lambda ops, params, x, y: 1e6 + two_layer(ops, params, x, y)
     r = jaxbp.compare_gradients(offset, params, x, y)
