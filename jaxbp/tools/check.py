@@ -532,8 +532,9 @@ class _Check:
             saved_args = self.args
             self.args = [cast(a) for a in saved_args]
             try:
-                fns = (custom, twin) if dt == self.low else (custom,)
-                gc, gt = (jax.jit(lambda *x: tuple(self.grad(f)(*x) for f in fns))(*low) + (None,))[:2]
+                fns = (custom, twin) if dt == self.low else (custom,)   # the twin: for the audit only
+                grads = jax.jit(lambda *x: tuple(self.grad(f)(*x) for f in fns))(*low)
+                gc, gt = grads[0], (grads[1] if len(grads) > 1 else None)
             except Exception as e:  # noqa: BLE001
                 self.row(f"{dt.name}", None, None, None, False, f"{type(e).__name__}: {str(e).splitlines()[0]}")
                 continue
