@@ -77,7 +77,7 @@ def candidates(x_shape, w_shape, stride, dilation, groups, layout):
     for alg in algs:
         loss = functools.partial(lambda x, w, alg: jaxbp.conv2d(x, w, None, stride, padding, dilation, groups,
                                                                algorithm=alg, layout=layout).sum(), alg=alg)
-        step = jax.jit(jax.grad(loss, argnums=(0, 1)))
+        step = jax.jit(jax.grad(loss, argnums=(0, 1)), compiler_options=ops.compiler_options())  # as training's
         fns[alg] = functools.partial(step, x, w)
         fns[alg].mib = temp_bytes(step, x, w) / 2**20
     return fns

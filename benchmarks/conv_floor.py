@@ -55,10 +55,11 @@ def xla_products(x_shape, w_shape, stride):
     w = jnp.asarray(rng.standard_normal(w_shape), jnp.float32)
     pad = w_shape[2] // 2   # as the ResNets' (and PyTorch's below)
     static = dict(stride=stride, pads=((pad, pad), (pad, pad)), dilation=(1, 1), groups=1, layout="NHWC")
-    y = jax.jit(functools.partial(_implicit.forward, **static))
+    jit = functools.partial(jax.jit, compiler_options=ops.compiler_options())   # XLA's kernels, as training's
+    y = jit(functools.partial(_implicit.forward, **static))
     g = jnp.ones_like(y(x, w))
-    dx = jax.jit(lambda x, w, g: _implicit.backward(x, w, g, **static)[0])
-    dw = jax.jit(lambda x, w, g: _implicit.backward(x, w, g, **static)[1])
+    dx = jit(lambda x, w, g: _implicit.backward(x, w, g, **static)[0])
+    dw = jit(lambda x, w, g: _implicit.backward(x, w, g, **static)[1])
     return {"forward": lambda: y(x, w), "δX": lambda: dx(x, w, g), "δF": lambda: dw(x, w, g)}
 
 
@@ -87,7 +88,8 @@ def norm_products(y_shape, relu):
     def layer(y, gamma, beta):
         z = ops.batch_norm(y, gamma, beta, axis=3)[0]
         return ops.relu(z) if relu else z
-    step = jax.jit(lambda y, gamma, beta, g: jax.vjp(layer, y, gamma, beta)[1](g))
+    step = jax.jit(lambda y, gamma, beta, g: jax.vjp(layer, y, gamma, beta)[1](g),
+                   compiler_options=ops.compiler_options())
     n, h, w, c = y_shape
     ty = torch.randn(n, c, h, w).to(memory_format=torch.channels_last).requires_grad_()
     bn = torch.nn.BatchNorm2d(c)

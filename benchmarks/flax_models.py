@@ -17,14 +17,17 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jaxbp.ops import compiler_options
+
 NUM_CLASSES = 10
 MODELS = ("cnn", "mlp", "resnet20", "resnet18")   # those with a Flax version here
 
 
-def flax_step(model, dtype, x, options):
+def flax_step(model, dtype, x, options, xla_options=None):
     """(step, carry) of the Flax NNX version of registry model ``model`` with
     ``options`` (its :func:`jaxbp.layers.model_options`); ``KeyError`` for a
-    model with no Flax version here."""
+    model with no Flax version here. ``xla_options``: compiler options for
+    its ``jax.jit`` (default: XLA's, what a Flax user gets)."""
     compute = jnp.dtype(dtype)
     width = options.get("width")
 
@@ -99,7 +102,7 @@ def flax_step(model, dtype, x, options):
     optimizer = nnx.Optimizer(net, optax.adam(1e-3), wrt=nnx.Param)
     graphdef, state = nnx.split((net, optimizer))
 
-    @functools.partial(jax.jit, donate_argnums=0)
+    @functools.partial(jax.jit, donate_argnums=0, compiler_options=xla_options)
     def step(state, x, y):
         net, optimizer = nnx.merge(graphdef, state)
 
@@ -115,3 +118,5 @@ def flax_step(model, dtype, x, options):
 
 
 BASELINES = {"flax nnx": flax_step}
+if compiler_options():   # the kernels jaxbp's steps compile with, where they differ from XLA's defaults
+    BASELINES["flax nnx, jaxbp's XLA options"] = functools.partial(flax_step, xla_options=compiler_options())

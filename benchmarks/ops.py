@@ -66,7 +66,8 @@ def _conv_at(check, x, w):
 def fwd_bwd(name, args, argnums, kwargs, ops):
     """jit(value and gradient) of a fixed random projection of the op's output."""
     loss = projected(name, args, argnums, kwargs)
-    return jax.jit(jax.value_and_grad(lambda *diff: loss(ops, diff), argnums=tuple(range(len(argnums)))))
+    return jax.jit(jax.value_and_grad(lambda *diff: loss(ops, diff), argnums=tuple(range(len(argnums)))),
+                   compiler_options=jaxbp.ops.compiler_options())   # XLA's kernels, as training's
 
 
 class _LaxConv:

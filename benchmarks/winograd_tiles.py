@@ -76,7 +76,8 @@ def larger_tile_candidates(x_shape, w_shape):
     fns = {}
     for m in POINTS:
         f = conv(m)
-        step = jax.jit(jax.grad(lambda x, w, f=f: f(x, w).sum(), argnums=(0, 1)))
+        step = jax.jit(jax.grad(lambda x, w, f=f: f(x, w).sum(), argnums=(0, 1)),
+                       compiler_options=conv_ops.compiler_options())   # as training's
         for name, got, want in zip(("y", "δX", "δF"), (f(x, w), *step(x, w)), exact):
             err = float(jnp.abs(got - want).max() / jnp.abs(want).max())
             assert err < 1e-4, f"F({m}×{m}, 3×3)'s {name} is wrong: relative error {err:.1e}"

@@ -10,7 +10,7 @@ A new op touches its family module (and this list, for a new family).
 """
 from jaxbp.ops import _activation, _dense, _dropout, _layer_norm, _loss, _norm, _pool, conv
 from jaxbp.ops.conv.select import (  # noqa: F401  (the layers' and training's)
-    ALGORITHMS, CHOICES, DEFAULT_ALGORITHM, auto_algorithm)
+    ALGORITHMS, CHOICES, DEFAULT_ALGORITHM, auto_algorithm, compiler_options)
 
 FAMILIES = (_dense, conv, _pool, _norm, _layer_norm, _activation, _dropout, _loss)
 

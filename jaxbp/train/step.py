@@ -15,6 +15,7 @@ import optax
 
 from jaxbp import layers
 from jaxbp.data import to_unit
+from jaxbp.ops import compiler_options as conv_options
 from jaxbp.train.parallel import batched, replicated
 from jaxbp.train.pipeline import random_flip, random_shift
 
@@ -215,8 +216,11 @@ def make_steps(model, optimizer, cfg, mesh=None):
         (loss, correct), predicted = jax.lax.scan(batch, (zero, zero), (xs, ys, masks))
         return loss, correct, predicted
 
-    return Steps(jax.jit(train_step, donate_argnums=0),
-                 jax.jit(train_steps, donate_argnums=0, static_argnames="length"), jax.jit(evaluate), unrolled)
+    # XLA's kernels for the conv layers on this backend (ops.compiler_options).
+    options = conv_options(None if mesh is None else mesh.devices.flat[0].platform)
+    return Steps(jax.jit(train_step, donate_argnums=0, compiler_options=options),
+                 jax.jit(train_steps, donate_argnums=0, static_argnames="length", compiler_options=options),
+                 jax.jit(evaluate, compiler_options=options), unrolled)
 
 
 def new_state(model, cfg, optimizer, input_shape):

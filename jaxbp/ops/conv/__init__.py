@@ -18,7 +18,8 @@ from __future__ import annotations
 from jaxbp.ops import _checks, _windows
 from jaxbp.ops._recipe import Check, Rule, op
 from jaxbp.ops.conv import _explicit, _implicit, _winograd, select
-from jaxbp.ops.conv.select import ALGORITHMS, CHOICES, DEFAULT_ALGORITHM, auto_algorithm  # noqa: F401
+from jaxbp.ops.conv.select import (  # noqa: F401
+    ALGORITHMS, CHOICES, DEFAULT_ALGORITHM, auto_algorithm, compiler_options)
 
 
 def _bias_shape(layout, o):

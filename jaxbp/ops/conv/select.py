@@ -2,14 +2,19 @@
 
 This module owns every decision between conv2d's ways of evaluating the same
 three rules (docs/derivation.md §3): the algorithms' names, the default,
-``"auto"``'s rule, and the thresholds inside the explicit algorithm. Each
+``"auto"``'s rule, the thresholds inside the explicit algorithm, and which
+kernels compute XLA's own convolutions (:func:`compiler_options`). Each
 threshold is a named constant with one line of why; the measurements behind
 them are in BENCHMARKS.md ("Numbers behind choices"), reproduced by
 ``python benchmarks/conv_algorithms.py`` and ``python benchmarks/auto_vs_fixed.py``.
 """
 from __future__ import annotations
 
+import functools
+import os
+
 import jax
+import numpy as np
 
 from jaxbp.ops import _checks, _windows
 
@@ -67,3 +72,35 @@ def auto_algorithm(x_shape, w_shape, stride=1, dilation=1, groups=1, layout="NCH
             and channels >= WINOGRAD_CHANNELS):
         return "winograd"
     return "explicit"
+
+
+# XLA:CPU (jaxlib 0.10) hands its convolutions to YNNPACK by default; its Eigen
+# convolutions ran every conv layer jaxbp ships faster, the implicit conv by up
+# to 3× (BENCHMARKS.md). The option keeps YNNPACK for matmuls, XLA's default.
+_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+
+
+@functools.cache
+def _cpu_options_accepted():
+    """Whether this XLA:CPU knows :data:`_CPU_OPTIONS` (an experimental option:
+    another jaxlib may not), tried once on a one-operation program."""
+    try:
+        jax.jit(lambda a: a + 1, backend="cpu").lower(np.float32(0)).compile(_CPU_OPTIONS)
+    except Exception:   # noqa: BLE001  (an unknown option is an XLA runtime error, by name per version)
+        return False
+    return True
+
+
+def compiler_options(backend=None):
+    """XLA compiler options for programs of jaxbp's ops on ``backend``
+    (default: JAX's default backend), for ``jax.jit(..., compiler_options=...)``.
+
+    On CPUs: XLA's convolutions computed by Eigen, not YNNPACK (measured
+    faster at every conv layer of the models jaxbp ships); jaxbp's train and
+    evaluation steps are compiled with them. Elsewhere, and where this XLA
+    does not know the option or ``XLA_FLAGS`` already chooses these kernels
+    (``xla_cpu_experimental_ynn_fusion_type``), ``{}``: XLA's defaults."""
+    if ((backend or jax.default_backend()) != "cpu" or "ynn_fusion_type" in os.environ.get("XLA_FLAGS", "")
+            or not _cpu_options_accepted()):
+        return {}
+    return dict(_CPU_OPTIONS)
