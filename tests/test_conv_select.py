@@ -11,26 +11,29 @@ import jaxbp
 from jaxbp.ops.conv import select
 
 
-# Each row a layer of a shipped model, with the algorithm measured fastest for
-# it on the 2-core CPU (python benchmarks/conv_algorithms.py;
-# BENCHMARKS.md).
+# Each row a layer of a shipped model (or one beside them), with the algorithm
+# measured fastest for it on the 2-core CPU, XLA's convolutions compiled as
+# compiler_options has them (python benchmarks/conv_algorithms.py; BENCHMARKS.md).
 @pytest.mark.parametrize("x_shape,w_shape,kwargs,backend,expected", [
-    ((32, 32, 14, 14), (64, 32, 3, 3), {}, "cpu", "winograd"),       # the MNIST CNN's conv 2 at width 32
-    ((32, 14, 14, 32), (64, 32, 3, 3), {"layout": "NHWC"}, "cpu", "winograd"),
-    ((32, 12, 14, 14), (24, 12, 3, 3), {}, "cpu", "explicit"),       # ... at width 12 (MNIST's recipe)
+    ((32, 32, 14, 14), (64, 32, 3, 3), {}, "cpu", "implicit"),       # the MNIST CNN's conv 2 at width 32
+    ((32, 14, 14, 32), (64, 32, 3, 3), {"layout": "NHWC"}, "cpu", "implicit"),
+    ((32, 12, 14, 14), (24, 12, 3, 3), {}, "cpu", "implicit"),       # ... at width 12 (MNIST's recipe)
     ((128, 32, 14, 14), (64, 32, 3, 3), {}, "cpu", "implicit"),      # ... at batch 128: many positions
     ((32, 1, 28, 28), (32, 1, 3, 3), {}, "cpu", "explicit"),         # conv 1: one input channel
     ((32, 3, 32, 32), (16, 3, 3, 3), {}, "cpu", "explicit"),         # a ResNet's stem: three
     ((32, 16, 32, 32), (16, 16, 3, 3), {}, "cpu", "implicit"),       # ResNet-20's first stage
-    ((32, 32, 16, 16), (32, 32, 3, 3), {}, "cpu", "winograd"),       # ... its second
-    ((32, 64, 8, 8), (64, 64, 3, 3), {}, "cpu", "winograd"),         # ... its third
+    ((32, 32, 16, 16), (32, 32, 3, 3), {}, "cpu", "implicit"),       # ... its second
+    ((32, 64, 8, 8), (64, 64, 3, 3), {}, "cpu", "implicit"),         # ... its third: little work per tile
+    ((32, 64, 16, 16), (64, 64, 3, 3), {}, "cpu", "winograd"),       # ... with four times the positions
+    ((32, 128, 8, 8), (128, 128, 3, 3), {}, "cpu", "winograd"),      # ... or twice the channels
     ((32, 128, 16, 16), (128, 128, 3, 3), {}, "cpu", "implicit"),    # ResNet-18's second stage: much work
-    ((32, 512, 4, 4), (512, 512, 3, 3), {}, "cpu", "explicit"),      # ... its last: few positions
+    ((32, 256, 8, 8), (256, 256, 3, 3), {}, "cpu", "winograd"),      # ... its third
+    ((32, 512, 4, 4), (512, 512, 3, 3), {}, "cpu", "implicit"),      # ... its last: few positions
     ((32, 32, 16, 16), (64, 32, 3, 3), {"stride": 2}, "cpu", "explicit"),  # strided
     ((32, 64, 32, 32), (128, 64, 3, 3), {"stride": 2}, "cpu", "implicit"),  # ... with a large patch matrix (ResNet-18)
     ((32, 16, 32, 32), (32, 16, 3, 3), {"stride": 2}, "cpu", "explicit"),   # ... a smaller one (ResNet-20)
     ((32, 32, 16, 16), (64, 32, 1, 1), {"stride": 2}, "cpu", "explicit"),  # a 1×1 projection
-    ((32, 32, 14, 14), (64, 16, 3, 3), {"groups": 2}, "cpu", "explicit"),  # not one Winograd computes
+    ((32, 128, 8, 8), (128, 64, 3, 3), {"groups": 2}, "cpu", "implicit"),  # not one Winograd computes
     ((32, 32, 14, 14), (64, 32, 3, 3), {}, "gpu", "implicit"),
 ])
 def test_auto_algorithm(x_shape, w_shape, kwargs, backend, expected):

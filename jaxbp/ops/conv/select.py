@@ -26,14 +26,16 @@ CHOICES = ALGORITHMS + ("auto",)   # what conv2d(algorithm=...), the layers and 
 DEFAULT_ALGORITHM = "implicit"
 
 # "auto" on CPUs, from each layer's measured forward + backward time by every
-# algorithm, and its workspace (per layer shape, not per network):
+# algorithm (XLA's convolutions as compiler_options has them), and its
+# workspace (per layer shape, not per network):
 FEW_CHANNELS = 4          # up to this many input channels the patch matrix is small: one matmul wins
-MANY_ROWS = 16384         # from this many positions (N·H·W) XLA's own convolution wins
-MUCH_WORK = 1 << 20       # ... or this many positions × input channels: Winograd's may be faster there, but its
-                          # tiles (4× an input of this size) raise the step's peak above implicit's (BENCHMARKS.md)
-WINOGRAD_ROWS = 2048      # Winograd's transforms pay for themselves from this many positions
-WINOGRAD_CHANNELS = 32    # ... and this many input channels (fewer: within noise of explicit, in a model slower)
 LARGE_PATCH = 1 << 22     # a strided conv's patch matrix from this many entries: XLA's convolution wins (1.3–1.5×)
+WINOGRAD_ROWS = 2048      # 3×3 stride 1: Winograd's transforms pay for themselves from this many positions (N·H·W),
+WINOGRAD_CHANNELS = 64    # ... this many input channels,
+WINOGRAD_WORK = 1 << 18   # ... and this many positions × input channels (below: XLA's convolution as fast);
+MANY_ROWS = 16384         # ... up to this many positions
+MUCH_WORK = 1 << 20       # ... or positions × channels: Winograd's may be faster there, but its tiles
+                          # (4× an input of this size) raise the step's peak above implicit's (BENCHMARKS.md)
 
 # Inside the explicit algorithm on CPUs:
 NARROW_PATCH = 16         # a patch matrix narrower than this (and as few outputs) is padded to it: XLA:CPU's faster shape
@@ -52,9 +54,9 @@ def auto_algorithm(x_shape, w_shape, stride=1, dilation=1, groups=1, layout="NCH
     On other backends than CPUs, :data:`DEFAULT_ALGORITHM`. On CPUs, from the
     layer's input positions ``N·H·W`` and channels ``C`` (the constants above):
     the explicit im2col for 1×1 convolutions, for few input channels and for
-    strided ones unless their patch matrix is large; XLA's convolution
-    (implicit) for large ones; Winograd's for the 3×3 stride-1 ones between;
-    the explicit im2col for the smallest.
+    strided ones unless their patch matrix is large; Winograd's for 3×3
+    stride-1 ones with many channels and a middling number of positions;
+    XLA's convolution (implicit) for the rest.
     ``backend``: default JAX's default backend, where the model will run."""
     if (backend or jax.default_backend()) != "cpu":
         return DEFAULT_ALGORITHM
@@ -66,12 +68,10 @@ def auto_algorithm(x_shape, w_shape, stride=1, dilation=1, groups=1, layout="NCH
     if stride != (1, 1):
         out = x_shape[0] * -(-x_shape[ah] // stride[0]) * -(-x_shape[aw] // stride[1])
         return "implicit" if out * channels * w_shape[2] * w_shape[3] >= LARGE_PATCH else "explicit"
-    if rows >= MANY_ROWS or rows * channels >= MUCH_WORK:
-        return "implicit"
-    if (winograd_applies(w_shape[2:], stride, dilation, groups) and rows >= WINOGRAD_ROWS
-            and channels >= WINOGRAD_CHANNELS):
+    if (winograd_applies(w_shape[2:], stride, dilation, groups) and WINOGRAD_ROWS <= rows < MANY_ROWS
+            and channels >= WINOGRAD_CHANNELS and WINOGRAD_WORK <= rows * channels < MUCH_WORK):
         return "winograd"
-    return "explicit"
+    return "implicit"
 
 
 # XLA:CPU (jaxlib 0.10) hands its convolutions to YNNPACK by default; its Eigen
@@ -85,7 +85,7 @@ def _cpu_options_accepted():
     """Whether this XLA:CPU knows :data:`_CPU_OPTIONS` (an experimental option:
     another jaxlib may not), tried once on a one-operation program."""
     try:
-        jax.jit(lambda a: a + 1, backend="cpu").lower(np.float32(0)).compile(_CPU_OPTIONS)
+        jax.jit(lambda a: a + 1).lower(np.float32(0)).compile(_CPU_OPTIONS)
     except Exception:   # noqa: BLE001  (an unknown option is an XLA runtime error, by name per version)
         return False
     return True
