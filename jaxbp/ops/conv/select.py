@@ -36,6 +36,7 @@ WINOGRAD_WORK = 1 << 18   # ... and this many positions × input channels (below
 MANY_ROWS = 16384         # ... up to this many positions
 MUCH_WORK = 1 << 20       # ... or positions × channels: Winograd's may be faster there, but its tiles
                           # (4× an input of this size) raise the step's peak above implicit's (BENCHMARKS.md)
+FEW_ROWS = 2048           # below this many positions the explicit im2col: as fast, and the step smaller (ResNet-18)
 
 # Inside the explicit algorithm on CPUs:
 NARROW_PATCH = 16         # a patch matrix narrower than this (and as few outputs) is padded to it: XLA:CPU's faster shape
@@ -56,7 +57,8 @@ def auto_algorithm(x_shape, w_shape, stride=1, dilation=1, groups=1, layout="NCH
     the explicit im2col for 1×1 convolutions, for few input channels and for
     strided ones unless their patch matrix is large; Winograd's for 3×3
     stride-1 ones with many channels and a middling number of positions;
-    XLA's convolution (implicit) for the rest.
+    the explicit im2col for few positions; XLA's convolution (implicit) for
+    the rest.
     ``backend``: default JAX's default backend, where the model will run."""
     if (backend or jax.default_backend()) != "cpu":
         return DEFAULT_ALGORITHM
@@ -71,7 +73,7 @@ def auto_algorithm(x_shape, w_shape, stride=1, dilation=1, groups=1, layout="NCH
     if (winograd_applies(w_shape[2:], stride, dilation, groups) and WINOGRAD_ROWS <= rows < MANY_ROWS
             and channels >= WINOGRAD_CHANNELS and WINOGRAD_WORK <= rows * channels < MUCH_WORK):
         return "winograd"
-    return "implicit"
+    return "explicit" if rows < FEW_ROWS else "implicit"
 
 
 # XLA:CPU (jaxlib 0.10) hands its convolutions to YNNPACK by default; its Eigen
