@@ -240,7 +240,7 @@ def test_property_random_configurations(cfg):
 
 def test_conv2d_takes_auto_and_computes_what_auto_algorithm_picks():
     """`conv2d(algorithm="auto")` was refused while the layers accepted it."""
-    x, w, b = normal(60, (32, 32, 8, 8), (32, 32, 3, 3), (32,))   # 2,048 positions, 32 channels
+    x, w, b = normal(60, (32, 128, 8, 8), (128, 128, 3, 3), (128,))   # 2,048 positions, 128 channels
     picked = jaxbp.ops.auto_algorithm(x.shape, w.shape)
     assert picked == ("winograd" if jax.default_backend() == "cpu" else jaxbp.ops.DEFAULT_ALGORITHM)
     auto = jax.jit(lambda x, w: jaxbp.conv2d(x, w, b, 1, 1, algorithm="auto"))

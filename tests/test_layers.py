@@ -101,8 +101,8 @@ def test_auto_layers_compute_what_they_choose():
     """A cnn with algorithm="auto" is the same function as with the explicit conv
     (float64: outputs and gradients to rounding), and its traced program holds
     the algorithm auto chose: Winograd's 16 products in conv 2 only."""
-    x = normal(3, (16, 1, 28, 28))[0]   # conv 2: 16·14·14 positions, where auto picks Winograd's
-    auto, explicit = (layers.cnn(10, (32, 8), dense=16, algorithm=a) for a in ("auto", "explicit"))
+    x = normal(3, (32, 1, 28, 28))[0]   # conv 2: 32·14·14 positions × 64 channels, where auto picks Winograd's
+    auto, explicit = (layers.cnn(10, (64, 8), dense=16, algorithm=a) for a in ("auto", "explicit"))
     _, params, state = auto.init(KEY, x.shape)
     params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
 
@@ -112,8 +112,8 @@ def test_auto_layers_compute_what_they_choose():
     assert_close_trees(jax.grad(lambda p: loss(auto, p))(params), jax.grad(lambda p: loss(explicit, p))(params),
                        1e-12)
     text = str(jax.make_jaxpr(lambda p: loss(auto, p))(params))
-    assert "f64[4,4,784,32]" in text  # V of conv 2: 16 matrices, 16·7·7 tiles × 32 channels
-    assert "f64[4,4,3136," not in text  # none of conv 1 (16·14·14 tiles)
+    assert "f64[4,4,1568,64]" in text  # V of conv 2: 16 matrices, 32·7·7 tiles × 64 channels
+    assert "f64[4,4,6272," not in text  # none of conv 1 (32·14·14 tiles)
 
 
 def test_batch_norm_uses_running_statistics_in_evaluation():
