@@ -54,31 +54,35 @@ def test_every_choice_names_a_registered_rule_and_auto_is_accepted_by_conv2d():
     assert select.DEFAULT_ALGORITHM in select.ALGORITHMS and "auto" not in select.ALGORITHMS
 
 
-def _library_convolutions(compiled):
-    """The convolutions of a compiled CPU program that XLA handed to a kernel
-    library's fusion (YNNPACK's), by the fused computations' names."""
+def _library_operations(compiled, operation):
+    """The fusions of a compiled CPU program that XLA handed to a kernel
+    library (YNNPACK) and that compute ``operation`` (``"convolution"``,
+    ``"reduce"``), by the fused computations' names."""
     text = compiled.as_text()
     called = re.findall(r'calls=%([\w.-]+)[^\n]*"kind":"__ynn_fusion"', text)
     bodies = {m.group(1): m.group(2) for m in re.finditer(r"^%([\w.-]+) [^\n]*\{\n(.*?)\n\}", text, re.M | re.S)}
-    return [name for name in called if "convolution(" in bodies.get(name, "")]
+    return [name for name in called if f" {operation}(" in bodies.get(name, "")]
 
 
-def test_train_step_convolutions_are_compiled_with_the_faster_kernels(monkeypatch):
+def test_train_step_is_compiled_with_the_faster_kernels(monkeypatch):
     """jaxbp's train step passes compiler_options: on CPUs, XLA's convolutions
-    run as Eigen's, not YNNPACK's (BENCHMARKS.md); the same step without them
-    has YNNPACK's convolutions (so the check can fail)."""
+    run as Eigen's, not YNNPACK's, and its reductions (batch norm's sums) as
+    YNNPACK's, not XLA's own loops (BENCHMARKS.md); the same step without the
+    options has YNNPACK's convolutions (so the check can fail). Before the
+    reductions were listed, the step had none of them in YNNPACK."""
     if not select.compiler_options("cpu"):
         pytest.skip("this XLA:CPU has no YNNPACK convolution option")
     from jaxbp.tools import bench
     x, y = bench.batch(16, "cnn")
 
-    def library_convolutions():
+    def compiled():
         step, carry = bench.jaxbp_step("cnn", "custom", "float32", x, width=16)
-        return _library_convolutions(step.lower(carry, x, y).compile())
-    assert not library_convolutions()
+        return step.lower(carry, x, y).compile()
+    shipped = compiled()
+    assert not _library_operations(shipped, "convolution") and _library_operations(shipped, "reduce")
     # XLA_FLAGS naming the option: compiler_options leaves XLA's defaults (here, the process's flags).
     monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", "") + " --xla_cpu_experimental_ynn_fusion_type")
-    assert library_convolutions(), "XLA's default kernels have changed: remeasure (BENCHMARKS.md)"
+    assert _library_operations(compiled(), "convolution"), "XLA's default kernels have changed: remeasure"
 
 
 def test_compiler_options_are_xla_defaults_off_cpus_and_where_xla_flags_choose(monkeypatch):

@@ -76,10 +76,13 @@ def auto_algorithm(x_shape, w_shape, stride=1, dilation=1, groups=1, layout="NCH
     return "explicit" if rows < FEW_ROWS else "implicit"
 
 
-# XLA:CPU (jaxlib 0.10) hands its convolutions to YNNPACK by default; its Eigen
-# convolutions ran every conv layer jaxbp ships faster, the implicit conv by up
-# to 3× (BENCHMARKS.md). The option keeps YNNPACK for matmuls, XLA's default.
-_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+# XLA:CPU (jaxlib 0.10) hands its matmuls, convolutions and reductions to
+# YNNPACK by default; its Eigen convolutions ran every conv layer jaxbp ships
+# faster, the implicit conv by up to 3×. The list is XLA's default but the
+# convolutions: YNNPACK's reductions (batch norm's sums) run a train step in
+# 0.83–0.91× the time of XLA's own (BENCHMARKS.md).
+_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
+                "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 
 
 @functools.cache
@@ -98,8 +101,9 @@ def compiler_options(backend=None):
     (default: JAX's default backend), for ``jax.jit(..., compiler_options=...)``.
 
     On CPUs: XLA's convolutions computed by Eigen, not YNNPACK (measured
-    faster at every conv layer of the models jaxbp ships); jaxbp's train and
-    evaluation steps are compiled with them. Elsewhere, and where this XLA
+    faster at every conv layer of the models jaxbp ships), matmuls and
+    reductions by YNNPACK as by default; jaxbp's train and evaluation steps
+    are compiled with them. Elsewhere, and where this XLA
     does not know the option or ``XLA_FLAGS`` already chooses these kernels
     (``xla_cpu_experimental_ynn_fusion_type``), ``{}``: XLA's defaults."""
     if ((backend or jax.default_backend()) != "cpu" or "ynn_fusion_type" in os.environ.get("XLA_FLAGS", "")
