@@ -79,8 +79,8 @@ def auto_algorithm(x_shape, w_shape, stride=1, dilation=1, groups=1, layout="NCH
 # XLA:CPU (jaxlib 0.10) hands its matmuls, convolutions and reductions to
 # YNNPACK by default; its Eigen convolutions ran every conv layer jaxbp ships
 # faster, the implicit conv by up to 3×. The list is XLA's default but the
-# convolutions: with YNNPACK's reductions (batch norm's sums) the conv nets' train steps take
-# 0.83–0.91× the time they take with XLA's own (BENCHMARKS.md).
+# convolutions: with YNNPACK's reductions (batch norm's sums) the conv nets'
+# train steps take 0.83–0.91× the time they take with XLA's own (BENCHMARKS.md).
 _CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
                 "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 
