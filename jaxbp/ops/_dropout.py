@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxbp.ops import _checks
-from jaxbp.ops._recipe import Check, Rule, op, pack_mask, saved, unpack_mask
+from jaxbp.ops._recipe import Check, Rule, op, pack_mask, saved, where_mask
 
 
 def _forward(x, keep, *, rate):
@@ -22,7 +22,8 @@ def _forward(x, keep, *, rate):
 
 def _backward(res, g, *, rate):
     (keep,) = res
-    return jnp.where(unpack_mask(keep, g.shape), g / (1 - rate), 0).astype(g.dtype), None
+    scaled = (g / (1 - rate)).astype(g.dtype)
+    return where_mask(keep, scaled, jnp.zeros_like(scaled)), None
 
 
 _rule = Rule(_forward, _backward)
