@@ -193,25 +193,24 @@ def test_a_saved_mask_is_one_bit_per_entry_and_round_trips(shape):
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
-def test_where_mask_is_the_select_bit_for_bit_and_differentiates_as_it(dtype):
-    """where_mask(pack_mask(m), on, off) takes each entry's bits from on or off:
-    the values of jnp.where(m, on, off), −0, ±inf and NaN included, at every
-    dtype a rule's gradient has; its derivatives in on and off, to second order
-    and forward over reverse, are the select's."""
-    from jaxbp.ops._recipe import pack_mask, where_mask
+def test_bitwise_where_is_the_select_bit_for_bit_and_differentiates_as_it(dtype):
+    """bitwise_where(mask, on, off) takes each entry's bits from on or off: the
+    values of jnp.where, −0, ±inf and NaN included, broadcast as jnp.where
+    broadcasts, at every dtype a rule's gradient has; its derivatives in on and
+    off, to second order and forward over reverse, are the select's."""
+    from jaxbp.ops._recipe import bitwise_where
     special = jnp.array([-0.0, 0.0, np.inf, -np.inf, np.nan, 1.5, -2.25, 3e-8, 7.0], dtype)
     shape = (3, 5, 9)
     mask = jax.random.bernoulli(jax.random.key(3), 0.5, shape)
-    on = jnp.broadcast_to(special, shape)
-    off = jnp.broadcast_to(special[::-1], shape)
-    got = where_mask(pack_mask(mask), on, off)
-    assert got.dtype == on.dtype
-    np.testing.assert_array_equal(np.asarray(got, np.float64).view(np.uint64),
-                                  np.asarray(jnp.where(mask, on, off), np.float64).view(np.uint64))
+    bits = lambda a: np.asarray(a, np.float64).view(np.uint64)
+    for on, off in ((jnp.broadcast_to(special, shape), jnp.broadcast_to(special[::-1], shape)),
+                    (special, jnp.zeros((), dtype)), (special[::-1], special)):
+        got = bitwise_where(mask, on, off)
+        assert got.dtype == special.dtype and got.shape == shape
+        np.testing.assert_array_equal(bits(got), bits(jnp.where(mask, on, off)))
     if dtype != "float64":
         return
-    packed = pack_mask(mask)
-    f = lambda a, b: (where_mask(packed, a, b) ** 3).sum()
+    f = lambda a, b: (bitwise_where(mask, a, b) ** 3).sum()
     twin = lambda a, b: (jnp.where(mask, a, b) ** 3).sum()
     a, b = jax.random.normal(jax.random.key(4), (2,) + shape, jnp.float64)
     for derive in (jax.grad, lambda fn, argnums: jax.grad(lambda *v: jax.grad(fn, argnums)(*v).sum(), argnums),

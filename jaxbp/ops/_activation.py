@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxbp.ops import _checks
-from jaxbp.ops._recipe import Check, Rule, op, pack_mask, saved, where_mask
+from jaxbp.ops._recipe import Check, Rule, bitwise_where, op, pack_mask, saved, unpack_mask
 
 
 def _relu_forward(z):
@@ -27,7 +27,7 @@ def _relu_forward(z):
 
 def _relu_backward(res, g):
     (mask,) = res
-    return (where_mask(mask, g, jnp.zeros_like(g)),)
+    return (bitwise_where(unpack_mask(mask, g.shape), g, jnp.zeros_like(g)),)
 
 
 def _leaky_relu_forward(z, *, negative_slope):
@@ -37,7 +37,7 @@ def _leaky_relu_forward(z, *, negative_slope):
 
 def _leaky_relu_backward(res, g, *, negative_slope):
     (mask,) = res
-    return (where_mask(mask, g, negative_slope * g),)
+    return (bitwise_where(unpack_mask(mask, g.shape), g, negative_slope * g),)
 
 
 def _sigmoid_forward(z):

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxbp.ops import _checks
-from jaxbp.ops._recipe import Check, Rule, op, pack_mask, saved, where_mask
+from jaxbp.ops._recipe import Check, Rule, bitwise_where, op, pack_mask, saved, unpack_mask
 
 
 def _forward(x, keep, *, rate):
@@ -23,7 +23,7 @@ def _forward(x, keep, *, rate):
 def _backward(res, g, *, rate):
     (keep,) = res
     scaled = (g / (1 - rate)).astype(g.dtype)
-    return where_mask(keep, scaled, jnp.zeros_like(scaled)), None
+    return bitwise_where(unpack_mask(keep, g.shape), scaled, jnp.zeros_like(scaled)), None
 
 
 _rule = Rule(_forward, _backward)

@@ -316,37 +316,34 @@ def pack_mask(mask):
     return (eighths << jnp.arange(8, dtype=jnp.uint8)[:, None]).sum(axis=0, dtype=jnp.uint8)
 
 
-def _mask_bits(packed, shape):
-    """The mask :func:`pack_mask` packed, of ``shape``, as ``uint8`` zeros and ones."""
-    bits = (packed[None, :] >> jnp.arange(8, dtype=jnp.uint8)[:, None]) & 1
-    return bits.reshape(-1)[:math.prod(shape)].reshape(shape)
-
-
 def unpack_mask(packed, shape):
     """The boolean mask of ``shape`` that :func:`pack_mask` packed."""
-    return _mask_bits(packed, shape).astype(jnp.bool_)
+    bits = (packed[None, :] >> jnp.arange(8, dtype=jnp.uint8)[:, None]) & 1
+    return bits.reshape(-1)[:math.prod(shape)].reshape(shape).astype(jnp.bool_)
 
 
 @jax.custom_jvp
-def where_mask(packed, on, off):
-    """``jnp.where(mask, on, off)`` for the mask :func:`pack_mask` packed, ``on``
-    and ``off`` floating arrays of the mask's shape and one dtype: how a rule
-    applies a saved mask. Each entry's bits are taken from ``on`` or ``off`` by
-    a bitwise AND with all ones or all zeros, so the values are the select's,
-    −0, ∞ and NaN included; XLA:CPU runs the select on an unpacked mask 3–5×
-    slower where the arrays' last axis is narrow (16 or 32 channels), this at
-    the speed of an elementwise product (BENCHMARKS.md). Differentiable in
-    ``on`` and ``off`` (the select's derivative), to any order."""
+def bitwise_where(mask, on, off):
+    """``jnp.where(mask, on, off)`` for floating ``on`` and ``off`` of one dtype
+    (broadcast together with the boolean ``mask``), computed on their bits: each
+    entry's taken from ``on`` or ``off`` by an AND with all ones or all zeros,
+    so the values are the select's, −0, ∞ and NaN included. How a rule applies
+    a saved mask or index: XLA:CPU runs a select whose mask comes from bytes
+    (an unpacked mask, an ``int8`` index) 1.7–5× slower where the arrays' last
+    axis is narrow (16 or 32 channels), this at the speed of an elementwise
+    product (BENCHMARKS.md). Differentiable in ``on`` and ``off`` as the
+    select, to any order."""
+    shape = jnp.broadcast_shapes(mask.shape, on.shape, off.shape)
     uint = jnp.dtype(f"uint{8 * on.dtype.itemsize}")
-    keep = 0 - _mask_bits(packed, on.shape).astype(uint)     # all ones where the mask is set
-    bits = lambda a: lax.bitcast_convert_type(a, uint)
+    keep = jnp.broadcast_to(0 - mask.astype(uint), shape)     # all ones where the mask is set
+    bits = lambda a: lax.bitcast_convert_type(jnp.broadcast_to(a, shape), uint)
     return lax.bitcast_convert_type((bits(on) & keep) | (bits(off) & ~keep), on.dtype)
 
 
-@where_mask.defjvp
-def _where_mask_jvp(primals, tangents):
-    packed, on, off = primals
-    return where_mask(packed, on, off), jnp.where(unpack_mask(packed, on.shape), tangents[1], tangents[2])
+@bitwise_where.defjvp
+def _bitwise_where_jvp(primals, tangents):
+    mask, on, off = primals
+    return bitwise_where(mask, on, off), jnp.where(mask, tangents[1], tangents[2])
 
 
 class Check(typing.NamedTuple):
