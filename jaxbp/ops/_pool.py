@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from jaxbp.ops import _checks, _windows
-from jaxbp.ops._recipe import Check, Rule, bitwise_where, op, saved
+from jaxbp.ops._recipe import Check, Rule, op, saved
 
 
 def _windows_of(x, window, stride, pads, layout, fill):
@@ -49,7 +49,7 @@ def _max_pool_backward(res, g, *, window, stride, pads, layout, in_hw):
     (idx,) = res
     k_axis = _windows.WINDOW_AXIS[layout]
     k = _window_index(window[0] * window[1], k_axis, g.ndim + 1)
-    dcols = bitwise_where(k == idx, jnp.expand_dims(g, k_axis), jnp.zeros((), g.dtype))
+    dcols = jnp.where(k == idx, jnp.expand_dims(g, k_axis), 0)
     return (_scatter_back(dcols, in_hw, window, stride, pads, layout),)
 
 

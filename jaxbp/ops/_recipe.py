@@ -328,11 +328,11 @@ def bitwise_where(mask, on, off):
     (broadcast together with the boolean ``mask``), computed on their bits: each
     entry's taken from ``on`` or ``off`` by an AND with all ones or all zeros,
     so the values are the select's, −0, ∞ and NaN included. How a rule applies
-    a saved mask or index: XLA:CPU runs a select whose mask comes from bytes
-    (an unpacked mask, an ``int8`` index) 1.7–5× slower where the arrays' last
-    axis is narrow (16 or 32 channels), this at the speed of an elementwise
-    product (BENCHMARKS.md). Differentiable in ``on`` and ``off`` as the
-    select, to any order."""
+    a mask it saved with :func:`pack_mask`: XLA:CPU runs a select on the
+    unpacked mask 4–6× slower where the arrays' last axis is narrow (16 or 32
+    channels), this at an elementwise pass's speed (``benchmarks/masks.py``,
+    BENCHMARKS.md). Differentiable in ``on`` and ``off`` as the select, to
+    any order."""
     shape = jnp.broadcast_shapes(mask.shape, on.shape, off.shape)
     uint = jnp.dtype(f"uint{8 * on.dtype.itemsize}")
     keep = jnp.broadcast_to(0 - mask.astype(uint), shape)     # all ones where the mask is set
