@@ -142,7 +142,8 @@ def _silu_backward(res, g):
 def _softmax_forward(z, *, axis):
     a = jnp.exp(z - lax.stop_gradient(z.max(axis=axis, keepdims=True)))
     a = a / a.sum(axis=axis, keepdims=True)
-    return a, (a,)
+    # behind the barrier: else XLA rebuilt a in the backward pass, 1.6x the twin's time (BENCHMARKS.md)
+    return a, saved(a)
 
 
 def _softmax_backward(res, g, *, axis):
