@@ -147,15 +147,22 @@ def op_problems(dtype, checks=None):
             for i, (label, c) in enumerate((custom_ops.CHECKS if checks is None else checks).items())}
 
 
-def projected(name, args, argnums, kwargs):
-    """``loss(ops, diff_args)``: a fixed random projection of the op's outputs."""
-    def loss(ops, diff):
+def outputs(name, args, argnums, kwargs):
+    """``outs(ops, diff_args)``: the op's outputs (a list of arrays) from ``ops``'
+    version of it, ``diff_args`` in the places ``argnums`` name."""
+    def outs(ops, diff):
         full = list(args)
         for i, d in zip(argnums, diff):
             full[i] = d
-        outs = jax.tree.leaves(getattr(ops, name)(*full, **kwargs))
-        return sum(jnp.sum(o * jnp.cos(jnp.arange(o.size, dtype=o.dtype).reshape(o.shape))) for o in outs)
-    return loss
+        return jax.tree.leaves(getattr(ops, name)(*full, **kwargs))
+    return outs
+
+
+def projected(name, args, argnums, kwargs):
+    """``loss(ops, diff_args)``: a fixed random projection of the op's outputs."""
+    outs = outputs(name, args, argnums, kwargs)
+    return lambda ops, diff: sum(jnp.sum(o * jnp.cos(jnp.arange(o.size, dtype=o.dtype).reshape(o.shape)))
+                                 for o in outs(ops, diff))
 
 
 def audit_passes(rule_err, twin_err, dtype="float32"):
