@@ -27,8 +27,8 @@ either, each one is also given its traffic bound: the time XLA takes to
 move the conv output eight times (the fewest transfers batch norm + relu can
 make: x read for the statistics and again for y, δy and x read for the two
 sums and again for δx), timed as one elementwise pass over four copies of it;
-the floor with those in place of the rules is the lowest any batch norm
-compiled by XLA:CPU could reach. PyTorch's whole step is timed before and after the layers,
+the floor with those in place of the rules is a bound for any batch norm
+made of XLA:CPU's elementwise passes. PyTorch's whole step is timed before and after the layers,
 and the slower of the two is the one compared. "Peak" is the best float32
 matmul rate either framework reaches on this machine (2048 × 2048, best of
 10); the machine's nominal rate is not known inside a virtual machine.

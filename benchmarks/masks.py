@@ -1,6 +1,6 @@
 """How a rule applies a saved mask or index: ``jnp.where`` against
-``bitwise_where`` (relu's rule's choice), at the activation shapes of the models
-jaxbp ships, NHWC.
+``bitwise_where`` (what relu's rule uses), at the activation shapes of the
+models jaxbp ships, NHWC.
 
     python benchmarks/masks.py [--rounds 30]
 
