@@ -76,8 +76,8 @@ def _sparse_backward(res, g, *, ignore_index):
     y = _one_hot(jnp.where(counted, labels, -1), o)
     # softmax(o) = e^{o − m} / Σ, e^{o − m} written as the forward pass wrote it:
     # XLA computes it once for both passes compiled together (its twin's speed).
-    scale = g[:, None].astype(o.dtype) * counted[:, None] / jnp.exp(log_sum)
-    dlogits = jnp.exp(o - m) * scale - g[:, None].astype(o.dtype) * y
+    g = g[:, None].astype(o.dtype)
+    dlogits = jnp.exp(o - m) * (g * counted[:, None] / jnp.exp(log_sum)) - g * y
     return dlogits, None
 
 
