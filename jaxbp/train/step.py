@@ -42,7 +42,12 @@ def is_weight(leaf):
 def build_optimizer(cfg, steps_per_epoch):
     total = cfg.epochs * steps_per_epoch
     warmup = min(int(cfg.warmup_epochs * steps_per_epoch), max(total - 1, 0))
-    lr = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, max(total, warmup + 1), cfg.lr * 1e-2)
+    schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, max(total, warmup + 1), cfg.lr * 1e-2)
+    # In float64 where JAX has it, then rounded to float32 as optax gives it: two
+    # programs' float32 arithmetic of the step count may differ in the last bit
+    # (XLA:CPU's two fusion emitters did), and a compiled chunk of steps must
+    # equal the same steps one at a time.
+    lr = lambda count: schedule(jnp.asarray(count, jnp.result_type(float))).astype(jnp.float32)
     decoupled, _ = cfg.weight_decay_terms()
     if cfg.optimizer == "sgd":
         return optax.sgd(lr)
