@@ -7,7 +7,7 @@ import jax
 import pytest
 
 from bad_inputs import JAX_SETTINGS, cli_error_cases, restored_environ
-from helpers import command_env, running, write_mnist_dir
+from helpers import command_env, load_benchmark, running, write_mnist_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -124,10 +124,13 @@ def test_gradcheck_cli(tmp_path):
 @pytest.mark.slow   # jaxbp processes
 @pytest.mark.parametrize("command", ["jaxbp", "vs_flax"])
 def test_bench_json(command):
-    """`jaxbp bench`: the twin beside the rules; benchmarks/vs_flax.py: Flax NNX too."""
+    """`jaxbp bench`: the twin beside the rules; benchmarks/vs_flax.py: Flax NNX
+    too (each of the Flax versions the benchmark declares)."""
     args = ("--model", "mlp", "--batch-size", "32", "--width", "32", "--rounds", "2", "--json")
+    baselines = []
     if command == "vs_flax":
         pytest.importorskip("flax")
+        baselines = list(load_benchmark("flax_models").BASELINES)
         r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "vs_flax.py"), *args],
                            capture_output=True, text=True, timeout=300)
     else:
@@ -136,7 +139,7 @@ def test_bench_json(command):
     out = json.loads(r.stdout)
     assert out["options"] == {"width": 32, "dropout": 0.0}
     names = [x["candidate"] for x in out["results"]]
-    assert names == ["jaxbp custom", "jaxbp autodiff"] + (["flax nnx"] if command == "vs_flax" else [])
+    assert names == ["jaxbp custom", "jaxbp autodiff"] + baselines
     assert all(x["step_ms"] > 0 and x["temp_mib"] >= 0 for x in out["results"])
 
 
