@@ -14,11 +14,11 @@ for _flag in ("--xla_force_host_platform_device_count=8", "--xla_backend_optimiz
 
 # The default run (not the slow tests) also with XLA:CPU's older fusion emitters
 # (LLVM IR written directly, not through MLIR): 0.6x its time (jaxlib 0.10.2,
-# 2 cores: 374-395 -> 229-249 s). They round some float32 arithmetic differently
+# 2 cores: 374-395 -> 239-249 s). They round some float32 arithmetic differently
 # in the last bit from program to program, which no tolerance of the default run
-# relies on; the slow tests compare whole runs compiled as different programs
-# bit for bit (uint8 pixels against their floats, an epoch against its steps),
-# a promise made for XLA's emitters, so they compile with those.
+# relies on. The slow tests compare whole runs compiled as different programs
+# bit for bit (uint8 pixels against their floats, an epoch against its steps):
+# jaxbp promises that for programs compiled as a user's are, so they are.
 LEGACY_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
 
 
