@@ -22,7 +22,7 @@ import jaxbp
 from jaxbp.ops import CHECKS, _windows
 from jaxbp.ops._recipe import Check
 from jaxbp.tools.timing import machine, paired_ratio, temp_bytes, timings
-from jaxbp.tools.gradcheck import op_problems, outputs
+from jaxbp.tools.gradcheck import op_problems, outputs, projection
 
 
 def sizes(s):
@@ -69,8 +69,7 @@ def _loss(o):
     constant) XLA rebuilt a rule's patch matrix before the forward pass had
     dropped its own (the explicit conv: 1.31× the twin's memory); with ``½ Σ o²``
     (cotangent ``o``) an elementwise op's two passes fused into one loop."""
-    proj = jnp.cos(jnp.arange(o.size, dtype=o.dtype).reshape(o.shape))
-    return jnp.sum(o * proj) + 0.5 * jnp.sum(o) ** 2 / o.size
+    return jnp.sum(o * projection(o)) + 0.5 * jnp.sum(o) ** 2 / o.size
 
 
 def fwd_bwd(name, args, argnums, kwargs, ops):

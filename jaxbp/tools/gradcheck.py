@@ -158,11 +158,16 @@ def outputs(name, args, argnums, kwargs):
     return outs
 
 
+def projection(o):
+    """A fixed array of ``o``'s shape and dtype, ``cos(0), cos(1), …`` in order:
+    the direction :func:`projected` (and ``benchmarks/ops.py``) project onto."""
+    return jnp.cos(jnp.arange(o.size, dtype=o.dtype).reshape(o.shape))
+
+
 def projected(name, args, argnums, kwargs):
     """``loss(ops, diff_args)``: a fixed random projection of the op's outputs."""
     outs = outputs(name, args, argnums, kwargs)
-    return lambda ops, diff: sum(jnp.sum(o * jnp.cos(jnp.arange(o.size, dtype=o.dtype).reshape(o.shape)))
-                                 for o in outs(ops, diff))
+    return lambda ops, diff: sum(jnp.sum(o * projection(o)) for o in outs(ops, diff))
 
 
 def audit_passes(rule_err, twin_err, dtype="float32"):
