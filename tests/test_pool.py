@@ -1,4 +1,5 @@
 import itertools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -151,3 +152,19 @@ def test_nan_in_a_window_gives_nan_for_that_window(kind):
     for op in (POOLS[kind], POOLS[kind].autodiff):
         y = np.asarray(op(x, 2))
         assert np.isnan(y[0, 0, 0, 0]) and np.all(np.isfinite(y.ravel()[1:]))
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_max_pool_keeps_its_index_in_one_byte(layout):
+    """The saved arg-max is one byte per output in the compiled gradient: an
+    index narrowed from ``argmax``'s int32 was kept as int32 by XLA:CPU, the
+    narrowing moved into the backward pass (4× the residual)."""
+    shape = (8, 4, 6, 6) if layout == "NCHW" else (8, 6, 6, 4)
+    x = normal(8, shape)[0]
+    grad = jax.jit(jax.grad(lambda x: (jaxbp.max_pool2d(jnp.tanh(x), 2, layout=layout) ** 2).sum()))
+    text = grad.lower(x).compile().as_text()
+    hlo = text[text.index("ENTRY"):]   # the program's buffers, not the fused computations' values
+    outputs = 8 * 4 * 3 * 3
+    sizes = {t: [int(np.prod([int(d) for d in dims.split(",")])) for dims in re.findall(t + r"\[([\d,]+)\]", hlo)]
+             for t in ("s8", "s32", "s64")}
+    assert outputs in sizes["s8"] and outputs not in sizes["s32"] + sizes["s64"], sizes

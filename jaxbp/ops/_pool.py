@@ -12,6 +12,7 @@ divides by the full window size ``K = KH·KW``, padded zeros included.
 from __future__ import annotations
 
 import jax.numpy as jnp
+from jax import lax
 
 from jaxbp.ops import _checks, _windows
 from jaxbp.ops._recipe import Check, Rule, op, saved
@@ -23,10 +24,12 @@ def _windows_of(x, window, stride, pads, layout, fill):
     return _windows.im2col(_windows.pad(x, pads, layout, fill), window, stride, out, layout)
 
 
-def _first_max(cols, layout):
-    """One-hot of the first maximal entry along the window axis, and its index."""
+def _first_max(cols, layout, index_dtype):
+    """One-hot of the first maximal entry along the window axis, and its index
+    in ``index_dtype``: computed so, not narrowed from ``argmax``'s int32, which
+    XLA:CPU keeps in its place, the narrowing moved into the backward pass."""
     k_axis = _windows.WINDOW_AXIS[layout]
-    idx = jnp.argmax(cols, axis=k_axis, keepdims=True)
+    idx = jnp.expand_dims(lax.argmax(cols, k_axis, index_dtype), k_axis)
     return _window_index(cols.shape[k_axis], k_axis, cols.ndim) == idx, idx
 
 
@@ -37,12 +40,11 @@ def _window_index(kk, k_axis, ndim):
 
 def _max_pool_forward(x, *, window, stride, pads, layout, in_hw):
     cols = _windows_of(x, window, stride, pads, layout, -jnp.inf)
-    hot, idx = _first_max(cols, layout)
+    # Residual: the arg-max index in one byte per output (K ≤ 127), not x.
+    hot, idx = _first_max(cols, layout, jnp.int8 if window[0] * window[1] <= 127 else jnp.int32)
     # Select, then sum one entry: autodiff of this routes δY to the first max too.
     y = jnp.where(hot, cols, 0).sum(axis=_windows.WINDOW_AXIS[layout])
-    # Residual: the arg-max index in one byte per output (K ≤ 127), not x.
-    small = jnp.int8 if window[0] * window[1] <= 127 else jnp.int32
-    return y, saved(idx.astype(small))
+    return y, saved(idx)
 
 
 def _max_pool_backward(res, g, *, window, stride, pads, layout, in_hw):
