@@ -24,13 +24,19 @@ time, result shape and source. For every convolution and matmul, its FLOPs
 2048 × 2048 float32 matmul rate on this machine (best of 5), measured at the
 start — a nominal rate is not known inside a virtual machine.
 
-The profiler adds its own cost to every operation, so the sum over operations
-exceeds the step's time; the shares are what to read. XLA:CPU runs some
-convolutions (Eigen's) on its thread pool after their event ends: such an
-operation shows a rate above the peak, is marked "dispatched only", and its
-FLOPs count in no rate. Used on XLA:CPU, whose profile names each event after
-its operation; where no event matches (another backend's naming), the script
-says so.
+Each operation's time is its span on the profile's timeline: from its event's
+start to the end of its completion event (``end: <name>``), which XLA:CPU
+records when the operation's result is ready. That matters for the
+convolutions XLA:CPU hands to Eigen's thread pool: their own event ends when
+they are dispatched, and the work runs on while later operations start.
+Where operations overlap (two threads, or an operation beside a dispatched
+convolution), each instant is split evenly among those running, so the
+operations' times add up to the time the program was busy, and a kind's share
+is of that. The profiler adds its own cost to every operation; the shares are
+what to read. Control flow (``while``, ``call``, ``conditional``) spans the
+operations it runs: it counts its own event only. Used on XLA:CPU, whose
+profile names each event after its operation; where no event matches (another
+backend's naming), the script says so.
 """
 import argparse
 import collections
@@ -137,6 +143,45 @@ def useful_flops(op, products, shapes):
     return 2 * out * taps * rhs[labels.group(1).index("i")] / zeros
 
 
+_CONTROL = ("while", "call", "conditional")   # their events span the operations they run
+
+
+def spans(events, alias, hlo):
+    """(microseconds per operation, events per operation) from the profile's
+    ``events``: each event of an operation (``alias``: event name -> operation)
+    spans from its start to the end of its ``end: <name>`` event, the n-th
+    start paired with the n-th end; the time in which several spans overlap is
+    split evenly among them (a sweep over the spans' ends)."""
+    starts, ends = collections.defaultdict(list), collections.defaultdict(list)
+    for e in events:
+        if e.get("ph") != "X":
+            continue
+        name = e.get("name", "")
+        if name in alias:
+            starts[alias[name]].append((e["ts"], e["ts"] + e["dur"]))
+        elif name.startswith("end: ") and name[5:] in alias:
+            ends[alias[name[5:]]].append(e["ts"] + e["dur"])
+    marks, count = [], collections.Counter()
+    for name, found in starts.items():
+        found.sort()
+        done = sorted(ends[name]) if hlo[name]["opcode"] not in _CONTROL else []
+        for i, (t0, t1) in enumerate(found):
+            t1 = max(t1, done[i]) if i < len(done) else t1
+            marks += [(t0, 1, name), (t1, -1, name)]
+        count[name] = len(found)
+    total, running, last = collections.Counter(), collections.Counter(), None
+    for t, step, name in sorted(marks, key=lambda m: (m[0], m[1])):
+        n = sum(running.values())
+        if n and t > last:
+            for k, v in running.items():
+                total[k] += (t - last) * v / n
+        running[name] += step
+        if not running[name]:
+            del running[name]
+        last = t
+    return total, count
+
+
 OPS = set(ops.__all__)   # jaxbp's ops: each runs under a name scope of its name
 
 
@@ -161,7 +206,9 @@ def kind(op, flops, kernels):
 
 
 def jaxbp_program(a):
-    """(compiled chunk of train steps, its runner, steps per call, kernel sizes, title)."""
+    """(compiled chunk of train steps, its runner, steps per call, events per
+    call of an operation run once per step (1 where the steps are written out:
+    each has its own operations), kernel sizes, title)."""
     cfg = Config.for_data(a.data, **settings(a.set)).validate()
     ds = random_dataset(a.data, a.random) if a.random else data_lib.load(a.data, a.data_dir)
     steps_per_epoch = len(ds.x_train) // cfg.batch_size
@@ -183,7 +230,7 @@ def jaxbp_program(a):
 
     title = (f"jaxbp {cfg.gradients}: {cfg.model}, batch {cfg.batch_size}, " +
              ", ".join(f"{k} {v}" for k, v in cfg.model_options().items()) + f"; {length} steps per chunk")
-    return compiled, run, length, kernels, title
+    return compiled, run, length, 1 if steps.unrolled else length, kernels, title
 
 
 def flax_program(a):
@@ -201,7 +248,7 @@ def flax_program(a):
         for _ in range(n):
             carry[0], metrics = compiled(carry[0], x, y)
         jax.block_until_ready(metrics)
-    return compiled, run, 1, kernels, f"Flax NNX: {cfg.model}, batch {cfg.batch_size}"
+    return compiled, run, 1, 1, kernels, f"Flax NNX: {cfg.model}, batch {cfg.batch_size}"
 
 
 def main(argv=None):
@@ -216,7 +263,7 @@ def main(argv=None):
     p.add_argument("set", nargs="*", metavar="FIELD=VALUE", help="Config fields changed from the recipe")
     a = p.parse_args(argv)
 
-    compiled, run, length, kernels, title = (flax_program if a.flax else jaxbp_program)(a)
+    compiled, run, length, per_chunk, kernels, title = (flax_program if a.flax else jaxbp_program)(a)
     peak = matmul_flops()
     run(2)
     times = []
@@ -240,14 +287,14 @@ def main(argv=None):
     # name has "_" for the instruction's "." (GPUs; not measured here).
     alias = {name.replace(".", "_"): name for name in hlo}
     alias.update({name: name for name in hlo})
-    total, count = collections.Counter(), collections.Counter()
-    for e in events:
-        if e.get("ph") == "X" and e.get("name") in alias:
-            total[alias[e["name"]]] += e["dur"]
-            count[alias[e["name"]]] += 1
+    total, count = spans(events, alias, hlo)
     if not total:
         raise SystemExit("the profile has no events named after the program's operations on this backend")
-    n_steps = a.chunks * length
+    # Steps captured, from the count most operations have (``per_chunk`` events
+    # each per chunk): the profiler's buffer can drop a long run's last events.
+    n_steps = min(a.chunks, collections.Counter(count.values()).most_common(1)[0][0] / per_chunk) * length
+    if n_steps < a.chunks * length:
+        print(f"the profile holds {n_steps:g} of the {a.chunks * length} steps run: per step of those")
     step_us = sum(total.values()) / n_steps
     products = collections.defaultdict(list)
     for op in hlo.values():
@@ -255,32 +302,23 @@ def main(argv=None):
             products[op["computation"]].append(op)
     flops = {name: useful_flops(hlo[name], products, shapes) for name in total}
     kinds = {name: kind(hlo[name], flops[name], kernels) for name in total}
-    print(f"under the profiler: {step_us:.0f} us per step in {len(total)} operations\n")
-
-    # An operation XLA:CPU hands to its thread pool (Eigen's convolutions) ends its
-    # event when dispatched: its time falls to later events. A rate above the peak
-    # marks one; its FLOPs are left out of its kind's rate.
-    unseen = {name for name in total
-              if flops[name] and flops[name] * count[name] / (total[name] * 1e-6) > peak}
+    print(f"under the profiler: {step_us:.0f} us per step busy, in {len(total)} operations\n")
 
     def rate(f, us):
         return f"{f / us / 1e3:.1f} | {100 * f / us / 1e-6 / peak:.0f} %" if f else "– | –"
 
-    if unseen:
-        print(f"{len(unseen)} operations ran past their events (dispatched to a thread pool): their time "
-              "counts in later events, their FLOPs in no rate below\n")
     print("| kind | us/step | share | GFLOP/step | GFLOP/s | of peak |\n|---|---:|---:|---:|---:|---:|")
     by_kind = collections.defaultdict(lambda: [0.0, 0.0])
     for name, us in total.items():
         by_kind[kinds[name]][0] += us / n_steps
-        by_kind[kinds[name]][1] += (flops[name] or 0) * count[name] / n_steps if name not in unseen else 0
+        by_kind[kinds[name]][1] += (flops[name] or 0) * count[name] / n_steps
     for k, (us, f) in sorted(by_kind.items(), key=lambda kv: -kv[1][0]):
         print(f"| {k} | {us:.0f} | {100 * us / step_us:.1f} % | {f / 1e9:.3f} | {rate(f, us)} |")
     print("\n| us/step | share | per step | kind | GFLOP/s | of peak | operation | result | from |"
           "\n|---:|---:|---:|---|---:|---:|---|---|---|")
     for name, us in total.most_common(a.top):
         f, per = flops[name], count[name] / n_steps
-        cells = "dispatched only | –" if name in unseen else rate(f * per if f else None, us / n_steps)
+        cells = rate(f * per if f else None, us / n_steps)
         print(f"| {us / n_steps:.1f} | {100 * us / n_steps / step_us:.1f} % | {per:g} | {kinds[name]} | "
               f"{cells} | {name} | `{hlo[name]['shape'][:50]}` | {hlo[name]['source'][:60]} |")
 

@@ -415,6 +415,27 @@ def test_the_step_profiler_lists_the_chunks_operations(capsys):
             "relu backward"} <= kinds, kinds
 
 
+def test_the_step_profiler_times_an_operation_until_its_result_is_ready():
+    """XLA:CPU ends a convolution's event when it hands the work to Eigen's
+    thread pool and records ``end: <name>`` when the result is ready: the
+    profiler read the first event alone, and a ResNet-20 step's convolutions
+    came out at 9 % of it (batch 128), their time in whatever ran next. Overlapping spans
+    share their time; control flow counts its own event, not its body's."""
+    spans = load_benchmark("profile_step").spans
+    ops = {"conv.1": {"opcode": "convolution"}, "fusion.2": {"opcode": "fusion"}, "while.3": {"opcode": "while"}}
+    alias = {name: name for name in ops}
+
+    def event(name, ts, dur):
+        return {"ph": "X", "name": name, "ts": ts, "dur": dur}
+    events = [event("while.3", 0, 0.5), event("conv.1", 0, 1), event("fusion.2", 2, 4), event("end: fusion.2", 6, 0),
+              event("end: conv.1", 9.5, 0.5), event("end: while.3", 12, 0),
+              event("conv.1", 20, 1), event("end: conv.1", 22, 1), {"ph": "M", "name": "thread_name"}]
+    total, count = spans(events, alias, ops)
+    # [0, 0.5] conv and while; [0.5, 2] conv; [2, 6] conv and fusion; [6, 10] conv; then [20, 23] conv.
+    assert total == pytest.approx({"while.3": 0.25, "conv.1": 0.25 + 1.5 + 2 + 4 + 3, "fusion.2": 2})
+    assert count == {"conv.1": 2, "fusion.2": 1, "while.3": 1}
+
+
 @pytest.mark.slow   # a training run into a run directory: the end-to-end lane
 def test_resume_before_the_first_checkpoint_starts_the_run_again(tmp_path, capsys):
     """Interrupted before its first checkpoint, a run sent the user in a circle:
