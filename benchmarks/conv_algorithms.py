@@ -3,13 +3,16 @@ algorithm that computes it, timed side by side on this backend: the costs
 ``algorithm="auto"`` chooses from.
 
     python benchmarks/conv_algorithms.py [--models cnn mnist resnet20 resnet18] [--rounds 10]
+    python benchmarks/conv_algorithms.py --models resnet20:128     # the same layers at another batch
 
 The layers' shapes come from tracing each model (``jax.eval_shape``) at its
 benchmark batch: ``cnn`` (width 32, batch 128), ``mnist`` (MNIST's CPU recipe:
 width 12, pooling first, batch 32), ``resnet20`` and ``resnet18`` (batch 32,
-CIFAR-shaped). Each distinct layer is timed once (interleaved rounds, median;
-``jax.grad`` of the output's sum with respect to the input and the kernel,
-jitted) and its compiled temporary memory is read from XLA. Prints one
+CIFAR-shaped), or at the batch ``model:batch`` gives. Each distinct layer is
+timed once (interleaved rounds, median; the output and its gradients with
+respect to the input and the kernel for a random cotangent, jitted:
+``jaxbp.tools.timing.forward_and_backward``) and its compiled temporary memory
+is read from XLA. Prints one
 Markdown row per layer: its shape, each algorithm's ms and MiB, the fastest,
 what ``auto`` picks now and its time and memory over the fastest's and the
 implicit conv's.
@@ -24,7 +27,7 @@ import numpy as np
 import jaxbp
 from jaxbp import layers, ops
 from jaxbp.ops.conv import select
-from jaxbp.tools.timing import interleaved, machine, temp_bytes
+from jaxbp.tools.timing import forward_and_backward, interleaved, machine, temp_bytes
 
 # name -> (registry model, its options, benchmark batch): the shipped models
 # and the MNIST recipe's cnn; benchmarks/auto_vs_fixed.py times the same networks.
@@ -73,27 +76,34 @@ def candidates(x_shape, w_shape, stride, dilation, groups, layout):
     x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
     w = jnp.asarray(rng.standard_normal(w_shape) * 0.1, jnp.float32)
     padding = "SAME" if w_shape[2] > 1 else 0
-    fns = {}
+    fns, g = {}, None
     for alg in algs:
-        loss = functools.partial(lambda x, w, alg: jaxbp.conv2d(x, w, None, stride, padding, dilation, groups,
-                                                               algorithm=alg, layout=layout).sum(), alg=alg)
-        step = jax.jit(jax.grad(loss, argnums=(0, 1)), compiler_options=ops.compiler_options())  # as training's
-        fns[alg] = functools.partial(step, x, w)
-        fns[alg].mib = temp_bytes(step, x, w) / 2**20
+        conv = functools.partial(lambda x, w, alg: jaxbp.conv2d(x, w, None, stride, padding, dilation, groups,
+                                                               algorithm=alg, layout=layout), alg=alg)
+        if g is None:
+            g = jnp.asarray(rng.standard_normal(jax.eval_shape(conv, x, w).shape), jnp.float32)
+        step = jax.jit(forward_and_backward(conv), compiler_options=ops.compiler_options())  # as training's
+        fns[alg] = functools.partial(step, x, w, g)
+        fns[alg].mib = temp_bytes(step, x, w, g) / 2**20
     return fns
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--models", nargs="+", default=list(MODELS), metavar="MODEL[:BATCH]",
+                   help=f"of {', '.join(MODELS)} (default: all, each at its benchmark batch)")
     p.add_argument("--rounds", type=int, default=10)
     a = p.parse_args()
     print(f"Conv layers, fwd+bwd (dx, dw), float32, ms — {machine()}\n")
     print("| model | x (N, H, W, C) | w (O, I, FH, FW) | stride | explicit | implicit | winograd "
           "| MiB explicit / implicit / winograd | fastest | auto now | auto ÷ fastest | auto MiB ÷ implicit |")
     print("|---|---|---|---:|---:|---:|---:|---|---|---|---:|---:|")
-    for model in a.models:
+    for spec in a.models:
+        model, _, batch = spec.partition(":")
+        if model not in MODELS or not (batch.isdigit() or not batch):
+            p.error(f"--models: expected MODEL[:BATCH] with MODEL one of {', '.join(MODELS)}, got {spec!r}")
         for x_shape, w_shape, stride, dilation, groups, layout in layer_shapes(model):
+            x_shape = (int(batch),) + x_shape[1:] if batch else x_shape
             fns = candidates(x_shape, w_shape, stride, dilation, groups, layout)
             times = interleaved(fns, rounds=a.rounds)
             best = min(times, key=times.get)

@@ -36,7 +36,7 @@ except ImportError:   # no Flax: jaxbp's rows only
 
 import jaxbp  # noqa: E402
 from jaxbp.tools import bench  # noqa: E402
-from jaxbp.tools.timing import interleaved, machine  # noqa: E402
+from jaxbp.tools.timing import forward_and_backward, interleaved, machine  # noqa: E402
 
 
 def mlp_flops(batch_size, width, in_features=784, num_classes=bench.NUM_CLASSES):
@@ -66,9 +66,9 @@ def batch_norm_bandwidth(rounds, copy_bw, quick):
     x = jax.random.normal(jax.random.key(2), (16 if quick else 256, 64, 56, 56), jnp.float32)
     g, b = jnp.ones(64), jnp.zeros(64)
     ct = jax.random.normal(jax.random.key(3), x.shape, jnp.float32)
-    f = jax.jit(lambda x, g, b: jax.vjp(lambda *a: jaxbp.batch_norm(*a)[0], x, g, b)[1](ct))
-    tw = jax.jit(lambda x, g, b: jax.vjp(lambda *a: jaxbp.autodiff.batch_norm(*a)[0], x, g, b)[1](ct))
-    t = interleaved({"custom": lambda: f(x, g, b), "twin": lambda: tw(x, g, b)}, rounds)
+    f = jax.jit(forward_and_backward(lambda *a: jaxbp.batch_norm(*a)[0]))
+    tw = jax.jit(forward_and_backward(lambda *a: jaxbp.autodiff.batch_norm(*a)[0]))
+    t = interleaved({"custom": lambda: f(x, g, b, ct), "twin": lambda: tw(x, g, b, ct)}, rounds)
     # Fewest bytes: read x, write y (forward); read δy and x (or x̂), write δx (backward).
     moved = 5 * x.nbytes
     return {k: (moved / v, moved / v / copy_bw, v) for k, v in t.items()}
@@ -83,8 +83,9 @@ def conv_variants(rounds, dtype, quick):
         xh = x.transpose(0, 2, 3, 1)
 
         def make(fn, xx, layout):
-            ct = jnp.ones((n, o, h, h) if layout == "NCHW" else (n, h, h, o), dtype)
-            return jax.jit(lambda xx, w: jax.vjp(fn, xx, w)[1](ct))
+            ct = jax.random.normal(jax.random.key(6), (n, o, h, h) if layout == "NCHW" else (n, h, h, o), dtype)
+            step = jax.jit(forward_and_backward(fn))
+            return lambda xx, w: step(xx, w, ct)
 
         def lax_conv(layout):
             return lambda xx, w: lax.conv_general_dilated(xx, w, (1, 1), "SAME",

@@ -20,6 +20,7 @@ import numpy as np
 
 from jaxbp.ops import conv as conv_ops
 from jaxbp.ops.conv import _implicit, _winograd
+from jaxbp.tools.timing import forward_and_backward
 
 # F(m×m, 3×3)'s interpolation points: 0, ±1, ±2, ±1/2 (Lavin & Gray 2016) and ∞.
 POINTS = {4: (0, 1, -1, 2, -2), 6: (0, 1, -1, 2, -2, 0.5, -0.5)}
@@ -66,20 +67,19 @@ def conv(m):
 
 def larger_tile_candidates(x_shape, w_shape):
     """Forward + δX + δF of one stride-1 3×3 NHWC layer by F(4×4, 3×3) and F(6×6, 3×3),
-    as ``conv_algorithms.candidates``' programs (``jax.grad`` of the output's sum),
-    each checked against jaxbp's implicit conv first."""
+    as ``conv_algorithms.candidates``' programs (the output and both gradients
+    for a random cotangent), each checked against jaxbp's implicit conv first."""
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
     w = jnp.asarray(rng.standard_normal(w_shape) * 0.1, jnp.float32)
     y = _implicit.forward(x, w, **STATIC)
-    exact = (y, *_implicit.backward(x, w, jnp.ones_like(y), **STATIC))
+    g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+    exact = (y, *_implicit.backward(x, w, g, **STATIC))
     fns = {}
     for m in POINTS:
-        f = conv(m)
-        step = jax.jit(jax.grad(lambda x, w, f=f: f(x, w).sum(), argnums=(0, 1)),
-                       compiler_options=conv_ops.compiler_options())   # as training's
-        for name, got, want in zip(("y", "δX", "δF"), (f(x, w), *step(x, w)), exact):
+        step = jax.jit(forward_and_backward(conv(m)), compiler_options=conv_ops.compiler_options())  # as training's
+        for name, got, want in zip(("y", "δX", "δF"), step(x, w, g), exact):
             err = float(jnp.abs(got - want).max() / jnp.abs(want).max())
             assert err < 1e-4, f"F({m}×{m}, 3×3)'s {name} is wrong: relative error {err:.1e}"
-        fns[f"F({m}×{m})"] = functools.partial(step, x, w)
+        fns[f"F({m}×{m})"] = functools.partial(step, x, w, g)
     return fns

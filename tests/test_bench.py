@@ -102,3 +102,22 @@ def test_every_rule_assigns_each_layer_shape_its_algorithm():
     assert convolutions(("explicit", "explicit")) == 0 and one > 0
     assert convolutions(("implicit", "implicit")) == 2 * one == 2 * convolutions(("implicit", "explicit"))
     assert select.auto_algorithm is rule
+
+
+def test_a_layers_timed_program_runs_its_forward_pass_with_a_cotangent_as_data():
+    """benchmarks/conv_algorithms.py (auto's per-layer costs, the conv floor's
+    fastest algorithm) timed ``jax.grad`` of the output's sum: a rule's
+    backward pass needs no forward output, so XLA dropped the forward pass as
+    dead code, and folded the constant cotangent into the backward's products
+    (the explicit stem's at batch 128 took 2.4× its time with a cotangent as
+    data). Each program now holds the forward's product and both gradients',
+    its cotangent an argument."""
+    import jax
+    from helpers import load_benchmark
+    fns = load_benchmark("conv_algorithms").candidates((2, 8, 8, 8), (4, 8, 3, 3), (1, 1), (1, 1), 1, "NHWC")
+    assert set(fns) == {"explicit", "implicit", "winograd"}
+    for alg, fn in fns.items():
+        program = fn.func.lower(*fn.args).compile().as_text()
+        products = len(re.findall(r" (?:convolution|dot)\(", program))
+        assert products == 3, (alg, products)   # Ỹ = X̃F̃, δX̃ = δỸF̃ᵀ, δF̃ = X̃ᵀδỸ (each, for Winograd, one batched dot)
+        assert len(fn.args) == 3 and fn.args[2].shape == jax.eval_shape(fn.func, *fn.args)[0].shape

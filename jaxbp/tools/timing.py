@@ -30,6 +30,20 @@ def timings(fns, rounds=20, warmup=2):
     return times
 
 
+def forward_and_backward(f):
+    """``(*args, g) -> (f(*args), *vjp(g))``: a layer's forward and backward
+    passes as a train step runs them, to jit and time. The output is returned,
+    or XLA drops the forward pass as dead code (a rule's residuals do not need
+    it); the cotangent ``g`` is an argument, as a train step's is data: a
+    constant one (``jax.grad`` of a sum gives ones) XLA folds into the backward
+    pass's products, which changes their cost (BENCHMARKS.md)."""
+    def run(*args):
+        *primals, g = args
+        y, vjp = jax.vjp(f, *primals)
+        return y, *vjp(g)
+    return run
+
+
 def interleaved(fns, rounds=20, warmup=2):
     """Median seconds per call of each zero-argument function, timed in rounds."""
     return {name: statistics.median(t) for name, t in timings(fns, rounds, warmup).items()}
