@@ -6,11 +6,9 @@ interleaved in one process; compiled temporary memory from XLA.
 
 ``mnist`` is the CNN of MNIST's CPU recipe (width 12, pooling first). Winograd's
 applies to 3×3 stride-1 layers only, so a fixed "winograd" model runs its other
-layers as explicit. "auto w/o Winograd" is auto's rule with its Winograd
-choices sent to the implicit conv: what auto's memory would be without
-Winograd's tiles, and what that costs in time. Prints one Markdown row per
-model: each algorithm's ms and MiB, auto's time over the best fixed
-algorithm's, auto's memory over implicit's.
+layers as explicit. Prints one Markdown row per model: each algorithm's ms
+and MiB, auto's time over the best fixed algorithm's, auto's memory over
+implicit's.
 
     python benchmarks/auto_vs_fixed.py --every-rule [--models cnn:32 mnist:32]
 
@@ -68,16 +66,6 @@ def auto_rule(rule):
         yield
     finally:
         select.auto_algorithm = own
-
-
-def without_winograd():
-    """auto's rule with its Winograd choices sent to the implicit conv."""
-    own = select.auto_algorithm
-
-    def rule_without(*args, **kwargs):
-        chosen = own(*args, **kwargs)
-        return "implicit" if chosen == "winograd" else chosen
-    return auto_rule(rule_without)
 
 
 def assigned(choice):
@@ -150,10 +138,8 @@ def main():
         return
     print(f"Train step by conv algorithm, float32, NHWC — {machine()}\n")
     print("| model, batch | explicit ms | implicit ms | winograd ms | auto ms | auto ÷ best fixed "
-          "| auto w/o Winograd ms | ÷ best fixed | temp MiB explicit / implicit / winograd / auto "
-          "/ auto w/o Winograd | auto memory ÷ implicit | w/o Winograd ÷ implicit |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
-    columns = ALGORITHMS + ("auto w/o Winograd",)
+          "| temp MiB explicit / implicit / winograd / auto | auto memory ÷ implicit |")
+    print("|---|---:|---:|---:|---:|---:|---|---:|")
     for spec in a.models:
         model, batch = spec.split(":")
         steps = {}
@@ -162,16 +148,13 @@ def main():
                 steps[alg] = step(model, int(batch), alg)
             except ValueError:   # Winograd's for every layer: the model has strided ones
                 pass
-        with without_winograd():
-            steps[columns[-1]] = step(model, int(batch), "auto")
         mib = {alg: fn.memory_analysis().temp_size_in_bytes / 2**20 for alg, (fn, _) in steps.items()}
         times = interleaved({alg: caller(fn, carry) for alg, (fn, carry) in steps.items()}, rounds=a.rounds)
         best = min(t for alg, t in times.items() if alg in ALGORITHMS[:3])
         ms = lambda alg: f"{1e3 * times[alg]:.1f}" if alg in times else "—"
         size = lambda alg: f"{mib[alg]:.1f}" if alg in mib else "—"
         print(f"| {model}, {batch} | " + " | ".join(map(ms, ALGORITHMS)) + f" | {times['auto'] / best:.2f} | "
-              + f"{ms(columns[-1])} | {times[columns[-1]] / best:.2f} | " + " / ".join(map(size, columns))
-              + f" | {mib['auto'] / mib['implicit']:.2f} | {mib[columns[-1]] / mib['implicit']:.2f} |", flush=True)
+              + " / ".join(map(size, ALGORITHMS)) + f" | {mib['auto'] / mib['implicit']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

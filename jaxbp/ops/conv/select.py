@@ -27,15 +27,11 @@ DEFAULT_ALGORITHM = "implicit"
 
 # "auto" on CPUs, from each layer's measured forward + backward time by every
 # algorithm (XLA's convolutions as compiler_options has them), and its
-# workspace (per layer shape, not per network):
+# workspace (per layer shape, not per network). Never Winograd's: with its
+# forward pass in the program it took 1.09–1.75× the implicit conv's time at the
+# shapes auto had given it, and its tiles raised the step's peak.
 FEW_CHANNELS = 4          # up to this many input channels the patch matrix is small: one matmul wins
-LARGE_PATCH = 1 << 22     # a strided conv's patch matrix from this many entries: XLA's convolution wins (1.3–1.5×)
-WINOGRAD_ROWS = 2048      # 3×3 stride 1: Winograd's transforms pay for themselves from this many positions (N·H·W),
-WINOGRAD_CHANNELS = 64    # ... this many input channels,
-WINOGRAD_WORK = 1 << 18   # ... and this many positions × input channels (below: XLA's convolution as fast);
-MANY_ROWS = 16384         # ... up to this many positions
-MUCH_WORK = 1 << 20       # ... or positions × channels: Winograd's may be faster there, but its tiles
-                          # (4× an input of this size) raise the step's peak above implicit's (BENCHMARKS.md)
+LARGE_PATCH = 1 << 22     # a strided conv's patch matrix from this many entries: XLA's convolution wins (1.7–1.8×)
 FEW_ROWS = 2048           # below this many positions the explicit im2col: as fast, and the step smaller (ResNet-18)
 
 # Inside the explicit algorithm on CPUs:
@@ -55,10 +51,9 @@ def auto_algorithm(x_shape, w_shape, stride=1, dilation=1, groups=1, layout="NCH
     On other backends than CPUs, :data:`DEFAULT_ALGORITHM`. On CPUs, from the
     layer's input positions ``N·H·W`` and channels ``C`` (the constants above):
     the explicit im2col for 1×1 convolutions, for few input channels and for
-    strided ones unless their patch matrix is large; Winograd's for 3×3
-    stride-1 ones with many channels and a middling number of positions;
-    the explicit im2col for few positions; XLA's convolution (implicit) for
-    the rest.
+    strided ones unless their patch matrix is large, and for few positions;
+    XLA's convolution (implicit) for the rest. Winograd's (``"winograd"``) is
+    there to be chosen by name.
     ``backend``: default JAX's default backend, where the model will run."""
     if (backend or jax.default_backend()) != "cpu":
         return DEFAULT_ALGORITHM
@@ -70,9 +65,6 @@ def auto_algorithm(x_shape, w_shape, stride=1, dilation=1, groups=1, layout="NCH
     if stride != (1, 1):
         out = x_shape[0] * -(-x_shape[ah] // stride[0]) * -(-x_shape[aw] // stride[1])
         return "implicit" if out * channels * w_shape[2] * w_shape[3] >= LARGE_PATCH else "explicit"
-    if (winograd_applies(w_shape[2:], stride, dilation, groups) and WINOGRAD_ROWS <= rows < MANY_ROWS
-            and channels >= WINOGRAD_CHANNELS and WINOGRAD_WORK <= rows * channels < MUCH_WORK):
-        return "winograd"
     return "explicit" if rows < FEW_ROWS else "implicit"
 
 
