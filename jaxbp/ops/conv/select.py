@@ -28,8 +28,9 @@ DEFAULT_ALGORITHM = "implicit"
 # "auto" on CPUs, from each layer's measured forward + backward time by every
 # algorithm (XLA's convolutions as compiler_options has them), and its
 # workspace (per layer shape, not per network). Never Winograd's: with its
-# forward pass in the program it took 1.09–1.75× the implicit conv's time at the
-# shapes auto had given it, and its tiles raised the step's peak.
+# forward pass in the program it took 1.7× the implicit conv's time on two of the
+# shapes auto had given it, 0.8–1.1× on the third, whose step gained nothing, and
+# its tiles raised the steps' peaks.
 FEW_CHANNELS = 4          # up to this many input channels the patch matrix is small: one matmul wins
 LARGE_PATCH = 1 << 22     # a strided conv's patch matrix from this many entries: XLA's convolution wins (1.7–1.8×)
 FEW_ROWS = 2048           # below this many positions the explicit im2col: as fast, and the step smaller (ResNet-18)
