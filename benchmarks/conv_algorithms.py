@@ -12,10 +12,9 @@ CIFAR-shaped), or at the batch ``model:batch`` gives. Each distinct layer is
 timed once (interleaved rounds, median; the output and its gradients with
 respect to the input and the kernel for a random cotangent, jitted:
 ``jaxbp.tools.timing.forward_and_backward``) and its compiled temporary memory
-is read from XLA. Prints one
-Markdown row per layer: its shape, each algorithm's ms and MiB, the fastest,
-what ``auto`` picks now and its time and memory over the fastest's and the
-implicit conv's.
+is read from XLA. Prints one Markdown row per layer: its shape, each
+algorithm's ms and MiB, the fastest, what ``auto`` picks now and its time and
+memory over the fastest's and the implicit conv's.
 """
 import argparse
 import functools

@@ -32,7 +32,7 @@ DEFAULT_ALGORITHM = "implicit"
 # shapes auto had given it, 0.8–1.1× on the third, whose step gained nothing, and
 # its tiles raised the steps' peaks.
 FEW_CHANNELS = 4          # up to this many input channels the patch matrix is small: one matmul wins
-LARGE_PATCH = 1 << 22     # a strided conv's patch matrix from this many entries: XLA's convolution wins (1.7–1.8×)
+LARGE_PATCH = 1 << 22     # a strided conv's patch matrix from this many entries: XLA's convolution wins (1.6–2.1×)
 FEW_ROWS = 2048           # below this many positions the explicit im2col: as fast, and the step smaller (ResNet-18)
 
 # Inside the explicit algorithm on CPUs:
