@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from jaxbp import layers, precision
+from jaxbp.ops import auto_algorithm
 from helpers import assert_close_trees, normal
 
 KEY = jax.random.PRNGKey(0)
@@ -96,13 +97,16 @@ def test_custom_and_autodiff_models_agree(build, channels):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="auto picks Winograd's conv on CPUs only")
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="auto mixes algorithms on CPUs only")
 def test_auto_layers_compute_what_they_choose():
     """A cnn with algorithm="auto" is the same function as with the explicit conv
     (float64: outputs and gradients to rounding), and its traced program holds
-    the algorithm auto chose: Winograd's 16 products in conv 2 only."""
-    x = normal(3, (32, 1, 28, 28))[0]   # conv 2: 32·14·14 positions × 64 channels, where auto picks Winograd's
+    the algorithms auto chose: conv 1 (one input channel) im2col's patch matrix,
+    conv 2 (32·14·14 positions) an XLA convolution and no patch matrix."""
+    x = normal(3, (32, 1, 28, 28))[0]
     auto, explicit = (layers.cnn(10, (64, 8), dense=16, algorithm=a) for a in ("auto", "explicit"))
+    assert [auto_algorithm(*shapes) for shapes in (((32, 1, 28, 28), (64, 1, 3, 3)),
+                                                              ((32, 64, 14, 14), (8, 64, 3, 3)))] == ["explicit", "implicit"]
     _, params, state = auto.init(KEY, x.shape)
     params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
 
@@ -111,9 +115,10 @@ def test_auto_layers_compute_what_they_choose():
 
     assert_close_trees(jax.grad(lambda p: loss(auto, p))(params), jax.grad(lambda p: loss(explicit, p))(params),
                        1e-12)
-    text = str(jax.make_jaxpr(lambda p: loss(auto, p))(params))
-    assert "f64[4,4,1568,64]" in text  # V of conv 2: 16 matrices, 32·7·7 tiles × 64 channels
-    assert "f64[4,4,6272," not in text  # none of conv 1 (32·14·14 tiles)
+    text, fixed = (str(jax.make_jaxpr(lambda p: loss(m, p))(params)) for m in (auto, explicit))
+    assert "f64[32,28,28,9,1]" in text                                 # X̃ of conv 1 (NHWC): 9 columns
+    assert "f64[32,14,14,9,64]" in fixed and "f64[32,14,14,9,64]" not in text   # X̃ of conv 2, explicit only
+    assert "conv_general_dilated" in text and "conv_general_dilated" not in fixed
 
 
 def test_batch_norm_uses_running_statistics_in_evaluation():
