@@ -105,8 +105,8 @@ def test_auto_layers_compute_what_they_choose():
     conv 2 (32·14·14 positions) an XLA convolution and no patch matrix."""
     x = normal(3, (32, 1, 28, 28))[0]
     auto, explicit = (layers.cnn(10, (64, 8), dense=16, algorithm=a) for a in ("auto", "explicit"))
-    assert [auto_algorithm(*shapes) for shapes in (((32, 1, 28, 28), (64, 1, 3, 3)),
-                                                              ((32, 64, 14, 14), (8, 64, 3, 3)))] == ["explicit", "implicit"]
+    layer_shapes = (((32, 1, 28, 28), (64, 1, 3, 3)), ((32, 64, 14, 14), (8, 64, 3, 3)))
+    assert [auto_algorithm(*shapes) for shapes in layer_shapes] == ["explicit", "implicit"]
     _, params, state = auto.init(KEY, x.shape)
     params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
 
