@@ -58,7 +58,7 @@ def step(model, batch, algorithm):
 
 @contextlib.contextmanager
 def auto_rule(rule):
-    """``rule(x_shape, w_shape, stride, dilation, groups, layout, backend)`` in
+    """``rule(x_shape, w_shape, stride, dilation, groups, layout, backend, beside=)`` in
     place of auto's: what conv2d(algorithm="auto") asks while the models are built."""
     own = select.auto_algorithm
     select.auto_algorithm = rule
@@ -73,7 +73,7 @@ def assigned(choice):
     the model's initialization traces its layers at batch 1)."""
     by_shape = {(x[1:], *rest): alg for (x, *rest), alg in choice.items()}
 
-    def rule_from(x_shape, w_shape, stride=1, dilation=1, groups=1, layout="NCHW", backend=None):
+    def rule_from(x_shape, w_shape, stride=1, dilation=1, groups=1, layout="NCHW", backend=None, beside=None):
         return by_shape[(tuple(x_shape[1:]), tuple(w_shape), stride, dilation, groups, layout)]
     return auto_rule(rule_from)
 

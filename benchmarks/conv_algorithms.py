@@ -44,15 +44,19 @@ def network(name, algorithm):
             tuple(layers.MODELS[model].input_shape), batch)
 
 
-def layer_shapes(name):
+def layer_shapes(name, besides=None):
     """The ``(x_shape, w_shape, stride, dilation, groups, layout)`` of each conv
     layer of model ``name``, recorded where the layers ask ``auto``: a dict
-    (in the network's order) from each distinct one to how many layers have it."""
+    (in the network's order) from each distinct one to how many layers have it.
+    ``besides``: a dict to fill with auto's ``beside`` for the shapes whose layer
+    passes one (a projection shortcut)."""
     seen, real = [], ops.auto_algorithm
 
-    def record(x_shape, w_shape, stride=1, dilation=1, groups=1, layout="NCHW", backend=None):
+    def record(x_shape, w_shape, stride=1, dilation=1, groups=1, layout="NCHW", backend=None, beside=None):
         seen.append((tuple(x_shape), tuple(w_shape), stride, dilation, groups, layout))
-        return real(x_shape, w_shape, stride, dilation, groups, layout, backend)
+        if beside is not None and besides is not None:
+            besides[seen[-1]] = beside
+        return real(x_shape, w_shape, stride, dilation, groups, layout, backend, beside=beside)
 
     select.auto_algorithm = record   # what conv2d(algorithm="auto") asks
     try:
@@ -101,12 +105,15 @@ def main():
         model, _, batch = spec.partition(":")
         if model not in MODELS or not (batch.isdigit() or not batch):
             p.error(f"--models: expected MODEL[:BATCH] with MODEL one of {', '.join(MODELS)}, got {spec!r}")
-        for x_shape, w_shape, stride, dilation, groups, layout in layer_shapes(model):
+        besides = {}
+        for recorded in layer_shapes(model, besides):
+            x_shape, w_shape, stride, dilation, groups, layout = recorded
             x_shape = (int(batch),) + x_shape[1:] if batch else x_shape
             fns = candidates(x_shape, w_shape, stride, dilation, groups, layout)
             times = interleaved(fns, rounds=a.rounds)
             best = min(times, key=times.get)
-            auto = ops.auto_algorithm(x_shape, w_shape, stride, dilation, groups, layout)
+            auto = ops.auto_algorithm(x_shape, w_shape, stride, dilation, groups, layout,
+                                      beside=besides.get(recorded))
             algs = ("explicit", "implicit", "winograd")
             cells = [f"{1e3 * times[k]:.2f}" if k in times else "" for k in algs]
             mib = " / ".join(f"{fns[k].mib:.2f}" if k in fns else "—" for k in algs)

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxbp import autodiff, ops as custom_ops
+from jaxbp.ops.conv import select
 
 GRADIENTS = {"custom": custom_ops, "autodiff": autodiff}
 
@@ -114,16 +115,26 @@ def Dense(features, *, ops=custom_ops, init="he", bias=True):
 
 
 def Conv2D(features, kernel, stride=1, padding="SAME", *, ops=custom_ops, init="he",
-           layout="NCHW", algorithm=custom_ops.DEFAULT_ALGORITHM, bias=True, dilation=1, groups=1):
+           layout="NCHW", algorithm=custom_ops.DEFAULT_ALGORITHM, bias=True, dilation=1, groups=1,
+           beside=None):
     """``(N, C, H, W) -> (N, features, H', W')`` (channels last with ``layout="NHWC"``);
     params ``w (features, C / groups, FH, FW)``, ``b (features,)``. ``algorithm``:
     conv2d's, or ``"auto"``: chosen from the input's shape and the backend
-    (:func:`jaxbp.ops.auto_algorithm`)."""
+    (:func:`jaxbp.ops.auto_algorithm`). ``beside``: ``(features, kernel,
+    stride)`` of another conv layer that reads the same input; ``"auto"`` then
+    gives this layer that layer's algorithm, so the input is kept in one layout
+    (a projection shortcut beside its block's first conv)."""
     kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
     ch = 1 if layout == "NCHW" else 3
 
     def conv(x, w, b):
-        return ops.conv2d(x, w, b, stride, padding, dilation, groups, layout=layout, algorithm=algorithm)
+        alg = algorithm
+        if algorithm == "auto" and beside is not None:
+            features_, kernel_, stride_ = beside
+            kernel_ = (kernel_, kernel_) if isinstance(kernel_, int) else tuple(kernel_)
+            alg = select.auto_algorithm(x.shape, w.shape, stride, dilation, groups, layout,
+                                        beside=((features_, w.shape[1]) + kernel_, stride_))
+        return ops.conv2d(x, w, b, stride, padding, dilation, groups, layout=layout, algorithm=alg)
 
     def init_params(key, shape):
         c = shape[ch] // groups
@@ -321,15 +332,17 @@ def resnet(num_classes=10, widths=(16, 32, 64), blocks=3, *, gradients="custom",
     shortcut and passed through relu — the first block of every stage after the
     first halves the resolution (stride 2) with a 1×1 conv + bn projection
     shortcut (also wherever the width changes) — then global average pooling and
-    one dense layer to the logits. Input NCHW.
+    one dense layer to the logits. Input NCHW. With ``algorithm="auto"`` a
+    projection shortcut takes the algorithm of its block's first conv, which
+    reads the same input (:func:`Conv2D`'s ``beside``).
 
     ``resnet20``: widths 16/32/64, 3 blocks each (0.27 M parameters);
     ``resnet18``: widths 64/128/256/512, 2 blocks each (11.2 M parameters).
     """
     ops = namespace(gradients)
     axis = 3 if layout == "NHWC" else 1
-    conv = lambda c, k, s: Conv2D(c, k, s, "SAME" if k > 1 else 0, ops=ops, layout=layout,
-                                  algorithm=algorithm, bias=False)
+    conv = lambda c, k, s, beside=None: Conv2D(c, k, s, "SAME" if k > 1 else 0, ops=ops, layout=layout,
+                                               algorithm=algorithm, bias=False, beside=beside)
     bn = lambda: BatchNorm(ops=ops, axis=axis)
     relu = lambda: Activation("relu", ops=ops)
     stem = widths[0] if stem is None else stem
@@ -341,7 +354,8 @@ def resnet(num_classes=10, widths=(16, 32, 64), blocks=3, *, gradients="custom",
             stride = 2 if stage > 0 and block == 0 else 1
             main = serial(conv(width, 3, stride), bn(), relu(), conv(width, 3, 1), bn())
             project = stride != 1 or width != width_in
-            body.append(Residual(main, serial(conv(width, 1, stride), bn()) if project else None, ops=ops))
+            shortcut = serial(conv(width, 1, stride, beside=(width, 3, stride)), bn()) if project else None
+            body.append(Residual(main, shortcut, ops=ops))
             width_in = width
     body += [GlobalAvgPool2D(ops=ops, layout=layout), Dense(num_classes, ops=ops, init="glorot")]
     return serial(*body)

@@ -32,6 +32,11 @@ from jaxbp.ops.conv import select
     ((32, 64, 32, 32), (128, 64, 3, 3), {"stride": 2}, "cpu", "implicit"),  # ... with a large patch matrix (ResNet-18)
     ((32, 16, 32, 32), (32, 16, 3, 3), {"stride": 2}, "cpu", "explicit"),   # ... a smaller one (ResNet-20)
     ((32, 32, 16, 16), (64, 32, 1, 1), {"stride": 2}, "cpu", "explicit"),  # a 1×1 projection
+    # ... beside its block's first conv, which reads the same input: that conv's algorithm (one layout)
+    ((32, 16, 32, 32), (32, 16, 1, 1), {"stride": 2, "beside": ((32, 16, 3, 3), 2)}, "cpu", "explicit"),
+    ((128, 16, 32, 32), (32, 16, 1, 1), {"stride": 2, "beside": ((32, 16, 3, 3), 2)}, "cpu", "implicit"),
+    ((128, 16, 32, 32), (32, 16, 1, 1), {"stride": 2}, "cpu", "explicit"),  # (alone: the im2col)
+    ((128, 16, 32, 32), (32, 16, 1, 1), {"stride": 2, "beside": ((32, 16, 3, 3), 2)}, "gpu", "implicit"),
     ((32, 128, 8, 8), (128, 64, 3, 3), {"groups": 2}, "cpu", "implicit"),  # not one Winograd computes
     ((32, 32, 14, 14), (64, 32, 3, 3), {}, "gpu", "implicit"),
 ])

@@ -46,7 +46,8 @@ def winograd_applies(window, stride, dilation, groups):
     return tuple(window) == (3, 3) and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1) and groups == 1
 
 
-def auto_algorithm(x_shape, w_shape, stride=1, dilation=1, groups=1, layout="NCHW", backend=None):
+def auto_algorithm(x_shape, w_shape, stride=1, dilation=1, groups=1, layout="NCHW", backend=None, *,
+                   beside=None):
     """The algorithm a layer with ``algorithm="auto"`` uses, from its shapes.
 
     On other backends than CPUs, :data:`DEFAULT_ALGORITHM`. On CPUs, from the
@@ -55,7 +56,16 @@ def auto_algorithm(x_shape, w_shape, stride=1, dilation=1, groups=1, layout="NCH
     strided ones unless their patch matrix is large, and for few positions;
     XLA's convolution (implicit) for the rest. Winograd's (``"winograd"``) is
     there to be chosen by name.
+
+    ``beside``: ``(w_shape, stride)`` of another conv layer reading the same
+    input (a residual block's main path, beside its projection shortcut):
+    this layer then takes the algorithm auto gives that one. The two
+    algorithms keep a shared input in different layouts (the explicit im2col
+    as it is, XLA's convolution transposed for ``δF``), and a step with both
+    keeps both; one algorithm keeps one.
     ``backend``: default JAX's default backend, where the model will run."""
+    if beside is not None:
+        w_shape, stride = beside
     if (backend or jax.default_backend()) != "cpu":
         return DEFAULT_ALGORITHM
     (ah, aw), ch = _windows.check_layout(layout)
