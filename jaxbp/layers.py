@@ -34,6 +34,7 @@ import jax.numpy as jnp
 
 from jaxbp import autodiff, ops as custom_ops
 from jaxbp.ops.conv import select
+from jaxbp.validate import pair
 
 GRADIENTS = {"custom": custom_ops, "autodiff": autodiff}
 
@@ -129,11 +130,11 @@ def Conv2D(features, kernel, stride=1, padding="SAME", *, ops=custom_ops, init="
 
     def conv(x, w, b):
         alg = algorithm
-        if algorithm == "auto" and beside is not None:
-            features_, kernel_, stride_ = beside
-            kernel_ = (kernel_, kernel_) if isinstance(kernel_, int) else tuple(kernel_)
-            alg = select.auto_algorithm(x.shape, w.shape, stride, dilation, groups, layout,
-                                        beside=((features_, w.shape[1]) + kernel_, stride_))
+        if algorithm == "auto" and beside is not None:   # the other layer's weight shape, from this input
+            other, k, s = beside
+            k = (k, k) if isinstance(k, int) else tuple(k)
+            alg = select.auto_algorithm(x.shape, w.shape, pair("stride", stride, 1), pair("dilation", dilation, 1),
+                                        groups, layout, beside=((other, w.shape[1]) + k, s))
         return ops.conv2d(x, w, b, stride, padding, dilation, groups, layout=layout, algorithm=alg)
 
     def init_params(key, shape):
