@@ -127,6 +127,9 @@ def Conv2D(features, kernel, stride=1, padding="SAME", *, ops=custom_ops, init="
     (a projection shortcut beside its block's first conv)."""
     kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
     ch = 1 if layout == "NCHW" else 3
+    if beside is not None and not (isinstance(beside, tuple) and len(beside) == 3 and isinstance(beside[0], int)):
+        raise ValueError(f"beside must be (features, kernel, stride) of the other conv layer, e.g. (32, 3, 2); "
+                         f"got {beside!r}")
 
     def conv(x, w, b):
         alg = algorithm

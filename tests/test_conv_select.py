@@ -44,6 +44,12 @@ def test_auto_algorithm(x_shape, w_shape, kwargs, backend, expected):
     assert select.auto_algorithm(x_shape, w_shape, backend=backend, **kwargs) == expected
 
 
+def test_auto_algorithm_names_a_malformed_beside():
+    with pytest.raises(ValueError, match=r"beside must be \(w_shape, stride\) of the other conv layer, "
+                       r"w_shape \(O, I, FH, FW\); got \(\(32, 16, 3\), 2\)"):
+        select.auto_algorithm((8, 16, 32, 32), (32, 16, 1, 1), 2, beside=((32, 16, 3), 2))
+
+
 def test_winograd_applies_only_to_what_it_computes():
     assert select.winograd_applies((3, 3), (1, 1), (1, 1), 1)
     for args in [((3, 3), (2, 1), (1, 1), 1), ((3, 3), (1, 1), (1, 2), 1), ((3, 3), (1, 1), (1, 1), 2),

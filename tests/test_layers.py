@@ -141,6 +141,9 @@ def test_a_projection_shortcut_under_auto_takes_its_blocks_first_conv_algorithm(
         return grad.lower(params).compile().memory_analysis().temp_size_in_bytes
 
     assert temp("auto") <= temp("implicit")
+    with pytest.raises(ValueError, match=r"beside must be \(features, kernel, stride\) of the other conv layer, "
+                       r"e.g. \(32, 3, 2\); got \(32, 3\)"):
+        layers.Conv2D(32, 1, 2, beside=(32, 3))
 
 
 def test_batch_norm_uses_running_statistics_in_evaluation():

@@ -65,6 +65,10 @@ def auto_algorithm(x_shape, w_shape, stride=1, dilation=1, groups=1, layout="NCH
     keeps both; one algorithm keeps one.
     ``backend``: default JAX's default backend, where the model will run."""
     if beside is not None:
+        if not (isinstance(beside, tuple) and len(beside) == 2 and isinstance(beside[0], (tuple, list))
+                and len(beside[0]) == 4):
+            raise ValueError(f"beside must be (w_shape, stride) of the other conv layer, w_shape (O, I, FH, FW); "
+                             f"got {beside!r}")
         w_shape, stride = beside
     if (backend or jax.default_backend()) != "cpu":
         return DEFAULT_ALGORITHM
