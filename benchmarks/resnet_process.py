@@ -15,7 +15,10 @@ Each process runs once untimed first (the libraries' files read from disk,
 the cache filled). The step is ``jaxbp bench``'s
 (``jaxbp.tools.bench.jaxbp_step``) on its one random batch, as PyTorch's
 script reuses one. Prints one Markdown table: per process the median
-whole-process seconds, and its ÷ PyTorch per round (median, range).
+whole-process seconds, and its ÷ PyTorch per round (median, range); then
+where each process's time goes (jaxbp: importing, the initial state, the
+compilation with the first step, the other steps; PyTorch: its steps and
+everything else).
 """
 import argparse
 import json
@@ -28,6 +31,8 @@ import time
 
 START = time.perf_counter()
 HERE = os.path.dirname(os.path.abspath(__file__))
+# where a jaxbp process's time goes; the rest of its wall time is the interpreter's start
+PHASES = ("import", "initial state", "compile + first step", "other steps")
 
 
 def jaxbp_process(model, batch, steps, algorithm):
@@ -37,13 +42,20 @@ def jaxbp_process(model, batch, steps, algorithm):
 
     from jaxbp.tools import bench
 
+    marks = [START, time.perf_counter()]
     x, y = bench.batch(batch, model)
     step, carry = bench.jaxbp_step(model, "custom", "float32", x, algorithm=algorithm)
-    for _ in range(steps):
+    marks.append(time.perf_counter())
+    for i in range(steps):
         carry, metrics = step(carry, x, y)
+        if i == 0:
+            jax.block_until_ready(metrics)
+            marks.append(time.perf_counter())
     loss = float(metrics["loss"])
+    marks.append(time.perf_counter())
     print(json.dumps({"framework": f"jaxbp (jax {jax.__version__})", "loss": loss,
-                      "process_s": time.perf_counter() - START}))
+                      "process_s": marks[-1] - START,
+                      "phases_s": dict(zip(PHASES, (b - a for a, b in zip(marks, marks[1:]))))}))
 
 
 def timed(cmd, env=None):
@@ -78,12 +90,15 @@ def main():
     for cmd, env in runs.values():   # untimed: the files read from disk (and the cache filled)
         timed(cmd, env)
     walls = {name: [] for name in runs}
+    phases = {name: [] for name in runs}
     names = {}
     for r in range(a.rounds):
         order = list(runs)[r % len(runs):] + list(runs)[:r % len(runs)]
         for name in order:
             wall, result = timed(*runs[name])
             walls[name].append(wall)
+            phases[name].append(result.get("phases_s") or {"start-up": wall - result["steps_s"],
+                                                           "steps": result["steps_s"]})
             names[name] = result["framework"] + (name[5:] if name.startswith("jaxbp,") else "")
         print(f"round {r}: " + ", ".join(f"{n} {walls[n][-1]:.1f} s" for n in runs), file=sys.stderr)
     print(f"| {a.model}, batch {a.batch_size}, {a.steps} steps, {a.algorithm}, whole process | s (median) "
@@ -95,6 +110,10 @@ def main():
             ratios = [j / t for j, t in zip(walls[name], walls["pytorch"])]
             print(f"| {names[name]} | {statistics.median(walls[name]):.1f} | "
                   f"{statistics.median(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f}) |")
+    print("\n| process | where its time goes: median s per phase |\n|---|---|")
+    for name in runs:
+        median = {k: statistics.median(p[k] for p in phases[name]) for k in phases[name][0]}
+        print(f"| {names[name]} | " + ", ".join(f"{k} {v:.1f}" for k, v in median.items()) + " |")
 
 
 if __name__ == "__main__":
