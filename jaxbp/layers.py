@@ -127,17 +127,17 @@ def Conv2D(features, kernel, stride=1, padding="SAME", *, ops=custom_ops, init="
     (a projection shortcut beside its block's first conv)."""
     kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
     ch = 1 if layout == "NCHW" else 3
-    if beside is not None and not (isinstance(beside, tuple) and len(beside) == 3 and isinstance(beside[0], int)):
-        raise ValueError(f"beside must be (features, kernel, stride) of the other conv layer, e.g. (32, 3, 2); "
-                         f"got {beside!r}")
+    if beside is not None:
+        if not (isinstance(beside, tuple) and len(beside) == 3 and isinstance(beside[0], int)):
+            raise ValueError(f"beside must be (features, kernel, stride) of the other conv layer, e.g. (32, 3, 2); "
+                             f"got {beside!r}")
+        beside_kernel = pair("beside's kernel", beside[1], 1)
 
     def conv(x, w, b):
         alg = algorithm
         if algorithm == "auto" and beside is not None:   # the other layer's weight shape, from this input
-            other, k, s = beside
-            k = (k, k) if isinstance(k, int) else tuple(k)
             alg = select.auto_algorithm(x.shape, w.shape, pair("stride", stride, 1), pair("dilation", dilation, 1),
-                                        groups, layout, beside=((other, w.shape[1]) + k, s))
+                                        groups, layout, beside=((beside[0], w.shape[1]) + beside_kernel, beside[2]))
         return ops.conv2d(x, w, b, stride, padding, dilation, groups, layout=layout, algorithm=alg)
 
     def init_params(key, shape):
