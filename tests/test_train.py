@@ -1,3 +1,4 @@
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -122,6 +123,35 @@ def test_the_twins_chunk_on_cpus_is_no_loop(gradients):
     unrolled = gradients == "autodiff" and jax.default_backend() == "cpu"
     assert convs[1] > 0 and convs[3] == (3 if unrolled else 1) * convs[1], convs
     assert steps.unrolled == unrolled
+
+
+def test_a_new_runs_first_chunk_compiles_from_shapes_beside_its_initial_state(monkeypatch):
+    """fit starts compiling a new run's first chunk from the initial state's
+    shapes before the state's own program compiles and runs (the two side by
+    side, BENCHMARKS.md), and trains with that program, not a second one."""
+    from jaxbp.train import loop
+    events, real_initial, real_start, real_get = [], loop.initial_state, loop._Programs.start, loop._Programs.get
+
+    def initial_state(*args):
+        shapes, make = real_initial(*args)
+        assert all(isinstance(a, jax.ShapeDtypeStruct) for a in jax.tree.leaves(shapes))
+        return shapes, lambda: (events.append("state computed"), make())[1]
+
+    def start(self, fn, *args, **static):
+        events.append(("started", fn.__name__, static))
+        return real_start(self, fn, *args, **static)
+
+    def get(self, fn, *args, **static):
+        events.append(("got", fn.__name__, static, isinstance(self.programs.get((fn, tuple(static.items()))),
+                                                               concurrent.futures.Future)))
+        return real_get(self, fn, *args, **static)
+    monkeypatch.setattr(loop, "initial_state", initial_state)
+    monkeypatch.setattr(loop._Programs, "start", start)
+    monkeypatch.setattr(loop._Programs, "get", get)
+    result = train.fit(Config(model="mlp", batch_size=32, epochs=1), dataset=small_digits(), quiet=True)
+    assert len(result.step_losses) == 10
+    assert events[:2] == [("started", "train_steps", {"length": 10}), "state computed"], events
+    assert [e for e in events if e[:2] == ("got", "train_steps")] == [("got", "train_steps", {"length": 10}, True)]
 
 
 def test_evaluation_is_one_call_over_padded_batches():

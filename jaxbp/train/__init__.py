@@ -22,11 +22,12 @@ from jaxbp.train.loop import NonFiniteError, SaveError, TrainingInterrupted, Tra
 from jaxbp.train.rundir import RunDirBusy, RunDirError
 from jaxbp.train.parallel import fetch, make_mesh, replicate, shard_batch
 from jaxbp.train.pipeline import EvalSet, epoch_order, eval_set, evaluate, random_flip, random_shift
-from jaxbp.train.step import (Steps, TrainState, build_model, build_optimizer, init_state, make_steps, new_state,
-                              regularizer)
+from jaxbp.train.step import (Steps, TrainState, build_model, build_optimizer, init_state, initial_state, make_steps,
+                              new_state, regularizer)
 
 __all__ = ["OPTIMIZERS", "Config", "EvalResult", "EvalSet", "Steps", "NonFiniteError", "RunDirBusy", "RunDirError", "SaveError",
            "TrainResult", "TrainState", "TrainingInterrupted",
            "build_model", "build_optimizer", "epoch_order", "eval_set", "evaluate", "evaluate_run", "fetch", "fit", "init_state",
+           "initial_state",
            "make_mesh", "make_steps", "new_state", "random_flip", "random_shift", "regularizer",
            "replicate", "shard_batch"]

@@ -25,13 +25,14 @@ import time
 import typing
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxbp import data as data_lib
 from jaxbp.train import audit, checkpoint, rundir
-from jaxbp.train.parallel import fetch, make_mesh, replicate
+from jaxbp.train.parallel import fetch, make_mesh, replicate, replicated
 from jaxbp.train.pipeline import epoch_order, eval_set, evaluate
-from jaxbp.train.step import build_model, build_optimizer, chunk_size, make_steps, new_state
+from jaxbp.train.step import build_model, build_optimizer, chunk_size, initial_state, make_steps
 
 
 class TrainResult(typing.NamedTuple):
@@ -163,7 +164,7 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None, point_latest=False):
     steps_per_epoch = n // cfg.batch_size
     model = build_model(cfg, ds.num_classes)
     optimizer = build_optimizer(cfg, steps_per_epoch)
-    ts = new_state(model, cfg, optimizer, ds.x_train.shape[1:])
+    shapes, make_state = initial_state(model, cfg, optimizer, ds.x_train.shape[1:])
     mesh = make_mesh(cfg)
     steps = make_steps(model, optimizer, cfg, mesh)
     saves = _Checkpoints(cfg, chief, steps_per_epoch)
@@ -172,14 +173,23 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None, point_latest=False):
     claim = rundir.claim(cfg.run_dir, cfg.overwrite, cfg.resume) if saves.writing else None
     history, start_epoch, failed = [], 0, True
     try:
-        ts, start_epoch, begin, history = saves.resume(ts, report)
+        if not cfg.resume:
+            # A new run's first chunk compiles from the state's shapes while the
+            # state's own program compiles and runs (BENCHMARKS.md).
+            first = next(_chunks(0, steps_per_epoch, chunk_size(steps_per_epoch, unrolled=steps.unrolled), 0,
+                                 cfg.audit_every))
+            programs.start(steps.chunk, *_placed(mesh, shapes, ds.x_train, ds.y_train,
+                                                 jax.ShapeDtypeStruct((steps_per_epoch, cfg.batch_size), jnp.int32)),
+                           length=first[1])
+        ts, start_epoch, begin, history = saves.resume(make_state(), report)
         saves.begin(history, point_latest)
         ts = replicate(ts, mesh)
         # The data sets live on the device(s) for the whole run.
         x_all, y_all = replicate((ds.x_train, ds.y_train), mesh)
         test = eval_set(ds.x_test, ds.y_test, cfg.eval_batch_size, mesh)
         report.times["setup_seconds"] = time.perf_counter() - t
-        order_of = jax.jit(lambda key, step: epoch_order(key, step, n, cfg.batch_size))
+        order_of = jax.jit(lambda key, step: epoch_order(key, step, n, cfg.batch_size),
+                           out_shardings=replicated(mesh))
         report.started()
         end_epoch = cfg.epochs if max_epochs is None else min(cfg.epochs, start_epoch + max_epochs)
         # The evaluation compiles beside the training program and the first steps.
@@ -263,14 +273,21 @@ def _epoch(cfg, model, steps, programs, saves, report, ts, data, order, epoch, f
     return ts, losses
 
 
+def _placed(mesh, *trees):
+    """``trees``' arrays (or shapes) as ``jax.ShapeDtypeStruct`` replicated over
+    ``mesh``: what :func:`replicate` makes of them, to compile for."""
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), jax.dtypes.canonicalize_dtype(a.dtype),
+                                                       sharding=replicated(mesh)), trees)
+
+
 class _Programs:
     """The run's compiled programs: each compiled ahead of time, once per static
-    arguments, some in a background thread; ``wait_s``: how long the run waited
+    arguments, some in background threads; ``wait_s``: how long the run waited
     for them (for one compiled in the background: the wait only)."""
 
     def __init__(self):
         self.programs, self.wait_s = {}, 0.0
-        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="jaxbp-compile")
+        self.pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="jaxbp-compile")
 
     def get(self, fn, *args, **static):
         key = (fn, tuple(static.items()))

@@ -236,8 +236,18 @@ def new_state(model, cfg, optimizer, input_shape):
     seconds on a CPU, every run; this compiles in a fraction of that, and JAX's
     persistent cache keeps it (one program for every seed: the key is its argument). The values
     are the same random draws (within an ulp of op by op)."""
+    return initial_state(model, cfg, optimizer, input_shape)[1]()
+
+
+def initial_state(model, cfg, optimizer, input_shape):
+    """:func:`new_state` in two halves: ``(shapes, make)``. ``shapes``, at once:
+    the state's pytree of ``jax.ShapeDtypeStruct`` (traced, nothing compiled);
+    ``make()``: the state itself, compiled and computed. A program over the state
+    can compile from ``shapes`` while ``make`` runs (``fit`` compiles its first
+    chunk so: the two compilations take turns on the cores, BENCHMARKS.md)."""
     def build(key):
         params, state, key = init_state(model, cfg, input_shape, key)
         return TrainState(params, state, optimizer.init(params), jnp.zeros((), jnp.int32), key)
     key = jax.random.PRNGKey(cfg.seed)
-    return jax.jit(build).lower(key).compile(compiler_options={"xla_backend_optimization_level": 0})(key)
+    traced = jax.jit(build).trace(key)
+    return traced.out_info, lambda: traced.lower().compile(compiler_options={"xla_backend_optimization_level": 0})(key)
