@@ -23,6 +23,25 @@ def test_paired_ratio_is_the_median_of_per_round_ratios():
         paired_ratio([1.0, 2.0], [1.0])
 
 
+def test_a_step_compiled_beside_its_state_is_the_jitted_step():
+    """bench.jaxbp_step with the batch's labels compiles the step from the
+    state's shapes while the state is computed (resnet_process.py's whole
+    processes, as fit compiles its first chunk): the jitted step's program,
+    the same results bit for bit."""
+    import jax
+    import numpy as np
+
+    from jaxbp.tools import bench
+    x, y = bench.batch(4, "mlp")
+    jitted, carry = bench.jaxbp_step("mlp", "custom", "float32", x)
+    compiled, carry2 = bench.jaxbp_step("mlp", "custom", "float32", x, y)
+    assert isinstance(compiled, jax.stages.Compiled)
+    assert (compiled.memory_analysis().temp_size_in_bytes
+            == jitted.lower(carry, x, y).compile().memory_analysis().temp_size_in_bytes)
+    for a, b in zip(jax.tree.leaves(jitted(carry, x, y)), jax.tree.leaves(compiled(carry2, x, y))):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_saved_residuals_itemizes_what_a_step_keeps(capsys):
     """benchmarks/saved_residuals.py (BENCHMARKS.md's table): every saved array
     is counted once, and the rules keep relu's mask and batch norm's input where the

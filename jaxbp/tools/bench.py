@@ -10,6 +10,7 @@ twins, and any ``baselines`` given (the Flax NNX versions in
 """
 from __future__ import annotations
 
+import concurrent.futures
 import statistics
 
 import jax.numpy as jnp
@@ -36,16 +37,24 @@ def options(model, **given):
     return layers.model_options(model, deterministic=True, **given)
 
 
-def jaxbp_step(model, gradients, dtype, x, **given):
+def jaxbp_step(model, gradients, dtype, x, y=None, **given):
     """(step, carry) of jaxbp's train step for registry model ``model``;
-    ``step(carry, x, y) -> (carry, metrics)``."""
+    ``step(carry, x, y) -> (carry, metrics)``. With ``y``, the step is already
+    compiled for ``(carry, x, y)``, from the state's shapes while the state is
+    computed, as ``fit`` compiles its first chunk (a ``jax.stages.Compiled``)."""
     opts = options(model, **given)
     cfg = train.Config(model=model, gradients=gradients, dtype=dtype, optimizer="adam", lr=1e-3,
                        weight_decay=0.0, augment=0, flip="off", **opts)
     net = train.build_model(cfg, NUM_CLASSES)
     opt = optax.adam(1e-3)
     step = train.make_steps(net, opt, cfg).train
-    return step, train.new_state(net, cfg, opt, x.shape[1:])
+    shapes, make_state = train.initial_state(net, cfg, opt, x.shape[1:])
+    if y is None:
+        return step, make_state()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        compiled = pool.submit(lambda: step.lower(shapes, x, y).compile())
+        carry = make_state()
+        return compiled.result(), carry
 
 
 def run(model="cnn", batch_size=128, dtype="float32", rounds=20, baselines=None, **given):
