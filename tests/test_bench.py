@@ -140,3 +140,26 @@ def test_a_layers_timed_program_runs_its_forward_pass_with_a_cotangent_as_data()
         products = len(re.findall(r" (?:convolution|dot)\(", program))
         assert products == 3, (alg, products)   # Ỹ = X̃F̃, δX̃ = δỸF̃ᵀ, δF̃ = X̃ᵀδỸ (each, for Winograd, one batched dot)
         assert len(fn.args) == 3 and fn.args[2].shape == jax.eval_shape(fn.func, *fn.args)[0].shape
+
+
+@pytest.mark.slow   # two versions' chunk programs compiled in one process: ~12 s
+def test_versions_times_two_checkouts_side_by_side_and_removes_its_worktree():
+    """benchmarks/versions.py: a directory and a git revision, each one's own
+    jaxbp imported in turn and its chunk compiled, one row each; the temporary
+    worktree of the revision is gone afterwards."""
+    import pathlib
+    import subprocess
+    import sys
+
+    from helpers import command_env
+    root = pathlib.Path(__file__).resolve().parents[1]
+    worktrees = lambda: subprocess.run(["git", "-C", str(root), "worktree", "list"], capture_output=True,
+                                       text=True).stdout
+    before = worktrees()
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "versions.py"), str(root), "HEAD", "--rounds", "2",
+                        "--steps", "2", "--input", "1,8,8", "data=digits", "width=4"],
+                       capture_output=True, text=True, env=command_env(), cwd=root)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [line for line in r.stdout.splitlines() if line.startswith(f"| {root} |") or line.startswith("| HEAD |")]
+    assert len(rows) == 2 and rows[0].split("|")[3].strip().startswith("1.000"), r.stdout
+    assert worktrees() == before
