@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -17,12 +18,16 @@ def tree(scale=1.0):
     return {"w": scale * jnp.arange(6.0).reshape(2, 3), "layers": [jnp.ones(2, jnp.bfloat16), jnp.int32(7)]}
 
 
-def test_round_trip_and_keep(tmp_path):
+@pytest.mark.parametrize("template", ["arrays", "shapes"])
+def test_round_trip_and_keep(tmp_path, template):
+    """A checkpoint restores into a template of arrays or of their shapes alone
+    (``jax.ShapeDtypeStruct``: what a resumed run and an evaluation give)."""
     for step in (1, 2, 3):
         checkpoint.save(tmp_path, step, tree(step), {"epoch": step})
     assert [os.path.basename(p) for p in checkpoint.list_checkpoints(tmp_path)] == ["ckpt-000000002",
                                                                                      "ckpt-000000003"]
-    restored, meta, path = checkpoint.restore_latest(tmp_path, tree())
+    like = tree() if template == "arrays" else jax.eval_shape(tree)
+    restored, meta, path = checkpoint.restore_latest(tmp_path, like)
     assert meta == {"epoch": 3} and path.endswith("ckpt-000000003")
     np.testing.assert_array_equal(restored["w"], 3 * np.arange(6.0).reshape(2, 3))
     assert restored["layers"][0].dtype == jnp.bfloat16
@@ -31,8 +36,9 @@ def test_round_trip_and_keep(tmp_path):
 def test_structure_mismatch_is_explained(tmp_path):
     checkpoint.save(tmp_path, 1, tree())
     other = {"w": jnp.zeros((3, 3)), "layers": [jnp.ones(2, jnp.bfloat16), jnp.int32(7)]}
-    with pytest.raises(checkpoint.CheckpointError, match=r"does not fit .*\['w'\] \(3, 3\) float64 in the model vs \['w'\] \(2, 3\) float64 in the checkpoint"):
-        checkpoint.restore_latest(tmp_path, other)
+    for like in (other, jax.eval_shape(lambda: other)):
+        with pytest.raises(checkpoint.CheckpointError, match=r"does not fit .*\['w'\] \(3, 3\) float64 in the model vs \['w'\] \(2, 3\) float64 in the checkpoint"):
+            checkpoint.restore_latest(tmp_path, like)
 
 
 def test_corrupt_newest_falls_back_with_a_warning(tmp_path):

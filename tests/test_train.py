@@ -154,6 +154,25 @@ def test_a_new_runs_first_chunk_compiles_from_shapes_beside_its_initial_state(mo
     assert [e for e in events if e[:2] == ("got", "train_steps")] == [("got", "train_steps", {"length": 10}, True)]
 
 
+def test_a_resumed_run_and_an_evaluation_read_the_checkpoint_into_shapes_not_a_new_state(tmp_path, monkeypatch):
+    """Resuming and evaluating a run read its checkpoint into the state's shapes
+    (initial_state's first half); neither computes an initial state to throw away."""
+    from jaxbp.train import evaluation, loop
+    cfg = dict(model="mlp", batch_size=32, epochs=2, run_dir=str(tmp_path / "run"))
+    first = train.fit(Config(**cfg), dataset=small_digits(), quiet=True, max_epochs=1)
+
+    def shapes_only(*args):
+        shapes, _ = train.initial_state(*args)
+        return shapes, lambda: pytest.fail("an initial state was computed")
+    monkeypatch.setattr(loop, "initial_state", shapes_only)
+    monkeypatch.setattr(evaluation, "initial_state", shapes_only)
+    resumed = train.fit(Config(resume=True, **cfg), dataset=small_digits(), quiet=True)
+    assert [h["epoch"] for h in resumed.history] == [1, 2] and resumed.history[0] == first.history[0]
+    monkeypatch.setattr(evaluation.data_lib, "load", lambda *a: small_digits())
+    result = train.evaluate_run(cfg["run_dir"], picture=False)
+    assert (result.epoch, result.accuracy) == (2, resumed.test_accuracy)
+
+
 def test_evaluation_is_one_call_over_padded_batches():
     """eval_set pads the last batch and masks it: the totals are those of the
     real rows only, for any batch size."""

@@ -154,15 +154,24 @@ def _read(path):
     return meta, saved, raw
 
 
+def _shape_dtype(leaf):
+    """A template leaf's ``[shape], dtype name``: an array's or scalar's, or a
+    ``jax.ShapeDtypeStruct``'s (a template of shapes: nothing computed)."""
+    if isinstance(leaf, jax.ShapeDtypeStruct):
+        return list(leaf.shape), str(leaf.dtype)
+    return list(np.shape(leaf)), str(jnp.asarray(leaf).dtype)
+
+
 def restore(path, template):
-    """Load the checkpoint at ``path`` into the structure of ``template``.
+    """Load the checkpoint at ``path`` into the structure of ``template``
+    (arrays, or ``jax.ShapeDtypeStruct`` leaves: its shapes and dtypes alone).
 
     Returns ``(tree, metadata)``. Raises :class:`CheckpointError` naming what
     is wrong: unreadable or corrupt files, or leaves that do not match.
     """
     meta, got, raw = _read(path)
     paths, leaves, treedef = _leaves(template)
-    want = [(p, list(np.shape(v)), str(jnp.asarray(v).dtype)) for p, v in zip(paths, leaves)]
+    want = [(p, *_shape_dtype(v)) for p, v in zip(paths, leaves)]
     if want != got:
         fmt = lambda leaf: f"{leaf[0]} {tuple(leaf[1])} {leaf[2]}"
         diffs = [f"{fmt(w)} in the model vs {fmt(g)} in the checkpoint"

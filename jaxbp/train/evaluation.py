@@ -13,14 +13,13 @@ import dataclasses
 import os
 import typing
 
-import jax
 import numpy as np
 
 from jaxbp import data as data_lib
 from jaxbp.train import checkpoint, rundir
 from jaxbp.train.config import Config
 from jaxbp.train.pipeline import eval_set, evaluate
-from jaxbp.train.step import build_model, build_optimizer, make_steps, new_state
+from jaxbp.train.step import build_model, build_optimizer, initial_state, make_steps
 
 
 class EvalResult(typing.NamedTuple):
@@ -61,8 +60,8 @@ def load_run(run_dir, data_dir=None):
     ds = data_lib.load(cfg.data, cfg.data_dir, cfg.seed)
     model = build_model(cfg, ds.num_classes)
     optimizer = build_optimizer(cfg, max(len(ds.x_train) // cfg.batch_size, 1))
-    template = jax.tree.map(np.asarray, new_state(model, cfg, optimizer, ds.x_train.shape[1:]))
-    ts, meta, path = checkpoint.restore_latest(os.path.join(run_dir, "checkpoints"), template)
+    shapes, _ = initial_state(model, cfg, optimizer, ds.x_train.shape[1:])   # shapes alone: nothing computed
+    ts, meta, path = checkpoint.restore_latest(os.path.join(run_dir, "checkpoints"), shapes)
     return SavedRun(cfg, ds, model, optimizer, ts, meta, path)
 
 

@@ -181,7 +181,7 @@ def fit(cfg, dataset=None, quiet=False, max_epochs=None, point_latest=False):
             programs.start(steps.chunk, *_placed(mesh, shapes, ds.x_train, ds.y_train,
                                                  jax.ShapeDtypeStruct((steps_per_epoch, cfg.batch_size), jnp.int32)),
                            length=first[1])
-        ts, start_epoch, begin, history = saves.resume(make_state(), report)
+        ts, start_epoch, begin, history = saves.resume(shapes, make_state, report)
         saves.begin(history, point_latest)
         ts = replicate(ts, mesh)
         # The data sets live on the device(s) for the whole run.
@@ -319,18 +319,18 @@ class _Checkpoints:
         self.dir = os.path.join(cfg.run_dir, "checkpoints") if cfg.run_dir else None
         self.writing, self.saved = bool(cfg.run_dir and chief), None
 
-    def resume(self, ts, report):
+    def resume(self, shapes, make_state, report):
         """``(state, first epoch, (first step, its epoch's losses so far), history)``:
-        from the newest usable checkpoint when resuming, else the start."""
+        from the newest usable checkpoint when resuming (read into the state's
+        ``shapes``: no initial state is made), else ``make_state()`` and the start."""
         cfg = self.cfg
         if not cfg.resume:
-            return ts, 0, (0, []), []
+            return make_state(), 0, (0, []), []
         if not checkpoint.list_checkpoints(self.dir):
             # Stopped before its first checkpoint: nothing to lose, so it starts again.
             report.say(f"no checkpoint in {self.dir} yet: the run starts from its beginning")
-            return ts, 0, (0, []), []
-        ts, meta, path = checkpoint.restore_latest(self.dir, jax.tree.map(fetch, ts),
-                                                   check=_resumable(cfg.run_dir, self.steps_per_epoch))
+            return make_state(), 0, (0, []), []
+        ts, meta, path = checkpoint.restore_latest(self.dir, shapes, check=_resumable(cfg.run_dir, self.steps_per_epoch))
         start_epoch = meta["epoch"] + 1  # epochs completed
         self.saved, begin = {"epoch": start_epoch, "path": path}, (0, [])
         if "in_epoch" in meta:  # written mid-epoch
