@@ -244,7 +244,7 @@ def initial_state(model, cfg, optimizer, input_shape):
     the state's pytree of ``jax.ShapeDtypeStruct`` (traced, nothing compiled);
     ``make()``: the state itself, compiled and computed. A program over the state
     can compile from ``shapes`` while ``make`` runs (``fit`` compiles its first
-    chunk so: the two compilations take turns on the cores, BENCHMARKS.md)."""
+    chunk so, beside the state's program, BENCHMARKS.md)."""
     def build(key):
         params, state, key = init_state(model, cfg, input_shape, key)
         return TrainState(params, state, optimizer.init(params), jnp.zeros((), jnp.int32), key)
