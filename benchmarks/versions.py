@@ -35,18 +35,12 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+from profile_step import settings  # noqa: E402  (FIELD=VALUE as Config fields, cast by this tree's Config)
+
 # time_to_accuracy.py's same-work CNN, with MNIST's CPU recipe's conv algorithm
 SAME_WORK = dict(data="mnist", model="cnn", width=32, block="conv-bn-relu-pool", dropout=0.25, warmup_epochs=1,
                  epochs=2, batch_size=32, lr=3e-3, augment=1, algorithm="auto")
-
-
-def value(text):
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 def checkout(rev, stack):
@@ -92,7 +86,7 @@ def main():
     p.add_argument("--input", default="1,28,28", help="one image's shape")
     a = p.parse_intermixed_args()
     versions = [v for v in a.versions if "=" not in v]
-    fields = dict(SAME_WORK, **{k: value(v) for k, v in (f.split("=", 1) for f in a.versions if "=" in f)})
+    fields = dict(SAME_WORK, **settings([f for f in a.versions if "=" in f]))
     shape = tuple(int(s) for s in a.input.split(","))
     rng = np.random.default_rng(0)
     n = fields["batch_size"] * 4 * a.steps
