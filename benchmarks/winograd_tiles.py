@@ -61,7 +61,8 @@ def conv(m):
     """``conv(x, w)``: NHWC ``x``, OIHW ``w``, padding ``SAME``, by F(m×m, 3×3):
     the module registered as ``conv2d`` registers its algorithms, so its own
     backward pass differentiates it."""
-    rule = conv_ops._rule(tiles(m))
+    algorithm = tiles(m)
+    rule = conv_ops._rule(algorithm, algorithm)
     return lambda x, w: rule(x, w, None, **STATIC)
 
 

@@ -40,9 +40,13 @@ OP_CASES = {
     "conv_layout": (lambda: jaxbp.conv2d(x4, w4, b4, layout="CHWN"), ValueError,
                     r"layout must be 'NCHW' or 'NHWC', got 'CHWN'"),
     "conv_algorithm": (lambda: jaxbp.conv2d(x4, w4, b4, algorithm="fft"), ValueError,
-                       r"algorithm must be one of 'explicit', 'implicit', 'winograd', 'auto', got 'fft'"),
+                       r"algorithm must be one of 'explicit', 'implicit', 'winograd', 'auto', or a pair "
+                       r"\(forward's, backward's\) of 'explicit', 'implicit', 'winograd'; got 'fft'"),
+    "conv_algorithm_pair": (lambda: jaxbp.conv2d(x4, w4, b4, algorithm=("explicit", "auto")), ValueError,
+                            r"or a pair \(forward's, backward's\) of 'explicit', 'implicit', 'winograd'; "
+                            r"got \('explicit', 'auto'\)"),
     "conv_winograd_stride": (lambda: jaxbp.conv2d(x4, w4, b4, stride=2, algorithm="winograd"), ValueError,
-                             r"algorithm='winograd' computes 3×3 convolutions with stride 1, dilation 1 and "
+                             r"algorithm='winograd': Winograd's computes 3×3 convolutions with stride 1, dilation 1 and "
                              r"groups 1; got w of shape \(4, 3, 3, 3\) \(kernel \(3, 3\)\), stride \(2, 2\)"),
     "conv_dilation_zero": (lambda: jaxbp.conv2d(x4, w4, b4, dilation=(1, 0)), ValueError,
                            r"dilation must be >= 1, got \(1, 0\)"),

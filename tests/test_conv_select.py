@@ -18,8 +18,11 @@ from jaxbp.ops.conv import select
     ((32, 14, 14, 32), (64, 32, 3, 3), {"layout": "NHWC"}, "cpu", "implicit"),
     ((32, 12, 14, 14), (24, 12, 3, 3), {}, "cpu", "implicit"),       # ... at width 12 (MNIST's recipe)
     ((128, 32, 14, 14), (64, 32, 3, 3), {}, "cpu", "implicit"),      # ... at batch 128: many positions
-    ((32, 1, 28, 28), (32, 1, 3, 3), {}, "cpu", "explicit"),         # conv 1: one input channel
-    ((32, 3, 32, 32), (16, 3, 3, 3), {}, "cpu", "explicit"),         # a ResNet's stem: three
+    # conv 1, one input channel: the forward by im2col, the backward (δF alone) by XLA's convolution
+    ((32, 1, 28, 28), (32, 1, 3, 3), {}, "cpu", ("explicit", "implicit")),
+    ((32, 1, 28, 28), (12, 1, 3, 3), {}, "cpu", ("explicit", "implicit")),   # ... at width 12 (MNIST's recipe)
+    ((32, 3, 32, 32), (16, 3, 3, 3), {}, "cpu", ("explicit", "implicit")),   # a ResNet's stem: three
+    ((128, 3, 32, 32), (16, 3, 3, 3), {}, "cpu", ("explicit", "implicit")),  # ... at batch 128
     ((32, 16, 32, 32), (16, 16, 3, 3), {}, "cpu", "implicit"),       # ResNet-20's first stage
     ((32, 32, 16, 16), (32, 32, 3, 3), {}, "cpu", "implicit"),       # ... its second
     ((32, 64, 8, 8), (64, 64, 3, 3), {}, "cpu", "implicit"),         # ... its third
@@ -59,7 +62,8 @@ def test_winograd_applies_only_to_what_it_computes():
 
 def test_every_choice_names_a_registered_rule_and_auto_is_accepted_by_conv2d():
     x, w = jnp.ones((2, 3, 6, 6)), jnp.ones((4, 3, 3, 3))
-    ys = {a: jaxbp.conv2d(x, w, None, 1, 1, algorithm=a) for a in select.CHOICES}
+    pairs = [(f, b) for f in select.ALGORITHMS for b in select.ALGORITHMS]
+    ys = {a: jaxbp.conv2d(x, w, None, 1, 1, algorithm=a) for a in select.CHOICES + tuple(pairs)}
     for a, y in ys.items():
         np.testing.assert_allclose(y, ys["implicit"], rtol=1e-12, err_msg=a)
     assert select.DEFAULT_ALGORITHM in select.ALGORITHMS and "auto" not in select.ALGORITHMS

@@ -16,7 +16,7 @@ between them.
 from __future__ import annotations
 
 from jaxbp.ops import _checks, _windows
-from jaxbp.ops._recipe import Check, Rule, op
+from jaxbp.ops._recipe import Check, Rule, after, op
 from jaxbp.ops.conv import _explicit, _implicit, _winograd, select
 from jaxbp.ops.conv.select import (  # noqa: F401
     ALGORITHMS, CHOICES, DEFAULT_ALGORITHM, auto_algorithm, compiler_options)
@@ -32,19 +32,26 @@ def _bias_grad(g, layout):
     return g.sum(axis=tuple(a for a in range(4) if a != ch))
 
 
-def _rule(algorithm):
-    """``algorithm``'s forward and backward, plus the bias; saves ``x`` and ``w``."""
+def _rule(forward, backward):
+    """The forward pass of algorithm ``forward``, the backward of ``backward``
+    (modules), plus the bias; saves ``x`` and ``w``. A backward on another
+    algorithm reads ``x`` once ``δY`` exists (:func:`after`): else XLA lays
+    ``x`` out for it in the forward pass and keeps that copy beside ``x``."""
     def _forward(x, w, b, **static):
-        y = algorithm.forward(x, w, **static)
+        y = forward.forward(x, w, **static)
         return (y if b is None else y + b.reshape(_bias_shape(static["layout"], w.shape[0]))), (x, w)
 
     def _backward(residuals, g, **static):
-        return (*algorithm.backward(*residuals, g, **static), _bias_grad(g, static["layout"]))
+        x, w = residuals
+        x = x if backward is forward else after(g, x)
+        return (*backward.backward(x, w, g, **static), _bias_grad(g, static["layout"]))
     return Rule(_forward, _backward, name="conv2d")
 
 
-_RULES = {"explicit": _rule(_explicit), "implicit": _rule(_implicit), "winograd": _rule(_winograd)}
-assert tuple(_RULES) == ALGORITHMS, "select.ALGORITHMS names the rules registered here"
+_ALGORITHMS = {"explicit": _explicit, "implicit": _implicit, "winograd": _winograd}
+assert tuple(_ALGORITHMS) == ALGORITHMS, "select.ALGORITHMS names the algorithms registered here"
+# (forward's, backward's) -> rule, for every pair (select.passes).
+_RULES = {(f, b): _rule(_ALGORITHMS[f], _ALGORITHMS[b]) for f in ALGORITHMS for b in ALGORITHMS}
 
 
 @op
@@ -76,8 +83,9 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, algorithm
       algorithm: ``"implicit"`` (default: the rules as XLA convolutions, ``X̃``
         never materialized), ``"explicit"`` (im2col: build ``X̃``),
         ``"winograd"`` (3×3, stride 1, no dilation, one group: Winograd's
-        F(2×2, 3×3), 16 matrix products; docs/derivation.md §3) or ``"auto"``
-        (one of them from the shapes and the backend:
+        F(2×2, 3×3), 16 matrix products; docs/derivation.md §3), a pair
+        ``(forward's, backward's)`` of these (the same rules and residuals:
+        each pass by its own), or ``"auto"`` (from the shapes and the backend:
         :func:`jaxbp.ops.conv.select.auto_algorithm`).
       layout: ``"NCHW"`` or ``"NHWC"`` for ``x`` and the result.
 
@@ -86,8 +94,8 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, algorithm
       ``H' = (H + pads − d·(FH − 1) − 1) // sh + 1``.
     """
     (ah, aw), ch = _windows.check_layout(layout)
-    if algorithm not in CHOICES:
-        raise ValueError(f"algorithm must be one of {', '.join(map(repr, CHOICES))}, got {algorithm!r}")
+    if not (isinstance(algorithm, str) and algorithm == "auto"):
+        select.passes(algorithm)
     for name, a in (("x", x), ("w", w)) + ((("b", b),) if b is not None else ()):
         _checks.floating(name, a)
     _checks.rank("x", x, 4, " ".join(layout))
@@ -104,17 +112,18 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, algorithm
         _checks.shape("b", b, (w.shape[0],), "one entry per output channel of w")
     stride = _checks.pair("stride", stride, 1)
     dilation = _checks.pair("dilation", dilation, 1)
-    if algorithm == "auto":
+    if isinstance(algorithm, str) and algorithm == "auto":
         algorithm = select.auto_algorithm(x.shape, w.shape, stride, dilation, groups, layout)
+    passes = select.passes(algorithm)
     in_hw = (x.shape[ah], x.shape[aw])
     window = _windows.effective(w.shape[2:], dilation)
     pads = _windows.resolve_padding(padding, in_hw, window, stride)
     _windows.out_hw(in_hw, window, stride, pads)
-    if algorithm == "winograd" and not select.winograd_applies(w.shape[2:], stride, dilation, groups):
-        raise ValueError(f"algorithm='winograd' computes 3×3 convolutions with stride 1, dilation 1 and "
-                         f"groups 1; got w of shape {tuple(w.shape)} (kernel {tuple(w.shape[2:])}), "
+    if "winograd" in passes and not select.winograd_applies(w.shape[2:], stride, dilation, groups):
+        raise ValueError(f"algorithm={algorithm!r}: Winograd's computes 3×3 convolutions with stride 1, "
+                         f"dilation 1 and groups 1; got w of shape {tuple(w.shape)} (kernel {tuple(w.shape[2:])}), "
                          f"stride {stride}, dilation {dilation}, groups {groups}")
-    return _RULES[algorithm](*_checks.promote(x, w, b), stride=stride, pads=pads, dilation=dilation,
+    return _RULES[passes](*_checks.promote(x, w, b), stride=stride, pads=pads, dilation=dilation,
                                   groups=groups, layout=layout)
 
 

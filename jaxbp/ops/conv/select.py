@@ -19,25 +19,40 @@ import numpy as np
 from jaxbp.ops import _checks, _windows
 
 ALGORITHMS = ("explicit", "implicit", "winograd")
-CHOICES = ALGORITHMS + ("auto",)   # what conv2d(algorithm=...), the layers and --algorithm accept
+CHOICES = ALGORITHMS + ("auto",)   # the names conv2d(algorithm=...), the layers and --algorithm accept
 
 # conv2d's default, the layers' and `jaxbp train`'s: the same rules as
 # "explicit", measured faster on CPUs and GPUs.
 DEFAULT_ALGORITHM = "implicit"
 
-# "auto" on CPUs, from each layer's measured forward + backward time by every
+# "auto" on CPUs, from each layer's measured forward and backward times by every
 # algorithm (XLA's convolutions as compiler_options has them), and its
 # workspace (per layer shape, not per network). Never Winograd's: with its
 # forward pass in the program it took 1.7× the implicit conv's time on two of the
 # shapes auto had given it, 0.8–1.1× on the third, whose step gained nothing, and
 # its tiles raised the steps' peaks.
-FEW_CHANNELS = 4          # up to this many input channels the patch matrix is small: one matmul wins
+FEW_CHANNELS = 4          # up to this many input channels the patch matrix is small: one matmul wins the
+                          # forward pass, XLA's convolution the backward (a first layer's: δF alone)
 LARGE_PATCH = 1 << 22     # a strided conv's patch matrix from this many entries: XLA's convolution wins (1.6–2.1×)
 FEW_ROWS = 2048           # below this many positions the explicit im2col: as fast, and the step smaller (ResNet-18)
 
 # Inside the explicit algorithm on CPUs:
 NARROW_PATCH = 16         # a patch matrix narrower than this (and as few outputs) is padded to it: XLA:CPU's faster shape
 TRANSPOSED_PATCH = 32     # below this many patch columns, with at least as many outputs, δF̃ reads X̃ᵀ built as such
+
+
+def passes(algorithm):
+    """``(forward's, backward's)`` algorithm for conv2d's ``algorithm`` (not
+    ``"auto"``): a name of :data:`ALGORITHMS` for both passes, or a pair of
+    them. The three products read the same residuals (``x``, ``w``) whichever
+    algorithm evaluates them, so any forward pairs with any backward."""
+    if isinstance(algorithm, str) and algorithm in ALGORITHMS:
+        return algorithm, algorithm
+    if (isinstance(algorithm, (tuple, list)) and len(algorithm) == 2
+            and all(isinstance(a, str) and a in ALGORITHMS for a in algorithm)):
+        return tuple(algorithm)
+    raise ValueError(f"algorithm must be one of {', '.join(map(repr, CHOICES))}, or a pair (forward's, "
+                     f"backward's) of {', '.join(map(repr, ALGORITHMS))}; got {algorithm!r}")
 
 
 def winograd_applies(window, stride, dilation, groups):
@@ -48,14 +63,17 @@ def winograd_applies(window, stride, dilation, groups):
 
 def auto_algorithm(x_shape, w_shape, stride=1, dilation=1, groups=1, layout="NCHW", backend=None, *,
                    beside=None):
-    """The algorithm a layer with ``algorithm="auto"`` uses, from its shapes.
+    """The algorithm a layer with ``algorithm="auto"`` uses, from its shapes: a
+    name, or ``(forward's, backward's)`` where the two passes differ (what
+    :func:`jaxbp.conv2d` takes as ``algorithm``).
 
     On other backends than CPUs, :data:`DEFAULT_ALGORITHM`. On CPUs, from the
     layer's input positions ``N·H·W`` and channels ``C`` (the constants above):
-    the explicit im2col for 1×1 convolutions, for few input channels and for
-    strided ones unless their patch matrix is large, and for few positions;
-    XLA's convolution (implicit) for the rest. Winograd's (``"winograd"``) is
-    there to be chosen by name.
+    the explicit im2col for 1×1 convolutions, for strided ones unless their
+    patch matrix is large, and for few positions; for few input channels the
+    explicit forward and XLA's convolutions for the backward,
+    ``("explicit", "implicit")``; XLA's convolution (implicit) for the rest.
+    Winograd's (``"winograd"``) is there to be chosen by name.
 
     ``beside``: ``(w_shape, stride)`` of another conv layer reading the same
     input (a residual block's main path, beside its projection shortcut):
@@ -75,8 +93,10 @@ def auto_algorithm(x_shape, w_shape, stride=1, dilation=1, groups=1, layout="NCH
     (ah, aw), ch = _windows.check_layout(layout)
     stride, dilation = _checks.pair("stride", stride, 1), _checks.pair("dilation", dilation, 1)
     rows, channels = x_shape[0] * x_shape[ah] * x_shape[aw], x_shape[ch]
-    if tuple(w_shape[2:]) == (1, 1) or channels <= FEW_CHANNELS:
+    if tuple(w_shape[2:]) == (1, 1):
         return "explicit"
+    if channels <= FEW_CHANNELS:
+        return ("explicit", "implicit")
     if stride != (1, 1):
         out = x_shape[0] * -(-x_shape[ah] // stride[0]) * -(-x_shape[aw] // stride[1])
         return "implicit" if out * channels * w_shape[2] * w_shape[3] >= LARGE_PATCH else "explicit"
