@@ -13,8 +13,9 @@ implicit's.
     python benchmarks/auto_vs_fixed.py --every-rule [--models cnn:32 mnist:32]
 
 tries every rule a per-layer-shape choice can be instead: each assignment of
-an algorithm to each distinct conv layer shape of the model (the same shape,
-the same choice, as ``auto_algorithm`` sees it), built and its memory read;
+an algorithm, or a pair (forward's, backward's), to each distinct conv layer
+shape of the model (the same shape, the same choice, as ``auto_algorithm``
+sees it), built and its memory read;
 those within implicit's memory are timed beside the fixed algorithms. Prints
 per model how many assignments there are, how many stay within implicit's
 memory, and the fastest of those over the best fixed algorithm (the median of
@@ -83,9 +84,11 @@ def every_rule(model, batch, rounds):
     ``model``: (how many, how many within implicit's memory, the fastest of
     those ÷ the best fixed algorithm, that assignment, its MiB, implicit's MiB)."""
     shapes = list(layer_shapes(model))
-    options = [[alg for alg in select.ALGORITHMS if alg != "winograd" or select.winograd_applies(
+    computing = [[alg for alg in select.ALGORITHMS if alg != "winograd" or select.winograd_applies(
         w[2:], jaxbp.validate.pair("stride", s, 1), jaxbp.validate.pair("dilation", d, 1), g)]
         for _, w, s, d, g, _ in shapes]
+    # each pass by any algorithm that computes the layer: a name, or a pair (forward's, backward's)
+    options = [[f if f == b else (f, b) for f in algs for b in algs] for algs in computing]
     fixed = {alg: step(model, batch, alg) for alg in ("explicit", "implicit")}
     limit = fixed["implicit"][0].memory_analysis().temp_size_in_bytes
     within, count = {}, 0

@@ -1,6 +1,6 @@
-"""Each conv layer of the models jaxbp ships, forward + backward, by every
-algorithm that computes it, timed side by side on this backend: the costs
-``algorithm="auto"`` chooses from.
+"""Each conv layer of the models jaxbp ships, its forward pass and its backward
+pass timed apart by every algorithm that computes it, side by side on this
+backend: the costs ``algorithm="auto"`` chooses from, per pass.
 
     python benchmarks/conv_algorithms.py [--models cnn mnist resnet20 resnet18] [--rounds 10]
     python benchmarks/conv_algorithms.py --models resnet20:128     # the same layers at another batch
@@ -9,12 +9,18 @@ The layers' shapes come from tracing each model (``jax.eval_shape``) at its
 benchmark batch: ``cnn`` (width 32, batch 128), ``mnist`` (MNIST's CPU recipe:
 width 12, pooling first, batch 32), ``resnet20`` and ``resnet18`` (batch 32,
 CIFAR-shaped), or at the batch ``model:batch`` gives. Each distinct layer is
-timed once (interleaved rounds, median; the output and its gradients with
-respect to the input and the kernel for a random cotangent, jitted:
-``jaxbp.tools.timing.forward_and_backward``) and its compiled temporary memory
-is read from XLA. Prints one Markdown row per layer: its shape, each
-algorithm's ms and MiB, the fastest, what ``auto`` picks now and its time and
-memory over the fastest's and the implicit conv's.
+timed once per algorithm, interleaved rounds, medians: the forward pass (the
+output, jitted) and the backward pass (the gradients for a random cotangent,
+jitted: the rules save ``x`` and ``w``, so XLA drops the forward pass from
+that program). The network's first layer's backward is ``δF`` alone, as in a
+train step, which needs no gradient for the data. The forward and the
+backward of a conv can be any two algorithms (``conv2d(algorithm=(forward's,
+backward's))``), so the fastest for a layer is the fastest forward with the
+fastest backward. Memory: each algorithm's forward + backward in one program
+(``jaxbp.tools.timing.forward_and_backward``), compiled temporary bytes from
+XLA, and auto's choice's. Prints one Markdown row per layer: its shape, each
+algorithm's forward and backward ms, the MiB, the fastest pair, what ``auto``
+picks now and its time and memory over the fastest's and the implicit conv's.
 """
 import argparse
 import functools
@@ -70,25 +76,53 @@ def layer_shapes(name, besides=None):
     return {shape: seen.count(shape) for shape in dict.fromkeys(seen)}
 
 
-def candidates(x_shape, w_shape, stride, dilation, groups, layout):
+def candidates(x_shape, w_shape, stride, dilation, groups, layout, first=False):
+    """``{algorithm: program}`` for each algorithm that computes the layer: a
+    zero-argument callable of its forward and backward passes in one jitted
+    program (:func:`jaxbp.tools.timing.forward_and_backward`, a random cotangent
+    as data), with ``.mib``, its compiled temporary MiB, and ``.forward`` and
+    ``.backward``, each pass alone. ``first``: the backward is ``δF`` alone,
+    as a network's first layer's in a train step."""
     algs = ["explicit", "implicit"]
     if select.winograd_applies(w_shape[2:], jaxbp.validate.pair("stride", stride, 1),
-                         jaxbp.validate.pair("dilation", dilation, 1), groups):
+                               jaxbp.validate.pair("dilation", dilation, 1), groups):
         algs.append("winograd")
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
     w = jnp.asarray(rng.standard_normal(w_shape) * 0.1, jnp.float32)
-    padding = "SAME" if w_shape[2] > 1 else 0
-    fns, g = {}, None
+    g = None
+    fns = {}
     for alg in algs:
-        conv = functools.partial(lambda x, w, alg: jaxbp.conv2d(x, w, None, stride, padding, dilation, groups,
-                                                               algorithm=alg, layout=layout), alg=alg)
+        conv = layer(stride, dilation, groups, layout, alg)
         if g is None:
             g = jnp.asarray(rng.standard_normal(jax.eval_shape(conv, x, w).shape), jnp.float32)
-        step = jax.jit(forward_and_backward(conv), compiler_options=ops.compiler_options())  # as training's
-        fns[alg] = functools.partial(step, x, w, g)
-        fns[alg].mib = temp_bytes(step, x, w, g) / 2**20
+        fns[alg] = passes(conv, x, w, g, first)
     return fns
+
+
+def layer(stride, dilation, groups, layout, algorithm):
+    """``conv(x, w)``: the layer by ``algorithm``, padded ``"SAME"`` (a 1×1 conv: not at all)."""
+    def conv(x, w):
+        padding = "SAME" if w.shape[2] > 1 else 0
+        return jaxbp.conv2d(x, w, None, stride, padding, dilation, groups, algorithm=algorithm, layout=layout)
+    return conv
+
+
+def passes(conv, x, w, g, first=False):
+    """``conv(x, w)``'s forward and backward in one program, as :func:`candidates`
+    returns it; jitted with training's compiler options. The backward alone is
+    the gradients for ``g``: the rules save ``x`` and ``w``, so XLA drops the
+    forward pass from that program."""
+    jit = functools.partial(jax.jit, compiler_options=ops.compiler_options())   # as training's
+    step = jit(forward_and_backward(conv))
+    program = functools.partial(step, x, w, g)
+    program.mib = temp_bytes(step, x, w, g) / 2**20
+    program.forward = functools.partial(jit(conv), x, w)
+    if first:
+        program.backward = functools.partial(jit(lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)), x, w, g)
+    else:
+        program.backward = functools.partial(jit(lambda x, w, g: jax.vjp(conv, x, w)[1](g)), x, w, g)
+    return program
 
 
 def main():
@@ -97,29 +131,41 @@ def main():
                    help=f"of {', '.join(MODELS)} (default: all, each at its benchmark batch)")
     p.add_argument("--rounds", type=int, default=10)
     a = p.parse_args()
-    print(f"Conv layers, fwd+bwd (dx, dw), float32, ms — {machine()}\n")
-    print("| model | x (N, H, W, C) | w (O, I, FH, FW) | stride | explicit | implicit | winograd "
-          "| MiB explicit / implicit / winograd | fastest | auto now | auto ÷ fastest | auto MiB ÷ implicit |")
-    print("|---|---|---|---:|---:|---:|---:|---|---|---|---:|---:|")
+    algs = ("explicit", "implicit", "winograd")
+    print(f"Conv layers, forward and backward (the first layer's: δF alone), float32, ms — {machine()}\n")
+    print("| model | x (N, H, W, C) | w (O, I, FH, FW) | stride | forward explicit / implicit / winograd "
+          "| backward explicit / implicit / winograd | MiB explicit / implicit / winograd | fastest | auto now "
+          "| auto ÷ fastest | auto MiB ÷ implicit |")
+    print("|---|---|---|---:|---|---|---|---|---|---:|---:|")
     for spec in a.models:
         model, _, batch = spec.partition(":")
         if model not in MODELS or not (batch.isdigit() or not batch):
             p.error(f"--models: expected MODEL[:BATCH] with MODEL one of {', '.join(MODELS)}, got {spec!r}")
         besides = {}
-        for recorded in layer_shapes(model, besides):
+        for i, recorded in enumerate(layer_shapes(model, besides)):
             x_shape, w_shape, stride, dilation, groups, layout = recorded
             x_shape = (int(batch),) + x_shape[1:] if batch else x_shape
-            fns = candidates(x_shape, w_shape, stride, dilation, groups, layout)
-            times = interleaved(fns, rounds=a.rounds)
-            best = min(times, key=times.get)
-            auto = ops.auto_algorithm(x_shape, w_shape, stride, dilation, groups, layout,
-                                      beside=besides.get(recorded))
-            algs = ("explicit", "implicit", "winograd")
-            cells = [f"{1e3 * times[k]:.2f}" if k in times else "" for k in algs]
-            mib = " / ".join(f"{fns[k].mib:.2f}" if k in fns else "—" for k in algs)
-            print(f"| {model} | {x_shape} | {w_shape} | {stride} | " + " | ".join(cells) + f" | {mib}"
-                  f" | {best} | {auto} | {times[auto] / times[best]:.2f} | {fns[auto].mib / fns['implicit'].mib:.2f} |",
-                  flush=True)
+            fns = candidates(x_shape, w_shape, stride, dilation, groups, layout, first=i == 0)
+            times = interleaved({(alg, k): getattr(fn, k) for alg, fn in fns.items() for k in PASSES},
+                                rounds=a.rounds)
+            best = tuple(min(fns, key=lambda alg, k=k: times[alg, k]) for k in PASSES)
+            auto = select.passes(ops.auto_algorithm(x_shape, w_shape, stride, dilation, groups, layout,
+                                                    beside=besides.get(recorded)))
+            cost = {pair: sum(times[alg, k] for alg, k in zip(pair, PASSES)) for pair in (best, auto)}
+            implicit = fns["implicit"]
+            auto_mib = passes(layer(stride, dilation, groups, layout, auto), *implicit.args, first=i == 0).mib
+            cells = [" / ".join(f"{1e3 * times[alg, k]:.2f}" if alg in fns else "—" for alg in algs) for k in PASSES]
+            mib = " / ".join(f"{fns[alg].mib:.2f}" if alg in fns else "—" for alg in algs)
+            print(f"| {model} | {x_shape} | {w_shape} | {stride} | {cells[0]} | {cells[1]} | {mib} | {name(best)} "
+                  f"| {name(auto)} | {cost[auto] / cost[best]:.2f} | {auto_mib / implicit.mib:.2f} |", flush=True)
+
+
+PASSES = ("forward", "backward")
+
+
+def name(pair):
+    """An algorithm as conv2d takes it: one name for both passes, else the pair."""
+    return pair[0] if pair[0] == pair[1] else f"{pair[0]} → {pair[1]}"
 
 
 if __name__ == "__main__":
