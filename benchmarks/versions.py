@@ -37,10 +37,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from profile_step import settings  # noqa: E402  (FIELD=VALUE as Config fields, cast by this tree's Config)
+from jaxbp import layers  # noqa: E402  (this tree's registry: which options a model reads)
 
 # time_to_accuracy.py's same-work CNN, with MNIST's CPU recipe's conv algorithm
 SAME_WORK = dict(data="mnist", model="cnn", width=32, block="conv-bn-relu-pool", dropout=0.25, warmup_epochs=1,
                  epochs=2, batch_size=32, lr=3e-3, augment=1, algorithm="auto")
+CNN_OPTIONS = ("width", "block", "dropout")
 
 
 def checkout(rev, stack):
@@ -86,7 +88,10 @@ def main():
     p.add_argument("--input", default="1,28,28", help="one image's shape")
     a = p.parse_intermixed_args()
     versions = [v for v in a.versions if "=" not in v]
-    fields = dict(SAME_WORK, **settings([f for f in a.versions if "=" in f]))
+    given = settings([f for f in a.versions if "=" in f])
+    # the same-work CNN's model options only for a model that reads them (a ResNet reads none of them)
+    reads = layers.model_entry(given.get("model", SAME_WORK["model"])).options
+    fields = {k: v for k, v in SAME_WORK.items() if k not in CNN_OPTIONS or k in reads} | given
     shape = tuple(int(s) for s in a.input.split(","))
     rng = np.random.default_rng(0)
     n = fields["batch_size"] * 4 * a.steps
