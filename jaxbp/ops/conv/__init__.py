@@ -138,6 +138,9 @@ CHECKS = {
                                   {"algorithm": "implicit"}),
     "conv2d NHWC implicit": Check("conv2d", lambda n: n(_XH, _W, (4,)) + (1, 1), (0, 1, 2),
                                   {"algorithm": "implicit", "layout": "NHWC"}),
+    # one algorithm per pass: auto's for a layer of few input channels
+    "conv2d NHWC explicit → implicit": Check("conv2d", lambda n: n(_XH, _W, (4,)) + (1, 1), (0, 1, 2),
+                                             {"algorithm": ("explicit", "implicit"), "layout": "NHWC"}),
     "conv2d stride 2 SAME": Check("conv2d", lambda n: n(_X, _W, (4,)) + (2, "SAME"), (0, 1, 2),
                                   {"algorithm": "explicit"}),
     # dilation 2, two groups of 2 input channels (w: 4 outputs, 2 inputs per group).
