@@ -50,8 +50,8 @@ for alg, layout in (("explicit", "NHWC"), ("implicit", "NCHW"), ("implicit", "NH
         x_shape = (2, 7, 8, 3) if layout == "NHWC" else (2, 3, 7, 8)
         CASES[f"{alg}-{layout}-s{s}-p{p}"] = conv_case(30 + i, x_shape, (4, 3, 3, 2), s, p,
                                                       algorithm=alg, layout=layout)
-# One input channel and 32 outputs: the explicit backward builds X̃ᵀ for δF̃ (on CPUs);
-# with 12 outputs the forward's product gets zero columns (9 -> 16, on CPUs).
+# One input channel: the explicit forward builds X̃ᵀ (on CPUs), and with 32 outputs
+# the backward too, for δF̃.
 CASES.update({
     "explicit-NHWC-one_channel-12_outputs": conv_case(41, (2, 6, 5, 1), (12, 1, 3, 3), 1, 1, layout="NHWC"),
     "explicit-NHWC-one_channel": conv_case(33, (2, 6, 5, 1), (32, 1, 3, 3), 1, 1, layout="NHWC"),

@@ -55,41 +55,53 @@ def _patches(x, window, stride, pads, dilation, layout):
     return _windows.im2col(_windows.pad(x, pads, layout), window, stride, out, layout, dilation)
 
 
+def _transposed_patches(x, window, stride, pads, dilation):
+    """``X̃ᵀ`` of an NHWC ``x``, ``(FH·FW·C, N·H'·W')``, rows ``(fh, fw, i)``: each
+    window entry's block of rows a strided slice of the channels-first padded
+    input, written contiguously (a narrow ``X̃`` as laid out takes one row of a
+    few entries from as many places)."""
+    (ah, aw), _ = _windows.LAYOUTS["NHWC"]
+    out = _windows.out_hw((x.shape[ah], x.shape[aw]), _windows.effective(window, dilation), stride, pads)
+    xt = _windows.pad(x, pads, "NHWC").transpose(3, 0, 1, 2)
+    cols_t = jnp.stack([_windows.window_entry(xt, dilation[0] * i, dilation[1] * j, stride, out, "NCHW")
+                        for _, (i, j) in _windows.entries(window)])
+    return cols_t.reshape(-1, x.shape[0] * out[0] * out[1]), out
+
+
 def forward(x, w, *, stride, pads, dilation, groups, layout):
-    """``Ỹ = X̃ F̃``, ``X̃`` built from ``x``."""
+    """``Ỹ = X̃ F̃``, ``X̃`` built from ``x``; on CPUs a narrow one (fewer than
+    :data:`NARROW_PATCH` columns: a 3×3 conv of one channel has 9) as ``X̃ᵀ``."""
+    static = dict(stride=stride, pads=pads, dilation=dilation, groups=groups, layout=layout)
+    o, c, fh, fw = w.shape
+    if layout == "NHWC" and groups == 1 and fh * fw * c < NARROW_PATCH:
+        return lax.platform_dependent(x, w, cpu=functools.partial(_narrow_forward, **static),
+                                      default=functools.partial(_forward, **static))
+    return _forward(x, w, **static)
+
+
+def _narrow_forward(x, w, *, stride, pads, dilation, groups, layout):
+    """``Ỹ = (X̃ᵀ)ᵀ F̃``: ``X̃ᵀ`` built, its first axis contracted."""
+    o, c, fh, fw = w.shape
+    cols_t, (ho, wo) = _transposed_patches(x, (fh, fw), stride, pads, dilation)
+    y = jnp.einsum("km,ok->mo", cols_t, _kernel(w, layout, 1).reshape(o, fh * fw * c))
+    return y.reshape(x.shape[0], ho, wo, o)
+
+
+def _forward(x, w, *, stride, pads, dilation, groups, layout):
+    """``Ỹ = X̃ F̃``, ``X̃`` as laid out."""
     o = w.shape[0]
     cols = _patches(x, w.shape[2:], stride, pads, dilation, layout)
     if layout == "NHWC" and groups == 1:
         # Ỹ = X̃ F̃ as one 2-D matmul, rows (n, h', w'), columns (fh, fw, i): the
         # patch matrix is used as laid out (an einsum let XLA transpose it instead of F̃).
         n, ho, wo, kk, c = cols.shape
-        y = _patch_product(cols.reshape(n * ho * wo, kk * c), _kernel(w, layout, 1).reshape(o, kk * c))
-        y = y.reshape(n, ho, wo, o)
+        y = (cols.reshape(n * ho * wo, kk * c) @ _kernel(w, layout, 1).reshape(o, kk * c).T).reshape(n, ho, wo, o)
     else:
         xs, ys, ks = _SUBSCRIPTS[layout]
         xg, yg = _GROUP_AXIS[layout]
         y = jnp.einsum(f"{xs},{ks}->{ys}", _split(cols, xg, groups), _kernel(w, layout, groups))  # Ỹ = X̃ F̃
         y = y.reshape(y.shape[:yg] + (o,) + y.shape[yg + 2:])
     return y
-
-
-def _patch_product(cols, kernel):
-    """``Ỹ = X̃ F̃`` for a 2-D ``X̃`` ``(rows, K)`` and ``F̃ᵀ`` ``(O, K)``. On CPUs a
-    narrow ``X̃`` (``K <`` :data:`NARROW_PATCH`: a 3×3 conv of one channel has 9
-    columns) with at most as many outputs gets zero columns up to that width, as
-    does ``F̃``: the product is unchanged (the zeros add nothing), and XLA:CPU
-    computes it faster; with more outputs it was not faster."""
-    def plain(cols, kernel):
-        return cols @ kernel.T
-
-    k, o = cols.shape[1], kernel.shape[0]
-    if k >= NARROW_PATCH or o > NARROW_PATCH:
-        return plain(cols, kernel)
-
-    def padded(cols, kernel):
-        zeros = ((0, 0), (0, NARROW_PATCH - k))
-        return plain(jnp.pad(cols, zeros), jnp.pad(kernel, zeros))
-    return lax.platform_dependent(cols, kernel, cpu=padded, default=plain)
 
 
 def _whole(stride, pads, dilation, groups, layout, x, w, g):
@@ -105,13 +117,11 @@ def _whole(stride, pads, dilation, groups, layout, x, w, g):
         g2 = g.reshape(n * ho * wo, o)
         if kk * c < TRANSPOSED_PATCH <= o:
             # A narrow X̃ (one input channel: 9 columns) and many outputs: δF̃ = X̃ᵀ δỸ
-            # with X̃ᵀ built as such, rows (fh, fw, i), from the channels-first input.
-            # XLA:CPU's product over the rows of X̃ as laid out was slow; the second
-            # im2col costs more than that saves with fewer outputs or a wider X̃.
-            xt = _windows.pad(x, pads, layout).transpose(3, 0, 1, 2)
-            cols_t = jnp.stack([_windows.window_entry(xt, dilation[0] * i, dilation[1] * j, stride, (ho, wo),
-                                                      "NCHW") for _, (i, j) in _windows.entries((fh, fw))])
-            dw = (cols_t.reshape(kk * c, -1) @ g2).reshape(fh, fw, c, o).transpose(3, 2, 0, 1)
+            # with X̃ᵀ built as such. XLA:CPU's product over the rows of X̃ as laid
+            # out was slow; the second im2col costs more than that saves with fewer
+            # outputs or a wider X̃.
+            dw = (_transposed_patches(x, (fh, fw), stride, pads, dilation)[0] @ g2).reshape(
+                fh, fw, c, o).transpose(3, 2, 0, 1)
         else:
             dw = (g2.T @ cols.reshape(n * ho * wo, kk * c)).reshape(o, fh, fw, c).transpose(0, 3, 1, 2)
         # δX̃ once δF̃ is made (``after``, on the small F̃): X̃ and δX̃ not alive at once.
