@@ -142,6 +142,22 @@ def test_a_layers_timed_program_runs_its_forward_pass_with_a_cotangent_as_data()
         assert len(fn.args) == 3 and fn.args[2].shape == jax.eval_shape(fn.func, *fn.args)[0].shape
 
 
+def test_a_layers_passes_are_timed_apart_and_a_first_layers_backward_is_df_alone():
+    """auto chooses each pass's algorithm, so conv_algorithms.py times them
+    apart: the forward alone is one product, the backward two (XLA drops the
+    forward pass: the rules save x and w), a network's first layer's one (δF:
+    a train step needs no gradient for the data)."""
+    from helpers import load_benchmark
+    bench = load_benchmark("conv_algorithms")
+    for first, backward in ((False, 2), (True, 1)):
+        fns = bench.candidates((2, 8, 8, 8), (4, 8, 3, 3), (1, 1), (1, 1), 1, "NHWC", first=first)
+        for alg, fn in fns.items():
+            for name, want in (("forward", 1), ("backward", backward)):
+                part = getattr(fn, name)
+                program = part.func.lower(*part.args).compile().as_text()
+                assert len(re.findall(r" (?:convolution|dot)\(", program)) == want, (alg, name, first)
+
+
 @pytest.mark.slow   # two versions' chunk programs compiled in one process: ~12 s
 def test_versions_times_two_checkouts_side_by_side_and_removes_its_worktree():
     """benchmarks/versions.py: a directory and a git revision, each one's own
