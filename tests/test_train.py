@@ -355,13 +355,15 @@ def test_config_rejects_bad_values(field, value):
 def test_a_data_sets_recipe_changes_only_the_defaults(backend, entry):
     from jaxbp.train.config import RECIPES
     assert Config.for_data("digits", backend) == Config()
+    assert Config.for_data("digits", backend).width == RECIPES["digits", "cnn"][entry]["width"]
     assert Config.for_data("cifar10", backend) == Config(data="cifar10")
     cfg = Config.for_data("mnist", backend, epochs=5, seed=3)
     assert cfg.epochs == 5 and cfg.seed == 3 and cfg.data == "mnist"
     recipe = RECIPES["mnist", "cnn"][entry]
     assert all(getattr(cfg, k) == v for k, v in recipe.items() if k != "epochs")
-    untouched = {f.name for f in dataclasses.fields(Config)} - set(recipe) - {"epochs", "seed", "data"}
-    assert all(getattr(cfg, k) == getattr(Config(), k) for k in untouched)
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+    untouched = set(defaults) - set(recipe) - {"epochs", "seed", "data"}
+    assert all(getattr(cfg, k) == defaults[k] for k in untouched)
     # The recipe is the cnn's: another model on MNIST keeps its own defaults.
     assert Config.for_data("mnist", backend, model="mlp") == Config(data="mnist", model="mlp") \
         and Config(data="mnist", model="mlp").width is None
