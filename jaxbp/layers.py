@@ -121,10 +121,11 @@ def Conv2D(features, kernel, stride=1, padding="SAME", *, ops=custom_ops, init="
     """``(N, C, H, W) -> (N, features, H', W')`` (channels last with ``layout="NHWC"``);
     params ``w (features, C / groups, FH, FW)``, ``b (features,)``. ``algorithm``:
     conv2d's (a name, or a ``(forward's, backward's)`` pair), or ``"auto"``:
-    chosen from the input's shape and the backend (:func:`jaxbp.ops.auto_algorithm`). ``beside``: ``(features, kernel,
-    stride)`` of another conv layer that reads the same input; ``"auto"`` then
-    gives this layer that layer's algorithm, so the input is kept in one layout
-    (a projection shortcut beside its block's first conv)."""
+    chosen from the input's shape and the backend (:func:`jaxbp.ops.auto_algorithm`).
+    ``beside``: ``(features, kernel, stride)`` of another conv layer that
+    reads the same input; ``"auto"`` then gives this layer that layer's
+    algorithm, so the input is kept in one layout (a projection shortcut
+    beside its block's first conv)."""
     kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
     ch = 1 if layout == "NCHW" else 3
     if beside is not None:

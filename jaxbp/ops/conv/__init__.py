@@ -121,10 +121,10 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, *, algorithm
     _windows.out_hw(in_hw, window, stride, pads)
     if "winograd" in passes and not select.winograd_applies(w.shape[2:], stride, dilation, groups):
         raise ValueError(f"algorithm={algorithm!r}: Winograd's computes 3×3 convolutions with stride 1, "
-                         f"dilation 1 and groups 1; got w of shape {tuple(w.shape)} (kernel {tuple(w.shape[2:])}), "
-                         f"stride {stride}, dilation {dilation}, groups {groups}")
+                         f"dilation 1 and groups 1; got w of shape {tuple(w.shape)} "
+                         f"(kernel {tuple(w.shape[2:])}), stride {stride}, dilation {dilation}, groups {groups}")
     return _RULES[passes](*_checks.promote(x, w, b), stride=stride, pads=pads, dilation=dilation,
-                                  groups=groups, layout=layout)
+                          groups=groups, layout=layout)
 
 
 __all__ = ["conv2d"]

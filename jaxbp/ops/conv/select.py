@@ -37,7 +37,8 @@ LARGE_PATCH = 1 << 22     # a strided conv's patch matrix from this many entries
 FEW_ROWS = 2048           # below this many positions the explicit im2col: as fast, and the step smaller (ResNet-18)
 
 # Inside the explicit algorithm on CPUs:
-NARROW_PATCH = 16         # below this many patch columns the forward builds X̃ᵀ (1 channel: 0.67×; 3 channels: 1.4–1.6×)
+NARROW_PATCH = 16         # below this many patch columns the forward builds X̃ᵀ (1 channel: 0.87–0.92× the
+                          # time of X̃ padded to 16 columns; 3 channels, 27 columns: 1.4–1.6× X̃ as laid out)
 TRANSPOSED_PATCH = 32     # below this many patch columns, with at least as many outputs, δF̃ reads X̃ᵀ built as such
 
 
