@@ -96,7 +96,7 @@ def candidates(x_shape, w_shape, stride, dilation, groups, layout, first=False):
         conv = layer(stride, dilation, groups, layout, alg)
         if g is None:
             g = jnp.asarray(rng.standard_normal(jax.eval_shape(conv, x, w).shape), jnp.float32)
-        fns[alg] = passes(conv, x, w, g, first)
+        fns[alg] = programs(conv, x, w, g, first)
     return fns
 
 
@@ -108,7 +108,7 @@ def layer(stride, dilation, groups, layout, algorithm):
     return conv
 
 
-def passes(conv, x, w, g, first=False):
+def programs(conv, x, w, g, first=False):
     """``conv(x, w)``'s forward and backward in one program, as :func:`candidates`
     returns it; jitted with training's compiler options. The backward alone is
     the gradients for ``g``: the rules save ``x`` and ``w``, so XLA drops the
@@ -153,7 +153,7 @@ def main():
                                                     beside=besides.get(recorded)))
             cost = {pair: sum(times[alg, k] for alg, k in zip(pair, PASSES)) for pair in (best, auto)}
             implicit = fns["implicit"]
-            auto_mib = passes(layer(stride, dilation, groups, layout, auto), *implicit.args, first=i == 0).mib
+            auto_mib = programs(layer(stride, dilation, groups, layout, auto), *implicit.args, first=i == 0).mib
             cells = [" / ".join(f"{1e3 * times[alg, k]:.2f}" if alg in fns else "—" for alg in algs) for k in PASSES]
             mib = " / ".join(f"{fns[alg].mib:.2f}" if alg in fns else "—" for alg in algs)
             print(f"| {model} | {x_shape} | {w_shape} | {stride} | {cells[0]} | {cells[1]} | {mib} | {name(best)} "
