@@ -114,6 +114,8 @@ OP_CASES = {
     "leaky_relu_slope_array": (lambda: jaxbp.leaky_relu(x2, jnp.array(0.1)), TypeError,
                                r"negative_slope must be a Python number"),
     "relu_integer": (lambda: jaxbp.relu(jnp.arange(3)), TypeError, r"z must have a floating dtype, got int"),
+    "relu_keep_unknown": (lambda: jaxbp.relu(x2, keep="bits"), ValueError,
+                          r"keep must be one of 'mask', 'output'; got 'bits'"),
     "sigmoid_integer": (lambda: jaxbp.sigmoid(jnp.arange(3)), TypeError, r"z must have a floating dtype, got int"),
     "tanh_no_array": (lambda: jaxbp.tanh(0.5), TypeError, r"z must be an array, got float"),
     "gelu_approximate_string": (lambda: jaxbp.gelu(x2, approximate="tanh"), TypeError,

@@ -202,14 +202,14 @@ def sharded_test(cases, batch_args=(0,)):
     return test_sharded
 
 
-def conv_stack_temp(depth, x_shape, gradients="custom", algorithm="implicit"):
+def conv_stack_temp(depth, x_shape, gradients="custom", algorithm="implicit", keep="mask"):
     """Compiled temporary bytes of the gradient of ``depth`` conv → batch norm →
-    relu layers (16 channels, NHWC) on an ``x_shape`` batch: what XLA keeps."""
+    relu layers (16 channels, NHWC; relu's ``keep``) on an ``x_shape`` batch: what XLA keeps."""
     from jaxbp import layers
     ops = layers.namespace(gradients)
     net = layers.serial(*[layer for _ in range(depth) for layer in (
         layers.Conv2D(16, 3, ops=ops, layout="NHWC", bias=False, algorithm=algorithm),
-        layers.BatchNorm(ops=ops, axis=3), layers.Activation("relu", ops=ops))])
+        layers.BatchNorm(ops=ops, axis=3), layers.Activation("relu", ops=ops, keep=keep))])
     x = jax.random.normal(jax.random.key(0), x_shape, jnp.float32)
     _, params, state = net.init(jax.random.key(1), x.shape)
     grad = jax.jit(jax.grad(lambda p: net.apply(p, state, x, train=True)[0].sum()))

@@ -23,6 +23,7 @@ CASES = {
     "avg_pool2d": Case(jaxbp.avg_pool2d, (x4, 2), (0,)),
     "batch_norm": Case(jaxbp.batch_norm, (x2, b2[:1].repeat(3), w2[0]), (0, 1, 2)),
     "relu": Case(jaxbp.relu, (x2,), (0,)),
+    "relu_keep_output": Case(jaxbp.relu, (x2,), (0,), {"keep": "output"}),
     "leaky_relu": Case(jaxbp.leaky_relu, (x2,), (0,)),
     "sigmoid": Case(jaxbp.sigmoid, (x2,), (0,)),
     "tanh": Case(jaxbp.tanh, (x2,), (0,)),

@@ -150,6 +150,7 @@ def _shard_map_cases():
     })
     for name in ("relu", "leaky_relu", "sigmoid", "tanh", "gelu", "silu", "softmax", "log_softmax"):
         cases[name] = (getattr(jaxbp, name), (x2,), {}, (0,), (B,))
+    cases["relu_keep_output"] = (jaxbp.relu, (x2,), {"keep": "output"}, (0,), (B,))
     cases["layer_norm"] = (jaxbp.layer_norm, (x2, w2[0] + 1.0, w2[1]), {}, (0, 1, 2), (B, R, R))
     cases["batch_norm_eval"] = (jaxbp.batch_norm_eval, (x4, b4[:3], b4[1:], b4[:3] - 1, 1 + b4[1:] ** 2), {},
                                 (0, 1, 2, 3, 4), (B, R, R, R, R))

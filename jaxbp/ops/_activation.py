@@ -17,17 +17,24 @@ from jaxbp.ops import _checks
 from jaxbp.ops._recipe import Check, Rule, bitwise_where, op, pack_mask, saved, unpack_mask
 
 
-def _relu_forward(z):
+RELU_KEEPS = ("mask", "output")   # what relu's rule can keep: relu(z, keep=...)
+
+
+def _relu_forward(z, *, keep):
     # `where`, not `maximum`: JAX's relu'(0) is 0; maximum's derivative at 0 is 1/2.
     # NaN passes through (as jax.nn.relu and torch.relu), its gradient does not
     # (jax.nn.relu's is 0 there): a diverging run must reach the non-finite guard.
     a = jnp.where(z > 0, z, jnp.where(jnp.isnan(z), lax.stop_gradient(z), 0))
-    return a, saved(pack_mask(z > 0))
+    return a, saved(pack_mask(z > 0) if keep == "mask" else a)
 
 
-def _relu_backward(res, g):
-    (mask,) = res
-    return (bitwise_where(unpack_mask(mask, g.shape), g, jnp.zeros_like(g)),)
+def _relu_backward(res, g, *, keep):
+    # [a > 0] = [z > 0], NaN included (a is NaN there). A select on the output,
+    # not bitwise_where, which was slower here in a train step (BENCHMARKS.md).
+    (r,) = res
+    if keep == "output":
+        return (jnp.where(r > 0, g, jnp.zeros_like(g)),)
+    return (bitwise_where(unpack_mask(r, g.shape), g, jnp.zeros_like(g)),)
 
 
 def _leaky_relu_forward(z, *, negative_slope):
@@ -65,15 +72,24 @@ _tanh = Rule(_tanh_forward, _tanh_backward)
 
 
 @op
-def relu(z):
+def relu(z, *, keep="mask"):
     """``max(z, 0)``; backward ``δz = δa ⊙ [z > 0]`` (so relu'(0) = 0, as in JAX).
 
     NaN propagates (``relu(nan) = nan``), with gradient 0 there, as ``jax.nn.relu``.
 
-    Args: z: any shape, floating. Saves the mask ``z > 0``, one bit per entry.
+    Args:
+      z: any shape, floating.
+      keep: what the rule saves for the backward pass. ``"mask"`` (default):
+        ``z > 0``, one bit per entry. ``"output"``: ``a`` itself, read as
+        ``[a > 0] = [z > 0]`` (docs/derivation.md §2): no memory of its own
+        where the next op keeps its input anyway (a conv or dense layer, which
+        keeps ``x``), 32× the mask's where nothing else keeps it; the layers
+        choose it so (:mod:`jaxbp.layers`).
     """
     _checks.floating("z", z)
-    return _relu(z)
+    if not (isinstance(keep, str) and keep in RELU_KEEPS):
+        raise ValueError(f"keep must be one of {', '.join(map(repr, RELU_KEEPS))}; got {keep!r}")
+    return _relu(z, keep=keep)
 
 
 @op
@@ -218,5 +234,6 @@ def log_softmax(z, axis=-1):
 
 __all__ = ["relu", "leaky_relu", "sigmoid", "tanh", "gelu", "silu", "softmax", "log_softmax"]
 CHECKS = {name: Check(name, lambda n: n((3, 4, 6, 5)), (0,)) for name in __all__}
+CHECKS["relu keeping its output"] = Check("relu", lambda n: n((3, 4, 6, 5)), (0,), {"keep": "output"})
 CHECKS["gelu approximate"] = Check("gelu", lambda n: n((3, 4, 6, 5)), (0,), {"approximate": True})
 CHECKS["softmax axis 1"] = Check("softmax", lambda n: n((3, 4, 6, 5)), (0,), {"axis": 1})

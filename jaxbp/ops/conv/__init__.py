@@ -34,16 +34,19 @@ def _bias_grad(g, layout):
 
 def _rule(forward, backward):
     """The forward pass of algorithm ``forward``, the backward of ``backward``
-    (modules), plus the bias; saves ``x`` and ``w``. A backward on another
-    algorithm reads ``x`` once ``δY`` exists (:func:`after`): else XLA lays
-    ``x`` out for it in the forward pass and keeps that copy beside ``x``."""
+    (modules), plus the bias; saves ``x`` and ``w``. XLA's convolutions for
+    the backward, or a backward on another algorithm, read ``x`` once ``δY``
+    exists (:func:`after`): else XLA lays ``x`` out for ``δF`` in the forward
+    pass (transposed), and keeps that copy beside ``x`` wherever anything else
+    keeps ``x`` as it is (relu's output, another algorithm's forward). The
+    explicit and Winograd backward passes order their own rebuilds."""
     def _forward(x, w, b, **static):
         y = forward.forward(x, w, **static)
         return (y if b is None else y + b.reshape(_bias_shape(static["layout"], w.shape[0]))), (x, w)
 
     def _backward(residuals, g, **static):
         x, w = residuals
-        x = x if backward is forward else after(g, x)
+        x = after(g, x) if backward is _implicit or backward is not forward else x
         return (*backward.backward(x, w, g, **static), _bias_grad(g, static["layout"]))
     return Rule(_forward, _backward, name="conv2d")
 
