@@ -15,7 +15,7 @@ import re
 
 import jax
 import jax.numpy as jnp
-from jax._src.ad_checkpoint import saved_residuals
+from jax._src import ad_checkpoint
 
 from jaxbp import autodiff, layers, ops
 from jaxbp.tools import bench
@@ -25,7 +25,7 @@ PARAMETERS = "parameters (w, read by δX; the step's inputs, alive anyway: not i
 
 # The kinds of saved arrays, from where jaxbp's code makes them (a residual made
 # by `saved` is told apart by dtype and rank: the rules save nothing else there).
-KINDS = [(r"_activation\.py.*_relu_forward", "relu's output: the next conv's input x"),
+KINDS = [(r"_activation\.py.*_relu_forward", "relu's output: the next conv or dense layer's input x, kept by both"),
          (r"layers\.py.*Transpose", "the input image (NHWC): the stem conv's input x"),
          (r"_pool\.py", "pooling's input or its window index"),
          (r"from the argument", PARAMETERS),
@@ -47,6 +47,21 @@ def kind(aval, source):
         if re.search(pattern, source):
             return name
     return "other: " + source.split(" from ")[0][:60]
+
+
+def saved_residuals(f, *args):
+    """JAX's ``saved_residuals(f, *args)``, each array once: a residual a rule
+    declares with ``saved`` (an optimization barrier) whose input another op
+    keeps too is one buffer in XLA (relu's output, the next conv's input ``x``),
+    listed once, as that op's."""
+    jaxpr, shapes = jax.make_jaxpr(lambda *a: jax.vjp(f, *a), return_shape=True)(*args)
+    jaxpr = jaxpr.jaxpr
+    kept = jaxpr.outvars[len(jaxpr.outvars) - len(jax.tree.leaves(shapes[1])):]
+    through = {o: i for e in jaxpr.eqns if e.primitive.name == "optimization_barrier"
+               for i, o in zip(e.invars, e.outvars)}
+    kept = [v for v in kept if not isinstance(v, ad_checkpoint.core.Literal)]   # (the loss's has none)
+    once = list(dict.fromkeys(through[v] if v in through and through[v] in kept else v for v in kept))
+    return ad_checkpoint._saved_residuals(jaxpr.replace(outvars=once), [f"p{i}" for i in range(len(jaxpr.invars))])
 
 
 def residuals(model, gradients, batch):

@@ -183,7 +183,8 @@ def BatchNorm(*, ops=custom_ops, momentum=0.9, eps=1e-5, axis=1):
 
 
 def Activation(name, *, ops=custom_ops, **kwargs):
-    """Elementwise ``relu``, ``sigmoid``, ``tanh`` or ``leaky_relu`` (shape unchanged)."""
+    """Elementwise ``relu``, ``sigmoid``, ``tanh`` or ``leaky_relu`` (shape
+    unchanged); ``kwargs`` go to the op (``keep=`` for relu, ``negative_slope=``)."""
     fn = getattr(ops, name)
     return _stateless(lambda key, shape: (shape, {}), lambda p, x: fn(x, **kwargs), name)
 
@@ -218,10 +219,11 @@ def GlobalAvgPool2D(*, ops=custom_ops, layout="NCHW"):
     return _stateless(lambda key, shape: ((shape[0], shape[ch]), {}), apply, "avg_pool")
 
 
-def Residual(main, shortcut=None, *, ops=custom_ops):
+def Residual(main, shortcut=None, *, ops=custom_ops, keep="mask"):
     """``relu(main(x) + shortcut(x))``; the identity shortcut when ``shortcut`` is
     ``None``. Params and state ``{"main": ..., "shortcut": ...}``; the sum's
-    gradient goes to both branches unchanged (its rule is JAX's: an addition)."""
+    gradient goes to both branches unchanged (its rule is JAX's: an addition).
+    ``keep``: what the relu keeps (``ops.relu``'s ``keep``)."""
     def init(key, shape):
         k_main, k_short = jax.random.split(key)
         out, p_main, s_main = main.init(k_main, shape)
@@ -233,7 +235,7 @@ def Residual(main, shortcut=None, *, ops=custom_ops):
         y, s_main = main.apply(params["main"], state["main"], x, train=train, key=k_main)
         s, s_short = (shortcut.apply(params["shortcut"], state["shortcut"], x, train=train, key=k_short)
                       if shortcut else (x, {}))
-        return ops.relu(y + s), {"main": s_main, "shortcut": s_short}
+        return ops.relu(y + s, keep=keep), {"main": s_main, "shortcut": s_short}
 
     return Layer(init, apply, "block", (main,) + ((shortcut,) if shortcut else ()))
 
@@ -296,10 +298,18 @@ def mlp(num_classes=10, hidden=(256, 256), *, gradients="custom", activation="re
         body.append(Dense(width, ops=ops, init=init, bias=not batch_norm))
         if batch_norm:
             body.append(BatchNorm(ops=ops))
-        body.append(Activation(activation, ops=ops))
+        body.append(Activation(activation, ops=ops, **_keep(activation, dropout == 0)))
         if dropout:
             body.append(Dropout(dropout, ops=ops))
     return serial(*body, Dense(num_classes, ops=ops, init="glorot"))
+
+
+def _keep(activation, next_keeps_input):
+    """relu's ``keep`` in a model: its output where the next layer keeps its
+    input anyway (a conv or dense layer; ``max_pool2d`` and ``dropout`` keep
+    their own masks), for no memory of its own; else its one-bit mask.
+    As options for :func:`Activation` (none for other activations)."""
+    return {"keep": "output" if next_keeps_input else "mask"} if activation == "relu" else {}
 
 
 # The two orders of a cnn block: pooling last (the classic), or right after the
@@ -321,10 +331,11 @@ def cnn(num_classes=10, channels=(32, 64), *, gradients="custom", layout="NHWC",
     axis = 3 if layout == "NHWC" else 1
     for c in channels:
         conv = Conv2D(c, 3, 1, "SAME", ops=ops, layout=layout, algorithm=algorithm, bias=False)
-        bn, relu = BatchNorm(ops=ops, axis=axis), Activation("relu", ops=ops)
+        # pooling last: relu's output goes to the pool; first: to a conv or dense layer
+        bn, relu = BatchNorm(ops=ops, axis=axis), Activation("relu", ops=ops, **_keep("relu", block != CNN_BLOCKS[0]))
         pool = MaxPool2D(2, ops=ops, layout=layout)
         body += [conv, bn, relu, pool] if block == CNN_BLOCKS[0] else [conv, pool, bn, relu]
-    body += [Flatten(), Dense(dense, ops=ops), Activation("relu", ops=ops)]
+    body += [Flatten(), Dense(dense, ops=ops), Activation("relu", ops=ops, **_keep("relu", not dropout))]
     body += [Dropout(dropout, ops=ops)] if dropout else []
     body += [Dense(num_classes, ops=ops, init="glorot")]
     return serial(*body)
@@ -349,7 +360,7 @@ def resnet(num_classes=10, widths=(16, 32, 64), blocks=3, *, gradients="custom",
     conv = lambda c, k, s, beside=None: Conv2D(c, k, s, "SAME" if k > 1 else 0, ops=ops, layout=layout,
                                                algorithm=algorithm, bias=False, beside=beside)
     bn = lambda: BatchNorm(ops=ops, axis=axis)
-    relu = lambda: Activation("relu", ops=ops)
+    relu = lambda: Activation("relu", ops=ops, **_keep("relu", True))   # each goes to a conv
     stem = widths[0] if stem is None else stem
     body = [Transpose((0, 2, 3, 1))] if layout == "NHWC" else []
     body += [conv(stem, 3, 1), bn(), relu()]
@@ -360,7 +371,8 @@ def resnet(num_classes=10, widths=(16, 32, 64), blocks=3, *, gradients="custom",
             main = serial(conv(width, 3, stride), bn(), relu(), conv(width, 3, 1), bn())
             project = stride != 1 or width != width_in
             shortcut = serial(conv(width, 1, stride, beside=(width, 3, stride)), bn()) if project else None
-            body.append(Residual(main, shortcut, ops=ops))
+            last = stage == len(widths) - 1 and block == blocks - 1   # its relu goes to the pooling
+            body.append(Residual(main, shortcut, ops=ops, **_keep("relu", not last)))
             width_in = width
     body += [GlobalAvgPool2D(ops=ops, layout=layout), Dense(num_classes, ops=ops, init="glorot")]
     return serial(*body)

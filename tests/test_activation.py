@@ -1,15 +1,18 @@
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import jaxbp
-from helpers import Case, gradient_test, normal
+from helpers import Case, conv_stack_temp, gradient_test, normal
 
 OPS = {"relu": jaxbp.relu, "sigmoid": jaxbp.sigmoid, "tanh": jaxbp.tanh,
        "leaky_relu": jaxbp.leaky_relu, "gelu": jaxbp.gelu, "silu": jaxbp.silu, "softmax": jaxbp.softmax,
        "log_softmax": jaxbp.log_softmax}
 CASES = {name: Case(op, normal(i, (4, 5)), (0,)) for i, (name, op) in enumerate(OPS.items())}
+CASES["relu_keep_output"] = Case(jaxbp.relu, normal(14, (3, 2, 4)), (0,), {"keep": "output"})
 CASES["leaky_relu_slope_0.2"] = Case(jaxbp.leaky_relu, normal(9, (3, 2, 4)), (0,), {"negative_slope": 0.2})
 CASES["gelu_tanh"] = Case(jaxbp.gelu, normal(10, (3, 2, 4)), (0,), {"approximate": True})
 CASES["softmax_axis0"] = Case(jaxbp.softmax, normal(11, (3, 2, 4)), (0,), {"axis": 0})
@@ -35,9 +38,19 @@ def test_forward_and_gradient_equal_jax_nn_including_zero(name):
     np.testing.assert_allclose(grad, jax.grad(lambda z: (REFERENCE[name](z) * weights).sum())(z), rtol=1e-13)
 
 
-def test_relu_derivative_at_zero_is_zero():
-    assert jax.grad(lambda z: jaxbp.relu(z).sum())(jnp.zeros(3)).tolist() == [0.0, 0.0, 0.0]
-    assert jax.grad(lambda z: jaxbp.autodiff.relu(z).sum())(jnp.zeros(3)).tolist() == [0.0, 0.0, 0.0]
+@pytest.mark.parametrize("keep", ["mask", "output"])
+def test_relu_derivative_at_zero_is_zero(keep):
+    for op in (jaxbp.relu, jaxbp.autodiff.relu):
+        assert jax.grad(lambda z: op(z, keep=keep).sum())(jnp.zeros(3)).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_relu_keeping_its_output_has_the_masks_gradient_at_nan_and_infinities():
+    """[a > 0] = [z > 0] entry for entry: a is NaN where z is (NaN > 0 is false), ±∞ where z is."""
+    z = jnp.array([-1.0, jnp.nan, 0.0, -0.0, 2.0, -jnp.inf, jnp.inf, 1e-300, -1e-300])
+    weights = jnp.arange(1.0, 10.0)
+    grad = lambda keep: jax.grad(lambda z: (jaxbp.relu(z, keep=keep) * weights).sum())(z)
+    np.testing.assert_array_equal(grad("output"), grad("mask"))
+    np.testing.assert_array_equal(grad("output"), [0, 0, 0, 0, 5, 0, 7, 8, 0])
 
 
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
@@ -79,13 +92,15 @@ def test_gelu_tanh_form_equals_jax_nn():
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's fusion and schedule, measured there")
-def test_residual_network_step_keeps_relus_mask_not_the_block_input():
+def test_residual_network_step_keeps_relus_mask_not_the_block_input(monkeypatch):
     """relu saves its mask as bits: a saved bool mask XLA:CPU recomputed in the
     backward pass from the residual block's input, which it then kept beside
     the transposed copy the conv's δF reads. Compiled gradient of a small
-    ResNet: ≤ 0.53× the twin's temporary memory (measured 0.48; 0.60 with a
-    bool mask)."""
+    ResNet whose relus all keep their masks (the models give most of them
+    ``keep="output"``): ≤ 0.53× the twin's temporary memory (measured 0.47;
+    0.60 with a bool mask)."""
     from jaxbp import autodiff, layers, ops
+    monkeypatch.setattr(layers, "_keep", lambda activation, next_keeps_input: {"keep": "mask"})
 
     def temp(gradients):
         net = layers.resnet(10, (16,), 3, gradients=gradients)
@@ -96,3 +111,19 @@ def test_residual_network_step_keeps_relus_mask_not_the_block_input():
         return grad.lower(params).compile().memory_analysis().temp_size_in_bytes
 
     assert temp("custom") <= 0.53 * temp("autodiff")
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's schedule, measured there")
+@pytest.mark.parametrize("algorithm", ["implicit", "explicit"])
+def test_relu_keeping_its_output_keeps_nothing_beside_the_next_convs_input(algorithm):
+    """conv → batch norm → relu(keep="output") → conv ...: relu's output is the
+    next conv's input, one array for both. Each layer more keeps what it must:
+    8 bytes per value (the conv's input, batch norm's) and its parameters'
+    size (their gradients): measured 1.00× that. Before the conv's δF read its
+    input once δY existed, XLA transposed it for δF in the forward pass and
+    kept that copy beside relu's output: 1.47×."""
+    shape, channels = (4, 16, 16, 16), 16
+    per_layer = (conv_stack_temp(6, shape, algorithm=algorithm, keep="output")
+                 - conv_stack_temp(4, shape, algorithm=algorithm, keep="output")) / 2
+    floor = 8 * math.prod(shape) + 4 * (channels * channels * 9 + 2 * channels)
+    assert per_layer <= 1.01 * floor

@@ -44,13 +44,18 @@ def test_a_step_compiled_beside_its_state_is_the_jitted_step():
 
 def test_saved_residuals_itemizes_what_a_step_keeps(capsys):
     """benchmarks/saved_residuals.py (BENCHMARKS.md's table): every saved array
-    is counted once, and the rules keep relu's mask and batch norm's input where the
-    twin keeps its intermediates."""
+    is counted once — relu's output, which relu and the next dense layer both
+    keep, too — and the rules keep it and batch norm's input where the twin
+    keeps its intermediates."""
     from helpers import load_benchmark
     script = load_benchmark("saved_residuals")
     tables = {g: script.residuals("mlp", g, 8) for g in ("custom", "autodiff")}
-    assert {"relu's mask (a bit per value)", "batch norm's input z (the conv or dense output)"} <= set(tables["custom"])
-    assert tables["custom"]["relu's mask (a bit per value)"] == [2, 2 * 8 * 256 // 8]   # two hidden layers of 256
+    relu = "relu's output: the next conv or dense layer's input x, kept by both"
+    assert {relu, "batch norm's input z (the conv or dense output)"} <= set(tables["custom"])
+    assert "relu's mask (a bit per value)" not in tables["custom"]
+    # two hidden layers of 256, float32; relu's saved output not counted again as another kind
+    assert tables["custom"][relu] == tables["custom"]["batch norm's input z (the conv or dense output)"] \
+        == [2, 2 * 8 * 256 * 4]
     assert script.saved_bytes(tables["custom"]) < script.saved_bytes(tables["autodiff"])
     script.main(["--model", "mlp", "--batch-size", "8"])
     out = capsys.readouterr().out
