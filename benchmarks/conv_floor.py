@@ -97,7 +97,7 @@ def norm_products(y_shape, relu):
 
     def layer(y, gamma, beta):
         z = ops.batch_norm(y, gamma, beta, axis=3)[0]
-        return ops.relu(z) if relu else z
+        return ops.relu(z, keep="output") if relu else z   # as the models' (the next conv keeps it)
     step = jax.jit(forward_and_backward(layer), compiler_options=ops.compiler_options())
     n, h, w, c = y_shape
     ty = torch.randn(n, c, h, w).to(memory_format=torch.channels_last).requires_grad_()
