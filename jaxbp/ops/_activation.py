@@ -83,8 +83,8 @@ def relu(z, *, keep="mask"):
         ``z > 0``, one bit per entry. ``"output"``: ``a`` itself, read as
         ``[a > 0] = [z > 0]`` (docs/derivation.md §2): no memory of its own
         where the next op keeps its input anyway (a conv or dense layer, which
-        keeps ``x``), 32× the mask's where nothing else keeps it; the layers
-        choose it so (:mod:`jaxbp.layers`).
+        keeps ``x``), 32× the mask's (float32) where nothing else keeps it;
+        the models choose it so (:mod:`jaxbp.layers`).
     """
     _checks.floating("z", z)
     if not (isinstance(keep, str) and keep in RELU_KEEPS):
