@@ -62,6 +62,15 @@ def test_saved_residuals_itemizes_what_a_step_keeps(capsys):
     assert "| **all saved arrays** |" in out and "compiled temp memory" in out
 
 
+def test_the_models_keep_a_relus_output_where_a_conv_or_dense_layer_follows():
+    """layers._keep: a relu keeps its mask only before a pooling layer (or dropout)."""
+    from helpers import load_benchmark
+    script = load_benchmark("saved_residuals")
+    masks = lambda model: script.residuals(model, "custom", 2).get("relu's mask (a bit per value)", [0, 0])[0]
+    assert masks("resnet20") == 1   # the last block's, before the global average pooling
+    assert masks("cnn") == 2        # each block's, before its max pool; not the dense layer's
+
+
 def test_peak_buffers_names_who_made_what_is_alive_at_the_peak(capsys):
     """benchmarks/peak_buffers.py: the schedule's peak is XLA's temp memory on the
     MLP step (1,071,489 bytes: 0.999; ResNet-20 batch 32 1.006, the CNN at
