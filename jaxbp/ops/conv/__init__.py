@@ -16,7 +16,7 @@ between them.
 from __future__ import annotations
 
 from jaxbp.ops import _checks, _windows
-from jaxbp.ops._recipe import Check, Rule, after, op
+from jaxbp.ops._recipe import Check, Rule, op
 from jaxbp.ops.conv import _explicit, _implicit, _winograd, select
 from jaxbp.ops.conv.select import (  # noqa: F401
     ALGORITHMS, CHOICES, DEFAULT_ALGORITHM, auto_algorithm, compiler_options)
@@ -34,19 +34,15 @@ def _bias_grad(g, layout):
 
 def _rule(forward, backward):
     """The forward pass of algorithm ``forward``, the backward of ``backward``
-    (modules), plus the bias; saves ``x`` and ``w``. XLA's convolutions for
-    the backward, or a backward on another algorithm, read ``x`` once ``δY``
-    exists (:func:`after`): else XLA lays ``x`` out for ``δF`` in the forward
-    pass (transposed), and keeps that copy beside ``x`` wherever anything else
-    keeps ``x`` as it is (relu's output, another algorithm's forward). The
-    explicit and Winograd backward passes order their own rebuilds."""
+    (modules), plus the bias; saves ``x`` and ``w``. Each backward reads ``x``
+    once ``δY`` exists (:func:`~jaxbp.ops._recipe.after`, in its module), so
+    that XLA keeps ``x`` itself, not a forward-pass copy laid out for it."""
     def _forward(x, w, b, **static):
         y = forward.forward(x, w, **static)
         return (y if b is None else y + b.reshape(_bias_shape(static["layout"], w.shape[0]))), (x, w)
 
     def _backward(residuals, g, **static):
         x, w = residuals
-        x = after(g, x) if backward is _implicit or backward is not forward else x
         return (*backward.backward(x, w, g, **static), _bias_grad(g, static["layout"]))
     return Rule(_forward, _backward, name="conv2d")
 

@@ -72,7 +72,7 @@ def forward(x, w, *, stride, pads, dilation, groups, layout):
     """``Ỹ = X̃ F̃``, ``X̃`` built from ``x``; on CPUs a narrow one (fewer than
     :data:`NARROW_PATCH` columns: a 3×3 conv of one channel has 9) as ``X̃ᵀ``."""
     static = dict(stride=stride, pads=pads, dilation=dilation, groups=groups, layout=layout)
-    o, c, fh, fw = w.shape
+    _, c, fh, fw = w.shape
     if layout == "NHWC" and groups == 1 and fh * fw * c < NARROW_PATCH:
         return lax.platform_dependent(x, w, cpu=functools.partial(_narrow_forward, **static),
                                       default=functools.partial(_forward, **static))

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxbp.ops import _windows
+from jaxbp.ops._recipe import after
 
 # lax dimension numbers: forward, then the two backward convolutions.
 _DIMS = {
@@ -50,7 +51,12 @@ def forward(x, w, *, stride, pads, dilation, groups, layout):
 
 
 def backward(x, w, g, *, stride, pads, dilation, groups, layout):
-    """``(δX, δF)`` as two XLA convolutions."""
+    """``(δX, δF)`` as two XLA convolutions. ``x`` is read once ``δY`` exists
+    (:func:`~jaxbp.ops._recipe.after`): otherwise XLA:CPU lays ``x`` out for
+    ``δF`` (transposed) in the forward pass and keeps that copy beside ``x``
+    wherever ``x`` is kept as it is too (relu's output, another algorithm's
+    forward)."""
+    x = after(g, x)
     window, _, in_hw, out = _windows.geometry(x, w, g, layout)
     (eh, ew) = _windows.effective(window, dilation)
     # Rows/columns of the padded input that no window reaches (stride leftovers).
