@@ -2,6 +2,7 @@
 and explicit-im2col conv vs lax.conv.
 
     python benchmarks/ops.py [--rounds 20] [--scale 1] [--dtype float32] [--out FILE]
+        [--only LABEL ...]
 
 Candidates are timed interleaved in one run (median of rounds); ratios are
 custom/twin, the median of the per-round ratios with its quartiles. Prints a
@@ -93,9 +94,17 @@ class _LaxConv:
         return y + (b.reshape(1, -1, 1, 1) if layout == "NCHW" else b.reshape(1, 1, 1, -1))
 
 
-def run(rounds, scale, dtype):
+def run(rounds, scale, dtype, only=()):
+    """One row per op problem; with ``only``, the problems whose label starts
+    with one of those strings."""
     rows = []
-    for label, (name, args, argnums, kwargs) in op_problems(dtype, sizes(scale)).items():
+    problems = op_problems(dtype, sizes(scale))
+    unknown = [o for o in only if not any(label.startswith(o) for label in problems)]
+    if unknown:
+        raise SystemExit(f"--only {unknown[0]!r} names no op problem; they are: {', '.join(problems)}")
+    for label, (name, args, argnums, kwargs) in problems.items():
+        if only and not any(label.startswith(o) for o in only):
+            continue
         diff = tuple(args[i] for i in argnums)
         fns = {"custom": fwd_bwd(name, args, argnums, kwargs, jaxbp.ops),
                "twin": fwd_bwd(name, args, argnums, kwargs, jaxbp.autodiff)}
@@ -128,8 +137,10 @@ def main():
     p.add_argument("--scale", type=int, default=1, help="multiplies every batch size")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--out", help="append the table to this Markdown file")
+    p.add_argument("--only", nargs="+", default=(), metavar="LABEL",
+                   help="the rows whose label starts with one of these (e.g. relu, 'conv2d NHWC')")
     a = p.parse_args()
-    rows = run(a.rounds, a.scale, jnp.dtype(a.dtype))
+    rows = run(a.rounds, a.scale, jnp.dtype(a.dtype), a.only)
     text = (f"### Ops, fwd+bwd, {a.dtype}, scale {a.scale}: {machine()}, "
             f"{datetime.date.today()}\n\n{table(rows)}\n")
     print(text)

@@ -137,6 +137,20 @@ def test_every_rule_assigns_each_layer_shape_its_algorithm():
     assert select.auto_algorithm is rule
 
 
+def test_ops_times_the_rows_it_is_asked_for_and_names_the_others():
+    """benchmarks/ops.py --only: a row re-measured alone (BENCHMARKS.md's ops
+    table) is the full table's row; a label that starts no row is an error
+    listing the rows."""
+    import jax.numpy as jnp
+    from helpers import load_benchmark
+    script = load_benchmark("ops")
+    rows = script.run(1, 1, jnp.float32, only=("mse", "euclidean"))
+    assert [label for label, _, _ in rows] == ["euclidean_loss", "mse"]
+    assert all(set(t) == {"custom", "twin"} and len(t["custom"]) == 1 for _, t, _ in rows)
+    with pytest.raises(SystemExit, match="'relux' names no op problem; they are: dense, conv2d"):
+        script.run(1, 1, jnp.float32, only=("relux",))
+
+
 def test_a_layers_timed_program_runs_its_forward_pass_with_a_cotangent_as_data():
     """benchmarks/conv_algorithms.py (auto's per-layer costs, the conv floor's
     fastest algorithm) timed ``jax.grad`` of the output's sum: a rule's
