@@ -42,7 +42,7 @@ from jaxbp import layers  # noqa: E402  (this tree's registry: which options a m
 # time_to_accuracy.py's same-work CNN, with MNIST's CPU recipe's conv algorithm
 SAME_WORK = dict(data="mnist", model="cnn", width=32, block="conv-bn-relu-pool", dropout=0.25, warmup_epochs=1,
                  epochs=2, batch_size=32, lr=3e-3, augment=1, algorithm="auto")
-CNN_OPTIONS = ("width", "block", "dropout")
+CNN_OPTIONS = ("width", "block", "dropout", "algorithm")
 
 
 def checkout(rev, stack):
@@ -55,6 +55,14 @@ def checkout(rev, stack):
                    capture_output=True)
     stack.callback(subprocess.run, ["git", "-C", ROOT, "worktree", "remove", "--force", where], capture_output=True)
     return where
+
+
+def config_fields(given):
+    """The Config fields of the compared chunk: the same-work CNN's, then
+    ``given``; of the CNN's model options only those the model reads (a ResNet
+    reads its conv algorithm alone, the MLP none but ``width`` and ``dropout``)."""
+    reads = layers.model_entry(given.get("model", SAME_WORK["model"])).options
+    return {k: v for k, v in SAME_WORK.items() if k not in CNN_OPTIONS or k in reads} | given
 
 
 def build(tree, fields, data, steps):
@@ -88,10 +96,7 @@ def main():
     p.add_argument("--input", default="1,28,28", help="one image's shape")
     a = p.parse_intermixed_args()
     versions = [v for v in a.versions if "=" not in v]
-    given = settings([f for f in a.versions if "=" in f])
-    # the same-work CNN's model options only for a model that reads them (a ResNet reads none of them)
-    reads = layers.model_entry(given.get("model", SAME_WORK["model"])).options
-    fields = {k: v for k, v in SAME_WORK.items() if k not in CNN_OPTIONS or k in reads} | given
+    fields = config_fields(settings([f for f in a.versions if "=" in f]))
     shape = tuple(int(s) for s in a.input.split(","))
     rng = np.random.default_rng(0)
     n = fields["batch_size"] * 4 * a.steps

@@ -186,6 +186,22 @@ def test_a_layers_passes_are_timed_apart_and_a_first_layers_backward_is_df_alone
                 assert len(re.findall(r" (?:convolution|dot)\(", program)) == want, (alg, name, first)
 
 
+def test_versions_gives_a_model_only_the_options_it_reads():
+    """benchmarks/versions.py compares any model's chunk: the same-work CNN's
+    options go only to a model that reads them (the MLP was given the CNN's
+    conv algorithm, which it rejects), and what the command line says wins."""
+    from helpers import load_benchmark
+    from jaxbp import layers
+    script = load_benchmark("versions")
+    for model in ("cnn", "mlp", "resnet20", "resnet18"):
+        fields = script.config_fields({"model": model})
+        given = set(fields) & set(script.CNN_OPTIONS)
+        assert given == set(script.CNN_OPTIONS) & set(layers.model_entry(model).options), model
+        layers.model_options(model, **{k: fields[k] for k in given})   # raises for an option the model does not read
+    assert "algorithm" not in script.config_fields({"model": "mlp"})
+    assert script.config_fields({"model": "resnet20", "algorithm": "implicit"})["algorithm"] == "implicit"
+
+
 @pytest.mark.slow   # two versions' chunk programs compiled in one process: ~12 s
 def test_versions_times_two_checkouts_side_by_side_and_removes_its_worktree():
     """benchmarks/versions.py: a directory and a git revision, each one's own
