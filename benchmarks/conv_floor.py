@@ -19,7 +19,10 @@ programs) gives the fastest, and the sum of those is the best a per-layer
 choice can do. So that the floor is not an artefact of jaxbp's Winograd
 tiles (F(2×2, 3×3)), every stride-1 3×3 layer is also timed with larger
 ones, F(4×4, 3×3) and F(6×6, 3×3) (``benchmarks/winograd_tiles.py``; not
-shipped). After each conv, its batch norm (and relu, after every 3×3 conv)
+shipped). So that the floor is not an artefact of how XLA builds patch
+matrices either, each layer's three im2col products are also timed as XLA's
+matmuls with the patch matrix given (none built, no col2im): a bound for any
+formulation of the layer through XLA's matmul, Winograd's aside. After each conv, its batch norm (and relu, after every 3×3 conv)
 is timed forward + backward beside PyTorch's: the floor is the fastest
 convolutions plus these, the network's work without pooling, the loss and
 the optimizer. So that the floor is not an artefact of jaxbp's batch norm
@@ -71,6 +74,25 @@ def xla_products(x_shape, w_shape, stride):
     dx = jit(lambda x, w, g: _implicit.backward(x, w, g, **static)[0])
     dw = jit(lambda x, w, g: _implicit.backward(x, w, g, **static)[1])
     return {"forward": lambda: y(x, w), "δX": lambda: dx(x, w, g), "δF": lambda: dw(x, w, g)}
+
+
+def patch_products(x_shape, w_shape, stride, first):
+    """One program of im2col's three products with the patch matrix given, as
+    XLA's matmuls: ``X̃F̃``, ``X̃ᵀδỸ`` and (but for a network's first layer)
+    ``δỸF̃ᵀ``, with no patch matrix built and no col2im. Any formulation of the
+    layer through XLA's matmul does at least these (the Winograd ones aside)."""
+    n, h, wd, c = x_shape
+    rows = n * -(-h // stride[0]) * -(-wd // stride[1])
+    k = c * w_shape[2] * w_shape[3]
+    rng = np.random.default_rng(0)
+    cols, f, g = (jnp.asarray(rng.standard_normal(s), jnp.float32) for s in ((rows, k), (k, w_shape[0]),
+                                                                              (rows, w_shape[0])))
+
+    def products(cols, f, g):
+        y, df = cols @ f, jax.lax.dot_general(cols, g, (((0,), (0,)), ((), ())))
+        return (y, df) if first else (y, df, g @ f.T)
+    fn = jax.jit(products, compiler_options=ops.compiler_options())
+    return lambda: fn(cols, f, g)
 
 
 def torch_products(x_shape, w_shape, stride):
@@ -149,8 +171,8 @@ def main():
     first_step = 1e3 * statistics.median(step_seconds(a.model, a.batch_size, steps=10, warmup=3))
     shapes = {((a.batch_size,) + x[1:], *rest): count
               for (x, *rest), count in layer_shapes(a.model).items()}
-    sums = {"xla": 0.0, "torch": 0.0, "best": 0.0, "tiles": 0.0, "norm xla": 0.0, "norm torch": 0.0,
-            "norm bound": 0.0}
+    sums = {"xla": 0.0, "torch": 0.0, "best": 0.0, "tiles": 0.0, "patches": 0.0, "norm xla": 0.0,
+            "norm torch": 0.0, "norm bound": 0.0}
     for i, ((x_shape, w_shape, stride, _, _, _), count) in enumerate(shapes.items()):
         stride = tuple(stride) if isinstance(stride, tuple) else (stride, stride)
         n, h, wd, c = x_shape
@@ -178,6 +200,11 @@ def main():
         each = ", ".join(f"{k} {1e3 * v:.2f}" for k, v in algs.items())
         print(f"| | | | | | each algorithm, jaxbp's fastest shipped: {best} ({each}) | {1e3 * algs[best]:.2f} | | | |",
               flush=True)
+        # im2col's products alone, their patch matrix given: what a matmul formulation costs at least
+        patches = interleaved({"xla": patch_products(x_shape, w_shape, stride, first=i == 0)}, rounds=a.rounds)["xla"]
+        sums["patches"] += count * patches
+        print(f"| | | | | | im2col's products alone, the patch matrix given (XLA's matmuls) | {1e3 * patches:.2f} | "
+              f"{100 * (2 if i == 0 else 3) * flops / patches / top:.0f} % | | |", flush=True)
         # the batch norm after every conv, and the relu after every 3×3 one (not the shortcuts')
         relu = w_shape[2] > 1
         norm = interleaved(norm_products((n, ho, wo, w_shape[0]), relu), rounds=a.rounds)
@@ -196,7 +223,10 @@ def main():
           f"{1e3 * sums['best']:.1f} ms, {1e3 * sums['best'] / step:.2f}× PyTorch's step; "
           f"with Winograd's larger tiles where faster {1e3 * sums['tiles']:.1f} ms, "
           f"{1e3 * sums['tiles'] / step:.2f}× PyTorch's step "
-          f"({sums['tiles'] / sums['torch']:.2f}× PyTorch's convolutions, timed beside them).\n\n"
+          f"({sums['tiles'] / sums['torch']:.2f}× PyTorch's convolutions, timed beside them); im2col's "
+          f"products alone, every patch matrix given (a bound for any formulation through XLA's matmul but "
+          f"Winograd's), {1e3 * sums['patches']:.1f} ms, {sums['patches'] / sums['torch']:.2f}× PyTorch's "
+          f"convolutions.\n\n"
           f"Batch norm and relu, forward + backward, over the network: jaxbp {1e3 * sums['norm xla']:.1f} ms, "
           f"PyTorch {1e3 * sums['norm torch']:.1f} ms. The floor, jaxbp's fastest convolutions (larger tiles "
           f"included) and its batch norm and relu: {1e3 * (sums['tiles'] + sums['norm xla']):.1f} ms, "
