@@ -22,8 +22,9 @@ ones, F(4×4, 3×3) and F(6×6, 3×3) (``benchmarks/winograd_tiles.py``; not
 shipped). So that the floor is not an artefact of how XLA builds patch
 matrices either, each layer's three im2col products are also timed as XLA's
 matmuls with the patch matrix given (none built, no col2im): a bound for any
-formulation of the layer through XLA's matmul, Winograd's aside. After each conv, its batch norm (and relu, after every 3×3 conv)
-is timed forward + backward beside PyTorch's: the floor is the fastest
+formulation of the layer through XLA's matmul, Winograd's aside. After each
+conv, its batch norm (and relu, after every 3×3 conv) is timed forward +
+backward beside PyTorch's: the floor is the fastest
 convolutions plus these, the network's work without pooling, the loss and
 the optimizer. So that the floor is not an artefact of jaxbp's batch norm
 either, each one is also given its traffic bound: the time XLA takes to

@@ -138,8 +138,9 @@ def test_every_rule_assigns_each_layer_shape_its_algorithm():
 
 
 def test_ops_times_the_rows_it_is_asked_for_and_names_the_others():
-    """benchmarks/ops.py --only: a row re-measured alone (BENCHMARKS.md's ops
-    table) is the full table's row; a label that starts no row is an error
+    """benchmarks/ops.py --only (a noisy row of BENCHMARKS.md's ops table
+    re-measured in one command): the rows whose label starts with a given
+    string, in the table's order; a string that starts no row is an error
     listing the rows."""
     import jax.numpy as jnp
     from helpers import load_benchmark
