@@ -47,7 +47,7 @@ def choices(field):
 # mnist``, or ``Config(data="mnist")``), on CPUs and on accelerators (GPUs and
 # TPUs share one entry; it was measured on GPUs); options given explicitly
 # still win. MNIST with the cnn, chosen for time to 99 % test accuracy
-# (BENCHMARKS.md, "Time to accuracy"): on a CPU a narrower CNN, each conv's
+# (BENCHMARKS.md, "MNIST"): on a CPU a narrower CNN, each conv's
 # algorithm chosen from its shapes ("auto"), no dropout, a short warm-up; on an
 # accelerator the default width and few large batches, since there a step's
 # cost is mostly its kernel launches, not its arithmetic.

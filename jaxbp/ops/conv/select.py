@@ -5,7 +5,7 @@ three rules (docs/derivation.md §3): the algorithms' names, the default,
 ``"auto"``'s rule, the thresholds inside the explicit algorithm, and which
 kernels compute XLA's own convolutions (:func:`compiler_options`). Each
 threshold is a named constant with one line of why; the measurements behind
-them are in BENCHMARKS.md ("Numbers behind choices"), reproduced by
+them are in BENCHMARKS.md ("The numbers behind the code's choices"), reproduced by
 ``python benchmarks/conv_algorithms.py`` and ``python benchmarks/auto_vs_fixed.py``.
 """
 from __future__ import annotations
