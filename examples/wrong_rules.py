@@ -61,6 +61,27 @@ sigmoid_summed = jaxbp.op(jaxbp.Rule(
     name="sigmoid, δz summed over i"))
 # relu'(0) taken as 1 (z ≥ 0): right everywhere but at 0, where JAX's convention is 0.
 relu_at_zero = jaxbp.op(jaxbp.Rule(_relu_forward, lambda z, g: (jnp.where(z >= 0, g, 0.0),), name="relu, z ≥ 0"))
+# tanh' written for the input, applied to the saved output: 1 − tanh²(a) where 1 − a² belongs.
+tanh_at_output = jaxbp.op(jaxbp.Rule(_tanh_forward, lambda a, g: (g * (1 - jnp.tanh(a) ** 2),),
+                                     name="tanh, f'(a)"))
+
+
+# -- softplus with a learned sharpness β: log(1 + e^{βz})/β ------------------------
+def _softplus_forward(z, beta):
+    return jnp.logaddexp(0.0, beta * z) / beta, (z, beta)
+
+
+def softplus_rule(mistake=None):
+    """δz = δa σ(βz), δβ = Σ δa (z σ(βz)/β − a/β). ``mistake``: "sign inside"
+    (σ(−βz)), "dβ quotient" (the quotient rule's −a/β term dropped)."""
+    def backward(res, g):
+        z, beta = res
+        s = jax.nn.sigmoid(beta * z)
+        a = jnp.logaddexp(0.0, beta * z) / beta
+        dz = g * (jax.nn.sigmoid(-beta * z) if mistake == "sign inside" else s)
+        dbeta = (g * z * s / beta).sum() - (0.0 if mistake == "dβ quotient" else (g * a / beta).sum())
+        return dz, dbeta
+    return jaxbp.op(jaxbp.Rule(_softplus_forward, backward, name=f"softplus ({mistake or 'right'})"))
 
 
 # -- softmax cross-entropy with soft targets (§6) ---------------------------------
@@ -197,6 +218,7 @@ x8, w8, b8, sq = normal(0, (6, 4), (3, 4), (3,), (4, 4))
 conv_x, conv_f = normal(1, (2, 2, 5, 5), (3, 2, 3, 3))
 logits, raw = normal(2, (5, 4), (5, 4))
 bn_x, bn_g, bn_b = normal(3, (8, 3), (3,), (3,))
+beta = np.float64(1.5)   # softplus's sharpness, differentiated too
 
 # name -> (wrong op, args, words the diagnosis must contain, right op)
 GALLERY = {

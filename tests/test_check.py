@@ -41,6 +41,10 @@ DIAGNOSES = {
                          W.embed_rule()),
     "at zero": (W.relu_at_zero, (W.x8,), {"special_points": True}, "where 'z' exactly 0", jaxbp.relu),
     "one argument": (W.dense_rule("db fan-in"), (W.x8, W.w8, W.b8), {}, "only 'b' is wrong", W.dense_rule()),
+    "at the wrong point: −z": (W.softplus_rule("sign inside"), (W.x8, W.beta), {}, "at −z: a sign inside",
+                               W.softplus_rule()),
+    "at the wrong point: the output": (W.tanh_at_output, (W.x8,), {}, "at the output f(z)", jaxbp.tanh),
+    "one value": (W.softplus_rule("dβ quotient"), (W.x8, W.beta), {}, "one value, the rule's", W.softplus_rule()),
     "float32 only": (W.standardize_rule(one_pass=True), (std_x,), {"dtype": "float32"}, "wrong only in float32",
                      W.standardize_rule(one_pass=False)),
 }
@@ -196,3 +200,14 @@ def test_the_public_extension_api():
         return W.sigmoid_twice(z)
     assert doubled.example(lambda *s: tuple(jnp.ones(x) for x in s))[0].shape == (4, 3)
     assert hasattr(doubled, "autodiff")
+
+
+def test_a_rule_takes_a_python_number_positionally():
+    op, x = W.softplus_rule(), W.x8
+
+    def grads(argnums, constant=False):   # the rule's and the twin's
+        if constant:
+            return [jax.grad(lambda x, f=f: f(x, 1.5).sum())(x) for f in (op, op.autodiff)]
+        return [jax.grad(lambda x, beta, f=f: f(x, beta).sum(), argnums=argnums)(x, 1.5) for f in (op, op.autodiff)]
+    for rule, twin in (grads(0), grads(1), grads(0, constant=True)):
+        np.testing.assert_allclose(rule, twin, rtol=1e-12)

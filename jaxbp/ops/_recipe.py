@@ -224,8 +224,9 @@ def carrier(x):
     """A zero-size array with ``x``'s dtype and mesh-axis type, and its shape
     after a leading 0: what a backward pass needs of an input it does not keep
     (residuals must be arrays). A slice of ``x``, not ``jnp.zeros``, so that the
-    mesh-axis type :func:`cotangent` reads is kept. ``None`` stays ``None``."""
-    return None if x is None else lax.slice_in_dim(x[None], 0, 0)
+    mesh-axis type :func:`cotangent` reads is kept. ``None`` stays ``None``; a
+    Python number (``rule(x, 1.5)``) is an array of its JAX dtype."""
+    return None if x is None else lax.slice_in_dim(jnp.asarray(x)[None], 0, 0)
 
 
 def saved(*residuals):

@@ -305,7 +305,7 @@ class _Check:
         return r
 
     def run(self, second_order, transforms, special_points):
-        custom, twin = self.fn, _twin_of(self.fn)
+        custom, twin = self.custom, self.twin = self.fn, _twin_of(self.fn)
         if not self.rules_present(custom, twin):
             return self.report()
         gc, gt = ([np.asarray(g) for g in gs] for gs in self.jitted(custom, twin)(*self.x))
@@ -374,7 +374,31 @@ class _Check:
             self.diagnoses.append(f"{name!r}: non-finite gradient ({c.flat[np.ravel_multi_index(bad, c.shape)]}) "
                                   f"at {bad} from finite inputs")
         elif not ok:
-            self.diagnoses.append(f"{name!r}: " + _diagnose(c, t, np.asarray(x), fanout))
+            self.diagnoses.append(f"{name!r}: " + (_diagnose(c, t, np.asarray(x), fanout)
+                                                  or self.wrong_point(name, c) or _unexplained(c, t)))
+
+    def wrong_point(self, name, c):
+        """Whether the rule's gradient is the twin's at another point: at ``−x``
+        (a sign inside the derivative's argument) or, for an elementwise op, at
+        its output (the derivative applied to the saved output). ``None`` if neither."""
+        k = self.names.index(name)
+        x = self.x[k]
+        points = [(-x, f"equals the twin's gradient at −{name}: a sign inside the derivative's argument "
+                       "(e.g. σ(−z) where σ(z) belongs)")]
+        out = jax.jit(self.f(self.twin))(*self.x)
+        leaves = [o for o in jax.tree.leaves(out) if jnp.issubdtype(o.dtype, jnp.floating)]
+        if len(leaves) == 1 and leaves[0].shape == x.shape:
+            points.append((leaves[0].astype(x.dtype),
+                           f"equals the twin's gradient at the output f({name}) instead of at {name}: the "
+                           "derivative applied to the saved output (f'(a) with a = f(z), e.g. 1 − tanh²(a) "
+                           "where 1 − a² belongs)"))
+        for point, words in points:
+            args = list(self.x)
+            args[k] = point
+            t = np.asarray(self.jitted(self.custom, self.twin)(*args)[1][k])
+            if np.isfinite(t).all() and np.abs(c - t).max() <= 1e-8 * max(np.abs(t).max(), 1e-300):
+                return words
+        return None
 
     def finite_differences(self, custom, twin):
         loss = jax.jit(self.loss(custom))
@@ -604,7 +628,8 @@ class _Check:
 
 
 def _diagnose(c, t, x, fanout):
-    """What kind of mistake turns the twin's gradient ``t`` into the rule's ``c``."""
+    """What kind of mistake turns the twin's gradient ``t`` into the rule's ``c``
+    (``None``: none of these)."""
     peak = float(np.abs(t).max())
     if peak == 0:
         return "the twin's gradient is 0 but the rule's is not"
@@ -617,6 +642,9 @@ def _diagnose(c, t, x, fanout):
     if close(c, factor * t):
         if abs(factor + 1) < 1e-8:
             return "sign flipped (the rule gives −1 × the twin's gradient)"
+        if mask.sum() == 1:   # one value: any wrong one is a factor, which says nothing of the mistake
+            return (f"one value, the rule's {float(c[mask][0]):.6g} where the twin's is {float(t[mask][0]):.6g}"
+                    f" (×{factor:.6g}{_factor_hint(factor)})")
         return f"×{factor:.6g} everywhere{_factor_hint(factor)}"
     for axis in range(c.ndim):
         if c.shape[axis] < 2:
@@ -659,7 +687,12 @@ def _diagnose(c, t, x, fanout):
                         "instead of adds, a scatter with set instead of add)")
     if (x[bad] == 0).all() and n < total:
         return f"wrong only where the argument is exactly 0 ({n} of {total} elements)"
-    return f"wrong at {n} of {total} elements ({100 * n / total:.3g}%)"
+    return None
+
+
+def _unexplained(c, t):
+    bad = np.abs(c - t) > 1e-8 * float(np.abs(t).max())
+    return f"wrong at {int(bad.sum())} of {bad.size} elements ({100 * bad.sum() / bad.size:.3g}%)"
 
 
 def _in_span_of_input(e, x, axis):
