@@ -211,3 +211,45 @@ def test_a_rule_takes_a_python_number_positionally():
         return [jax.grad(lambda x, beta, f=f: f(x, beta).sum(), argnums=argnums)(x, 1.5) for f in (op, op.autodiff)]
     for rule, twin in (grads(0), grads(1), grads(0, constant=True)):
         np.testing.assert_allclose(rule, twin, rtol=1e-12)
+
+
+# -- pytree arguments: a layer's parameters as one dict ----------------------------
+def _layer_forward(params, x):
+    return x @ params["w"].T + params["b"][None], (params, x)
+
+
+def _layer_op(backward):
+    return jaxbp.op(jaxbp.Rule(_layer_forward, backward, name="layer"))
+
+
+def _layer_backward(res, g, db_factor=1.0):
+    params, x = res
+    return {"w": g.T @ x, "b": db_factor * g.sum(0)}, g @ params["w"]
+
+
+def test_a_rule_takes_a_pytree_and_check_names_its_leaves():
+    params, x = {"w": W.w8, "b": W.b8}, W.x8
+    right = _layer_op(_layer_backward)
+    grad = jax.grad(lambda p, x: right(p, x).sum(), argnums=(0, 1))
+    for g, t in zip(jax.tree.leaves(grad(params, x)), jax.tree.leaves(jax.grad(
+            lambda p, x: right.autodiff(p, x).sum(), argnums=(0, 1))(params, x))):
+        np.testing.assert_allclose(g, t, rtol=1e-12)
+    assert jaxbp.check(right, params, x, **FAST).ok
+    report = jaxbp.check(_layer_op(lambda r, g: _layer_backward(r, g, 2.0)), params, x, **FAST)
+    assert [a.name for a in report.arguments] == ["params['b']", "params['w']", "x"]
+    assert not report.ok and diagnosed(report, "\"params['b']\": ×2 everywhere"), report
+    only_x = jaxbp.check(_layer_op(lambda r, g: _layer_backward(r, g, 2.0)), params, x, argnums=1, **FAST)
+    assert only_x.ok and [a.name for a in only_x.arguments] == ["x"]
+
+
+@pytest.mark.parametrize("backward, message", [
+    (lambda res, g: ({"w": g.T @ res[1]}, g @ res[0]["w"]),
+     r"rule 'layer': backward's gradient for argument 'params' has structure PyTreeDef\(\{'w': \*\}\), "
+     r"expected PyTreeDef\(\{'b': \*, 'w': \*\}\)"),
+    (lambda res, g: ({"w": res[1].T @ g, "b": g.sum(0)}, g @ res[0]["w"]),
+     r"rule 'layer': backward's gradient for argument 'params' at \['w'\] has shape \(4, 3\), expected \(3, 4\)"),
+], ids=["structure", "leaf shape"])
+def test_a_pytree_gradient_of_the_wrong_structure_or_shape_is_named(backward, message):
+    op = _layer_op(backward)
+    with pytest.raises(ValueError, match=message):
+        jax.grad(lambda p: op(p, W.x8).sum())({"w": W.w8, "b": W.b8})

@@ -11,10 +11,11 @@ An op family module writes, for each rule::
 and a public front that validates its arguments and calls ``_rule(arrays...,
 static=...)``, decorated with :func:`op`. ``Rule`` owns the ``custom_vjp``
 plumbing: the static keyword arguments become one hashable non-differentiable
-argument, every array argument gets a zero-size *carrier* (its dtype and
-mesh-axis type), and :func:`cotangent` casts each gradient to its argument's
-dtype and mesh-axis type — so a backward rule returns plain math and ``None``
-for an argument that is ``None`` or integer needs no special case.
+argument, every array argument (each leaf of a pytree argument) gets a
+zero-size *carrier* (its dtype and mesh-axis type), and :func:`cotangent` casts
+each gradient to its argument's dtype and mesh-axis type — so a backward rule
+returns plain math and ``None`` for an argument that is ``None`` or integer
+needs no special case.
 
 :func:`op` attaches the *autodiff twin* as ``op.autodiff``: the same front,
 whose rules then return ``forward(...)[0]`` for JAX to differentiate. The twin
@@ -46,7 +47,8 @@ class Rule:
     argument's shape (``None`` for an argument that needs none: an integer or
     ``None`` argument). A gradient is cast to its argument's dtype. Call the
     rule with the arrays positionally and the static (hashable) options by
-    keyword: ``rule(x, w, b, eps=1e-5)``.
+    keyword: ``rule(x, w, b, eps=1e-5)``. An argument may be a pytree (a dict
+    of parameters): its gradient is then the same pytree.
 
     ``name`` (default: the forward's name without ``_`` and ``_forward``)
     and the forward's parameter names label the messages when a backward
@@ -69,9 +71,9 @@ class Rule:
         def make(symbolic):
             def fwd(static, *arrays):
                 if symbolic:  # arrays arrive as (value, perturbed) records
-                    arrays = tuple(a.value for a in arrays)
+                    arrays = jax.tree.map(lambda a: a.value, arrays)
                 out, residuals = forward(*arrays, **dict(static))
-                return out, (residuals, tuple(carrier(a) for a in arrays))
+                return out, (residuals, jax.tree.map(carrier, arrays))
 
             def bwd(static, saved_, g):
                 residuals, protos = saved_
@@ -88,7 +90,7 @@ class Rule:
     def __call__(self, *arrays, **static):
         if _TWIN.get():
             return self.forward(*arrays, **static)[0]
-        custom = self._dense_zeros if any(map(_eager_shard_map, arrays)) else self.custom
+        custom = self._dense_zeros if any(map(_eager_shard_map, jax.tree.leaves(arrays))) else self.custom
         return custom(tuple(sorted(static.items())), *arrays)
 
     def _argument(self, i):
@@ -107,20 +109,34 @@ class Rule:
                              f"{'s' if len(grads) != 1 else ''} for {len(protos)} array argument"
                              f"{'s' if len(protos) != 1 else ''} ({names}); return one per argument, "
                              "None for an argument that needs none")
-        for i, (d, p) in enumerate(zip(grads, protos)):
-            if d is None or p is None:
-                continue
-            if not hasattr(d, "shape") or not hasattr(d, "dtype"):
-                raise TypeError(f"rule {self.name!r}: backward's gradient for argument {self._argument(i)} "
-                                f"must be an array, got {type(d).__name__}")
-            if tuple(d.shape) != tuple(p.shape[1:]):
-                raise ValueError(f"rule {self.name!r}: backward's gradient for argument {self._argument(i)} "
-                                 f"has shape {tuple(d.shape)}, expected {tuple(p.shape[1:])} "
-                                 "(the argument's shape)")
-            if jnp.issubdtype(p.dtype, jnp.inexact) and not jnp.issubdtype(d.dtype, jnp.inexact):
-                raise TypeError(f"rule {self.name!r}: backward's gradient for argument {self._argument(i)} "
-                                f"has dtype {d.dtype}, expected a floating dtype (the argument is {p.dtype})")
-        return tuple(cotangent(d, p) for d, p in zip(grads, protos))
+        return tuple(self._cotangent(i, d, p) for i, (d, p) in enumerate(zip(grads, protos)))
+
+    def _cotangent(self, i, d, proto):
+        """One argument's gradient ``d`` (a pytree like the argument) checked and cast."""
+        if d is None or proto is None:
+            return None
+        paths, tree = jax.tree_util.tree_flatten_with_path(proto)
+        try:
+            leaves = tree.flatten_up_to(d)
+        except (ValueError, TypeError):
+            raise ValueError(f"rule {self.name!r}: backward's gradient for argument {self._argument(i)} has "
+                             f"structure {jax.tree.structure(d)}, expected {tree} (the argument's)") from None
+        out = []
+        for (path, p), g in zip(paths, leaves):
+            where = self._argument(i) + (f" at {jax.tree_util.keystr(path)}" if path else "")
+            if g is not None:
+                if not hasattr(g, "shape") or not hasattr(g, "dtype"):
+                    raise TypeError(f"rule {self.name!r}: backward's gradient for argument {where} "
+                                    f"must be an array, got {type(g).__name__}")
+                if tuple(g.shape) != tuple(p.shape[1:]):
+                    raise ValueError(f"rule {self.name!r}: backward's gradient for argument {where} "
+                                     f"has shape {tuple(g.shape)}, expected {tuple(p.shape[1:])} "
+                                     "(the argument's shape)")
+                if jnp.issubdtype(p.dtype, jnp.inexact) and not jnp.issubdtype(g.dtype, jnp.inexact):
+                    raise TypeError(f"rule {self.name!r}: backward's gradient for argument {where} "
+                                    f"has dtype {g.dtype}, expected a floating dtype (the argument is {p.dtype})")
+            out.append(cotangent(g, p))
+        return tree.unflatten(out)
 
 
 def _eager_shard_map(x):

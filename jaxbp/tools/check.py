@@ -163,8 +163,10 @@ def check(fn, *args, argnums=None, dtype="float32", seed=0, directions=3, jacobi
         ``jax.jit`` of it: a jitted function keeps its first trace, custom or twin.
       *args: its positional arguments. Floating arrays are differentiated (all,
         or those in ``argnums``) and taken in float64; others are held fixed.
+        A pytree argument (a dict of parameters) has each floating leaf
+        differentiated and reported on its own (``params['w']``).
       argnums: indices of the arguments to differentiate (default: every
-        floating array).
+        floating array, or pytree holding one).
       dtype: the low precision whose accuracy is audited (rule and twin both
         against the float64 truth); bfloat16 is checked for dtype, shape and
         finiteness too. ``None`` skips both.
@@ -241,19 +243,25 @@ class _Check:
         self.fn, self.kwargs, self.low, self.seed = fn, kwargs, dtype, seed
         self.directions, self.jacobian_limit = directions, jacobian_limit
         self.name = name or getattr(fn, "__name__", type(fn).__name__)
-        self.args = [_host(a, np.float64) if _floating(a) else a for a in args]
+        # An argument may be a pytree (a dict of parameters): its floating leaves are
+        # differentiated, each compared on its own; self.args holds every leaf.
+        paths, self.tree = jax.tree_util.tree_flatten_with_path(tuple(args))
+        self.args = [_host(a, np.float64) if _floating(a) else a for _, a in paths]
+        top = [path[0].idx for path, _ in paths]
+        floating = {top[j] for j, a in enumerate(self.args) if _floating(a)}
         if argnums is None:
-            argnums = tuple(i for i, a in enumerate(self.args) if _floating(a))
+            argnums = tuple(sorted(floating))
         argnums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
         if not argnums:
             raise ValueError(f"check: no floating array argument to differentiate among {len(args)} argument(s)")
         for i in argnums:
-            if not -len(args) <= i < len(args) or not _floating(self.args[i]):
-                raise ValueError(f"argnums: argument {i} is not a floating array")
-        self.argnums = tuple(i % len(args) for i in argnums)
+            if not -len(args) <= i < len(args) or i % len(args) not in floating:
+                raise ValueError(f"argnums: argument {i} is not a floating array (nor holds one)")
+        wanted = {i % len(args) for i in argnums}
+        self.argnums = tuple(j for j, a in enumerate(self.args) if top[j] in wanted and _floating(a))
         names = _arg_names(fn, len(args))
-        self.names = [names[i] for i in self.argnums]
-        self.x = tuple(self.args[i] for i in self.argnums)
+        self.names = [names[top[j]] + jax.tree_util.keystr(paths[j][0][1:]) for j in self.argnums]
+        self.x = tuple(self.args[j] for j in self.argnums)
         self._jitted = {}
         self.rows, self.diagnoses, self.arguments = [], [], []
         out = jax.eval_shape(self.f(fn), *self.x)
@@ -275,7 +283,7 @@ class _Check:
             full = list(self.args)
             for i, v in zip(self.argnums, x):
                 full[i] = v
-            return fn(*full, **self.kwargs)
+            return fn(*self.tree.unflatten(full), **self.kwargs)
         return f
 
     def loss(self, fn, wrap=None):
