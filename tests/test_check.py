@@ -190,6 +190,20 @@ def test_a_backward_returning_the_wrong_thing_is_named(backward, error, message)
         jax.grad(lambda x, w, b: op(x, w, b).sum(), argnums=(0, 1, 2))(W.x8, W.w8, W.b8)
 
 
+@pytest.mark.parametrize("traced, scale, message", [
+    (True, jnp.ones(4), r"rule 'scaled': keyword argument 'scale' is an array \(float64\[4\]\); pass arrays "
+                        r"positionally"),
+    (False, jnp.ones(4), r"keyword argument 'scale' is an array"),
+    (False, [1.0, 2.0, 3.0, 4.0], r"rule 'scaled': keyword argument 'scale' must be hashable .*, got list"),
+], ids=["traced array", "array", "list"])
+def test_a_keyword_option_that_is_an_array_or_unhashable_is_named(traced, scale, message):
+    rule = jaxbp.Rule(lambda x, *, scale: (x * jnp.asarray(scale), ()), lambda r, g, scale: (g * jnp.asarray(scale),),
+                      name="scaled")
+    grad = jax.grad(lambda x, s: rule(x, scale=s).sum())
+    with pytest.raises(TypeError, match=message):
+        jax.jit(grad)(W.x8[:, :4], scale) if traced else grad(W.x8[:, :4], scale)
+
+
 def test_the_public_extension_api():
     assert {"Rule", "op", "saved", "after", "validate", "check", "CheckReport", "CheckFailed"} <= set(jaxbp.__all__)
     with pytest.raises(ValueError, match=r"w must have shape \(3, 4\) \(out, in\), got \(4, 3\)"):

@@ -88,6 +88,16 @@ class Rule:
         self._dense_zeros = make(False) if symbolic_zeros else self.custom
 
     def __call__(self, *arrays, **static):
+        for key, value in static.items():   # they become custom_vjp's hashable, untraced argument
+            if isinstance(value, jax.Array):
+                raise TypeError(f"rule {self.name!r}: keyword argument {key!r} is an array "
+                                f"({value.dtype}{list(value.shape)}); pass arrays positionally (each gets a "
+                                "gradient, None if it needs none) and options by keyword")
+            try:
+                hash(value)
+            except TypeError:
+                raise TypeError(f"rule {self.name!r}: keyword argument {key!r} must be hashable (an option: "
+                                f"a number, a string, a tuple), got {type(value).__name__}") from None
         if _TWIN.get():
             return self.forward(*arrays, **static)[0]
         custom = self._dense_zeros if any(map(_eager_shard_map, jax.tree.leaves(arrays))) else self.custom
