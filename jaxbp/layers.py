@@ -184,8 +184,16 @@ def BatchNorm(*, ops=custom_ops, momentum=0.9, eps=1e-5, axis=1):
 
 def Activation(name, *, ops=custom_ops, **kwargs):
     """Elementwise ``relu``, ``sigmoid``, ``tanh`` or ``leaky_relu`` (shape
-    unchanged); ``kwargs`` go to the op (``keep=`` for relu, ``negative_slope=``)."""
-    fn = getattr(ops, name)
+    unchanged), or an op of your own (a ``@jaxbp.op``: its twin
+    ``name.autodiff`` when ``ops`` is :mod:`jaxbp.autodiff`); ``kwargs`` go to
+    the op (``keep=`` for relu, ``negative_slope=``)."""
+    if callable(name):
+        if not hasattr(name, "autodiff"):
+            raise TypeError(f"Activation: an op of your own must be decorated with @jaxbp.op (it gives the "
+                            f"twin the autodiff model runs), got {getattr(name, '__name__', type(name).__name__)}")
+        fn, name = (name.autodiff if ops is autodiff else name), name.__name__
+    else:
+        fn = getattr(ops, name)
     return _stateless(lambda key, shape: (shape, {}), lambda p, x: fn(x, **kwargs), name)
 
 

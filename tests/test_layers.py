@@ -191,3 +191,22 @@ def test_bfloat16_model_computes_in_bfloat16_from_float32_params():
     assert y.dtype == jnp.bfloat16
     y32, _ = model.apply(params, state, policy.computed(x), train=True)
     assert y32.dtype == jnp.float32  # float32 params promote a bfloat16 input, as JAX does
+
+
+def test_an_op_of_your_own_as_an_activation_follows_the_models_gradients():
+    from user_rules import my_tanh
+
+    def model(gradients):
+        ops = layers.namespace(gradients)
+        return layers.serial(layers.Dense(4, ops=ops), layers.Activation(my_tanh, ops=ops), layers.Dense(2, ops=ops))
+    x = normal(2, (3, 5))[0]
+    _, params, state = model("custom").init(KEY, x.shape)
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+
+    def loss(gradients):
+        return lambda p: model(gradients).apply(p, state, x)[0].sum()
+    jaxprs = {g: str(jax.make_jaxpr(loss(g))(params)) for g in layers.GRADIENTS}
+    assert jaxprs["custom"].count("custom_vjp_call") == 3 and "custom_vjp" not in jaxprs["autodiff"]
+    assert_close_trees(jax.grad(loss("custom"))(params), jax.grad(loss("autodiff"))(params), 1e-12)
+    with pytest.raises(TypeError, match="Activation: an op of your own must be decorated with @jaxbp.op"):
+        layers.Activation(jnp.tanh)
