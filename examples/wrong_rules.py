@@ -66,6 +66,23 @@ tanh_at_output = jaxbp.op(jaxbp.Rule(_tanh_forward, lambda a, g: (g * (1 - jnp.t
                                      name="tanh, f'(a)"))
 
 
+# softmax's δz = a ⊙ (δa − Σⱼ δaⱼ aⱼ) without the sum: its Jacobian's diagonal alone.
+softmax_diagonal = jaxbp.op(jaxbp.Rule(lambda z: (jax.nn.softmax(z, axis=-1),) * 2, lambda a, g: (a * g,),
+                                       name="softmax, diagonal only"))
+
+
+# -- the maximum of each row: δ goes to the arg-max (the first, on ties) -------------
+def rowmax_rule(to_all=False):
+    def forward(z):
+        return z.max(-1), z
+
+    def backward(z, g):
+        if to_all:   # every element of the row, as an average pool's would
+            return (jnp.broadcast_to(g[:, None], z.shape),)
+        return (g[:, None] * jax.nn.one_hot(jnp.argmax(z, -1), z.shape[-1], dtype=z.dtype),)
+    return jaxbp.op(jaxbp.Rule(forward, backward, name=f"row max ({'to all' if to_all else 'to the arg-max'})"))
+
+
 # -- softplus with a learned sharpness β: log(1 + e^{βz})/β ------------------------
 def _softplus_forward(z, beta):
     return jnp.logaddexp(0.0, beta * z) / beta, (z, beta)

@@ -44,6 +44,9 @@ DIAGNOSES = {
     "at the wrong point: −z": (W.softplus_rule("sign inside"), (W.x8, W.beta), {}, "at −z: a sign inside",
                                W.softplus_rule()),
     "at the wrong point: the output": (W.tanh_at_output, (W.x8,), {}, "at the output f(z)", jaxbp.tanh),
+    "softmax's sum missing": (W.softmax_diagonal, (W.x8,), {}, "a multiple of the output", jaxbp.softmax),
+    "δ to every element of a max": (W.rowmax_rule(to_all=True), (W.x8,), {}, "instead of the one the forward "
+                                    "selected", W.rowmax_rule()),
     "one value": (W.softplus_rule("dβ quotient"), (W.x8, W.beta), {}, "one value, the rule's", W.softplus_rule()),
     "float32 only": (W.standardize_rule(one_pass=True), (std_x,), {"dtype": "float32"}, "wrong only in float32",
                      W.standardize_rule(one_pass=False)),

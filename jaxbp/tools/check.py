@@ -382,21 +382,30 @@ class _Check:
             self.diagnoses.append(f"{name!r}: non-finite gradient ({c.flat[np.ravel_multi_index(bad, c.shape)]}) "
                                   f"at {bad} from finite inputs")
         elif not ok:
-            self.diagnoses.append(f"{name!r}: " + (_diagnose(c, t, np.asarray(x), fanout)
-                                                  or self.wrong_point(name, c) or _unexplained(c, t)))
+            out = self.output()
+            out = out if out is not None and out.shape == c.shape else None
+            self.diagnoses.append(f"{name!r}: " + (_diagnose(c, t, np.asarray(x), fanout, out)
+                                                  or self.wrong_point(name, c, out) or _unexplained(c, t)))
 
-    def wrong_point(self, name, c):
+    def output(self):
+        """``fn``'s output at the inputs when it is one floating array, else ``None``
+        (computed once, for the diagnoses of a failed comparison only)."""
+        if not hasattr(self, "_output"):
+            out = jax.jit(self.f(self.twin))(*self.x)
+            leaves = [o for o in jax.tree.leaves(out) if jnp.issubdtype(o.dtype, jnp.floating)]
+            self._output = np.asarray(leaves[0]) if len(leaves) == 1 else None
+        return self._output
+
+    def wrong_point(self, name, c, out):
         """Whether the rule's gradient is the twin's at another point: at ``−x``
         (a sign inside the derivative's argument) or, for an elementwise op, at
-        its output (the derivative applied to the saved output). ``None`` if neither."""
+        its output ``out`` (the derivative applied to the saved output). ``None`` if neither."""
         k = self.names.index(name)
         x = self.x[k]
         points = [(-x, f"equals the twin's gradient at −{name}: a sign inside the derivative's argument "
                        "(e.g. σ(−z) where σ(z) belongs)")]
-        out = jax.jit(self.f(self.twin))(*self.x)
-        leaves = [o for o in jax.tree.leaves(out) if jnp.issubdtype(o.dtype, jnp.floating)]
-        if len(leaves) == 1 and leaves[0].shape == x.shape:
-            points.append((leaves[0].astype(x.dtype),
+        if out is not None:
+            points.append((jax.device_put(out.astype(x.dtype)),
                            f"equals the twin's gradient at the output f({name}) instead of at {name}: the "
                            "derivative applied to the saved output (f'(a) with a = f(z), e.g. 1 − tanh²(a) "
                            "where 1 − a² belongs)"))
@@ -635,9 +644,9 @@ class _Check:
                                   "where JAX's forward sends it)")
 
 
-def _diagnose(c, t, x, fanout):
+def _diagnose(c, t, x, fanout, out=None):
     """What kind of mistake turns the twin's gradient ``t`` into the rule's ``c``
-    (``None``: none of these)."""
+    (``None``: none of these). ``out``: the op's output, when of ``x``'s shape."""
     peak = float(np.abs(t).max())
     if peak == 0:
         return "the twin's gradient is 0 but the rule's is not"
@@ -676,12 +685,20 @@ def _diagnose(c, t, x, fanout):
             return f"matches the twin's gradient {what}"
     for axis in range(c.ndim):
         if c.shape[axis] > 1 and close(c, np.take(c, [0], axis=axis)) and not close(t, np.take(t, [0], axis=axis)):
+            if (np.count_nonzero(t, axis=axis) <= 1).all():
+                return (f"the same value at every index along axis {axis}, where the twin's gradient goes to one "
+                        "index: δ sent to every element instead of the one the forward selected (a max's "
+                        "arg-max)")
             return (f"the same value at every index along axis {axis}, where the twin's differ: a sum over "
                     "an index that should stay free (an extra Σᵢ)")
     for axis in range(c.ndim):
-        if _in_span_of_input(c - t, x, axis):
+        if _in_span(c - t, [None, x], axis):
             return (f"the error is, along axis {axis}, a constant plus a multiple of the input: the terms "
                     f"through a mean and a variance over axis {axis} (δμ, δσ²) are missing")
+    for axis in range(c.ndim if out is not None else 0):
+        if _in_span(c - t, [out], axis):
+            return (f"the error is, along axis {axis}, a multiple of the output: a term through the "
+                    f"normalization over axis {axis} is missing (softmax's −a Σⱼ δaⱼ aⱼ)")
     bad = np.abs(c - t) > 1e-8 * peak
     n, total = int(bad.sum()), bad.size
     if fanout is not None and fanout.shape == c.shape:
@@ -703,14 +720,18 @@ def _unexplained(c, t):
     return f"wrong at {int(bad.sum())} of {bad.size} elements ({100 * bad.sum() / bad.size:.3g}%)"
 
 
-def _in_span_of_input(e, x, axis):
-    """Whether each slice of ``e`` along ``axis`` is ``a + b·x`` (least squares, per other index)."""
-    if e.shape != x.shape or e.shape[axis] < 4 or not np.abs(e).any():
+def _in_span(e, columns, axis):
+    """Whether each slice of ``e`` along ``axis`` is a combination of the same
+    slices of ``columns`` (arrays of ``e``'s shape; ``None``: a constant), by
+    least squares per other index, with at least two more entries than columns."""
+    if any(x is not None and x.shape != e.shape for x in columns) or e.shape[axis] < len(columns) + 2 \
+            or not np.abs(e).any():
         return False
-    ee = np.moveaxis(e, axis, 0).reshape(e.shape[axis], -1)
-    xx = np.moveaxis(x, axis, 0).reshape(e.shape[axis], -1)
+    flat = lambda a: np.moveaxis(a, axis, 0).reshape(e.shape[axis], -1)
+    ee = flat(e)
+    cols = [np.ones_like(ee) if x is None else flat(x) for x in columns]
     for k in range(ee.shape[1]):
-        basis = np.stack([np.ones(ee.shape[0]), xx[:, k]], axis=1)
+        basis = np.stack([col[:, k] for col in cols], axis=1)
         coef, *_ = np.linalg.lstsq(basis, ee[:, k], rcond=None)
         if np.abs(basis @ coef - ee[:, k]).max() > 1e-8 * (np.abs(ee).max()):
             return False
