@@ -92,6 +92,18 @@ def test_worst_element_is_named_with_both_values():
     assert "FAILED" in text and f"{b.worst_index}: {b.custom_value:.6g} | {b.twin_value:.6g}" in text
 
 
+def test_the_report_says_what_the_rule_and_its_twin_keep():
+    report = jaxbp.check(W.tanh_sign, W.x8, **FAST)       # keeps its output a, as the twin does
+    assert report.kept["rule"] == [((6, 4), "float64")], report.kept
+    report = jaxbp.check(jaxbp.conv2d, W.conv_x, W.conv_f, **FAST)   # x and w; the twin also their transposes
+    assert report.kept["rule"] == [((2, 2, 5, 5), "float64"), ((3, 2, 3, 3), "float64")], report.kept
+    assert len(report.kept["twin"]) > 2
+    assert "kept for the backward pass (float64 inputs, before XLA): rule 2 arrays, 1.2 KiB (f64[2,2,5,5], " \
+        "f64[3,2,3,3]); twin" in str(report), report
+    assert json.loads(json.dumps(report.to_dict()))["kept"]["rule"] == [[[2, 2, 5, 5], "float64"],
+                                                                        [[3, 2, 3, 3], "float64"]]
+
+
 def test_the_full_check_passes_a_right_rule_with_every_row():
     report = jaxbp.check(jaxbp.dense, W.x8, W.w8, W.b8)
     assert report.ok, report

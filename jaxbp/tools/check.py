@@ -31,9 +31,12 @@ the outputs, ``∂⟨u, fn(x)⟩/∂x`` per differentiable argument. What is che
   subgradient convention shows.
 
 A failure gets a diagnosis: a constant factor, a flipped sign, a transposed or
-flipped gradient, a factor per index of one axis, errors only where
-contributions should add up (overlapping windows, repeated indices), only at 0
-or ties, only for some arguments, only in float32.
+flipped gradient, a factor per index of one axis, an extra sum, a missing
+term through a mean and variance or a normalization, a max's gradient sent to
+every element, the twin's gradient at ``−x`` or at the output, errors only
+where contributions should add up (overlapping windows, repeated indices),
+only at 0 or ties, only for some arguments, only in float32. The report also
+lists what the rule and the twin keep for the backward pass.
 """
 from __future__ import annotations
 
@@ -95,6 +98,7 @@ class CheckReport:
     arguments: list
     rows: list
     diagnoses: list
+    kept: dict = dataclasses.field(default_factory=dict)   # "rule"/"twin" -> [(shape, dtype)]
 
     @property
     def ok(self):
@@ -120,7 +124,8 @@ class CheckReport:
         return clean({"name": self.name, "ok": self.ok,
                       "arguments": [dataclasses.asdict(a) for a in self.arguments],
                       "checks": [dataclasses.asdict(r) for r in self.rows],
-                      "diagnoses": list(self.diagnoses)})
+                      "diagnoses": list(self.diagnoses),
+                      "kept": {k: [[list(s), d] for s, d in v] for k, v in self.kept.items()}})
 
     def __repr__(self):   # pytest and the REPL show the table
         return str(self)
@@ -142,6 +147,9 @@ class CheckReport:
             lines.append(f"  {r.check:<{cw}}  {(r.argument or '-'):<{aw}} {_num(r.value):>9} "
                          f"{_num(r.tolerance):>9}  {'ok' if r.ok else 'FAIL'}"
                          + (f"  {r.detail}" if r.detail else ""))
+        if self.kept:
+            lines.append("  kept for the backward pass (float64 inputs, before XLA): "
+                         + "; ".join(f"{k} {_arrays(v)}" for k, v in self.kept.items()))
         if self.diagnoses:
             lines.append("  diagnosis:")
             lines += [f"    - {d}" for d in self.diagnoses]
@@ -150,6 +158,32 @@ class CheckReport:
 
 def _num(v):
     return "-" if v is None else f"{v:.2e}"
+
+
+def _arrays(kept):
+    """``[(shape, dtype)]`` as ``3 arrays, 1.2 KiB: f64[8,16], ...`` (shapes up to six)."""
+    size = sum(math.prod(s) * np.dtype(d).itemsize for s, d in kept)
+    unit = next((u, f) for u, f in (("MiB", 2 ** 20), ("KiB", 2 ** 10), ("B", 1)) if size >= f or f == 1)
+    text = f"{len(kept)} array{'' if len(kept) == 1 else 's'}, {size / unit[1]:.3g} {unit[0]}"
+    if 0 < len(kept) <= 6:
+        text += " (" + ", ".join(f"{_short(d)}{list(s)}".replace(" ", "") for s, d in kept) + ")"
+    return text
+
+
+def _short(dtype):
+    """float64 -> f64, uint8 -> u8, bool -> bool, as JAX prints avals."""
+    name = np.dtype(dtype).name
+    for long, short in (("bfloat", "bf"), ("float", "f"), ("uint", "u"), ("int", "i"), ("complex", "c")):
+        if name.startswith(long):
+            return short + name[len(long):]
+    return name
+
+
+def _kept(f, x):
+    """What reverse mode keeps of ``f``'s forward pass for its backward: the
+    leaves of ``jax.vjp``'s pullback (zero-size carriers aside), traced only."""
+    pullback = jax.eval_shape(lambda *x: jax.vjp(f, *x)[1], *x)
+    return [(tuple(a.shape), str(a.dtype)) for a in jax.tree.leaves(pullback) if math.prod(a.shape)]
 
 
 def check(fn, *args, argnums=None, dtype="float32", seed=0, directions=3, jacobian_limit=400,
@@ -318,6 +352,7 @@ class _Check:
             return self.report()
         gc, gt = ([np.asarray(g) for g in gs] for gs in self.jitted(custom, twin)(*self.x))
         self.gc, self.gt = gc, gt
+        self.kept = {"rule": _kept(self.f(custom), self.x), "twin": _kept(self.f(twin), self.x)}
         scale = math.sqrt(sum(float(np.sum(g * g)) for g in gt))
         fanout = self.jacobian(custom, twin)
         for name, x, c, t in zip(self.names, self.x, gc, gt):
@@ -339,7 +374,7 @@ class _Check:
         return self.report()
 
     def report(self):
-        return CheckReport(self.name, self.arguments, self.rows, self.diagnoses)
+        return CheckReport(self.name, self.arguments, self.rows, self.diagnoses, getattr(self, "kept", {}))
 
     def rules_present(self, custom, twin):
         """The custom trace calls a rule and the twin's calls none: else the comparison is empty."""
