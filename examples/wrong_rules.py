@@ -71,6 +71,19 @@ softmax_diagonal = jaxbp.op(jaxbp.Rule(lambda z: (jax.nn.softmax(z, axis=-1),) *
                                        name="softmax, diagonal only"))
 
 
+# -- centring that also returns the mean: δx = δy − mean(δy) + δμ/N -----------------
+def center_rule(ignore_mean=False):
+    def forward(x):   # (N, D) -> (x − μ, μ), μ over N
+        mu = x.mean(0)
+        return (x - mu[None], mu), ()
+
+    def backward(_, g):
+        gy, gmu = g
+        dx = gy - gy.mean(0, keepdims=True)
+        return (dx if ignore_mean else dx + gmu[None] / gy.shape[0],)
+    return jaxbp.op(jaxbp.Rule(forward, backward, name=f"center ({'δμ ignored' if ignore_mean else 'right'})"))
+
+
 # -- the maximum of each row: δ goes to the arg-max (the first, on ties) -------------
 def rowmax_rule(to_all=False):
     def forward(z):

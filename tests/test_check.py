@@ -47,6 +47,8 @@ DIAGNOSES = {
     "softmax's sum missing": (W.softmax_diagonal, (W.x8,), {}, "a multiple of the output", jaxbp.softmax),
     "δ to every element of a max": (W.rowmax_rule(to_all=True), (W.x8,), {}, "instead of the one the forward "
                                     "selected", W.rowmax_rule()),
+    "one output's cotangent ignored": (W.center_rule(ignore_mean=True), (W.x8,), {},
+                                       "wrong only through output[1] (f64[4])", W.center_rule()),
     "one value": (W.softplus_rule("dβ quotient"), (W.x8, W.beta), {}, "one value, the rule's", W.softplus_rule()),
     "float32 only": (W.standardize_rule(one_pass=True), (std_x,), {"dtype": "float32"}, "wrong only in float32",
                      W.standardize_rule(one_pass=False)),

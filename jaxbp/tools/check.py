@@ -35,8 +35,9 @@ flipped gradient, a factor per index of one axis, an extra sum, a missing
 term through a mean and variance or a normalization, a max's gradient sent to
 every element, the twin's gradient at ``−x`` or at the output, errors only
 where contributions should add up (overlapping windows, repeated indices),
-only at 0 or ties, only for some arguments, only in float32. The report also
-lists what the rule and the twin keep for the backward pass.
+only at 0 or ties, only for some arguments or through some outputs, only in
+float32. The report also lists what the rule and the twin keep for the
+backward pass.
 """
 from __future__ import annotations
 
@@ -299,7 +300,11 @@ class _Check:
         self._jitted = {}
         self.rows, self.diagnoses, self.arguments = [], [], []
         out = jax.eval_shape(self.f(fn), *self.x)
-        self.out_leaves = [o for o in jax.tree.leaves(out) if jnp.issubdtype(o.dtype, jnp.floating)]
+        leaves = [(p, o) for p, o in jax.tree_util.tree_flatten_with_path(out)[0]
+                  if jnp.issubdtype(o.dtype, jnp.floating)]
+        self.out_leaves = [o for _, o in leaves]
+        self.out_names = [f"output{jax.tree_util.keystr(p)} ({_short(o.dtype)}{list(o.shape)})".replace(" ]", "]")
+                          for p, o in leaves]
         if not self.out_leaves:
             raise ValueError(f"check: {self.name} returns no floating array to differentiate")
         rng = self.rng(1)
@@ -357,6 +362,8 @@ class _Check:
         fanout = self.jacobian(custom, twin)
         for name, x, c, t in zip(self.names, self.x, gc, gt):
             self.compare(name, x, c, t, scale, fanout.get(name))
+        if not all(a.ok for a in self.arguments):
+            self.per_output(custom, twin)
         self.finite_differences(custom, twin)
         if second_order:
             self.second_order(custom, twin)
@@ -421,6 +428,35 @@ class _Check:
             out = out if out is not None and out.shape == c.shape else None
             self.diagnoses.append(f"{name!r}: " + (_diagnose(c, t, np.asarray(x), fanout, out)
                                                   or self.wrong_point(name, c, out) or _unexplained(c, t)))
+
+    def per_output(self, custom, twin):
+        """For a function of several outputs, whether the rule is wrong through some
+        only (a backward that ignores or mishandles one output's cotangent): the
+        gradients again with the cotangent of one output at a time."""
+        if len(self.u) < 2:
+            return
+        full, wrong = self.u, []
+        try:
+            for j in range(len(full)):
+                self.u = [u if i == j else jnp.zeros_like(u) for i, u in enumerate(full)]
+                gc, gt = ([np.asarray(g) for g in gs]
+                          for gs in jax.jit(lambda *x: (self.grad(custom)(*x), self.grad(twin)(*x)))(*self.x))
+                scale = math.sqrt(sum(float(np.sum(g * g)) for g in gt))
+                bad = [(n, x, c, t) for n, x, c, t in zip(self.names, self.x, gc, gt)
+                       if not _rel(c, t, scale) <= TWIN_RTOL]
+                if bad:
+                    wrong.append((j, bad))
+        finally:
+            self.u = full
+        if wrong and len(wrong) < len(full):   # more specific than the whole cotangent's: replaces it
+            names = {repr(n) for _, bad in wrong for n, *_ in bad}
+            self.diagnoses[:] = [d for d in self.diagnoses if d.split(": ", 1)[0] not in names]
+            self.diagnoses += [f"{n!r}: through {self.out_names[j]} alone, "
+                               + (_diagnose(c, t, np.asarray(x), None) or _unexplained(c, t))
+                               for j, bad in wrong for n, x, c, t in bad]
+            self.diagnoses.append(f"wrong only through {', '.join(self.out_names[j] for j, _ in wrong)}, right "
+                                  "through the other outputs: the backward ignores or mishandles that output's "
+                                  "cotangent")
 
     def output(self):
         """``fn``'s output at the inputs when it is one floating array, else ``None``
