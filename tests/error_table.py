@@ -30,9 +30,17 @@ def op_rows():
 
 
 def cli_rows(workdir):
+    """Each case in a folder of its own, as tests/test_cli.py runs it (cases share
+    names such as a_run: one's lock file must not answer for the next), and its
+    message checked against the case's pattern, so the table shows what the test
+    asserts."""
+    import re
     from bad_inputs import cli_error_cases, restored_environ
     from jaxbp import cli
-    for name, (make_args, _, _) in cli_error_cases(workdir).items():
+    for name in cli_error_cases(workdir):
+        folder = os.path.join(workdir, name)
+        os.makedirs(folder)
+        make_args, code, pattern = cli_error_cases(folder)[name]
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()), restored_environ():
             try:
@@ -40,7 +48,10 @@ def cli_rows(workdir):
             except SystemExit as e:
                 rc = e.code
         lines = [l for l in err.getvalue().splitlines() if l.startswith("jaxbp: error")]
-        yield name, f"CLI (exit {rc})", "", lines[-1] if lines else err.getvalue().strip()
+        message = lines[-1] if lines else err.getvalue().strip()
+        if rc != code or not re.search(pattern, message):
+            raise SystemExit(f"{name}: exit {rc}, {message!r}; the case expects exit {code} and {pattern!r}")
+        yield name, f"CLI (exit {rc})", "", message.replace(folder, "DIR")
 
 
 def table():
