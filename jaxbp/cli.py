@@ -256,7 +256,8 @@ def _add_gradcheck(sub):
                         "twins' errors against the float64 truth, side by side")
     p.add_argument("--op", action="append", metavar="NAME",
                    help="check only this built-in op (repeatable; default: every op), or module:function "
-                        "for an op of your own (its @jaxbp.op(example=...) inputs, or --shape)")
+                        "for an op of your own (its @jaxbp.op(example=...) inputs, or --shape), or module: "
+                        "for every op of a module that declares example inputs")
     p.add_argument("--shape", action="append", type=_shape, metavar="D,D,...",
                    help="with --op module:function: one float64 argument of this shape (repeatable, in order)")
     p.add_argument("--run-dir", default=None,
@@ -286,7 +287,7 @@ def _gradcheck(a):
     unknown = [o for o in a.op or () if ":" not in o and o not in op_names]
     if unknown:
         raise _UsageError(f"--op: unknown op {unknown[0]!r} (built-in: {', '.join(op_names)}; "
-                          "or module:function for your own)")
+                          "or module:function for your own, module: for every op of a module)")
     if user and len(user) != len(a.op):
         raise _UsageError("--op: give either built-in op names or one module:function")
     if a.shape and not user:
@@ -296,9 +297,13 @@ def _gradcheck(a):
             raise _UsageError("--run-dir audits a run's model; it takes no --op")
         return 0 if gradcheck.audit_saved_run(a.run_dir, a.data_dir, "float32" if a.dtype == "float64"
                                               else a.dtype) else EXIT_FAILURE
+    if user and user[0].endswith(":") and (len(user) > 1 or a.shape):
+        raise _UsageError("--op module: checks every op of the module with its example inputs: give it alone, "
+                          "without --shape")
     if user:
         try:
-            ok = all([gradcheck.check_user_op(spec, a.shape, a.dtype) for spec in user])
+            ok = (gradcheck.check_user_module(user[0], a.dtype) if user[0].endswith(":") else
+                  all([gradcheck.check_user_op(spec, a.shape, a.dtype) for spec in user]))
         except gradcheck.OpSpecError as e:
             raise _UsageError(str(e)) from None
     else:

@@ -326,7 +326,9 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
     ("user_rules:my_tanh", ["--shape", "3,4"], 0, "under shard_map"),
     ("user_rules:my_tanh", [], 2, "declares no example inputs"),
     ("user_rules:nothing", [], 2, "module 'user_rules' has no 'nothing'"),
-], ids=["right", "wrong", "wrong float32", "shape", "no example", "missing"])
+    ("user_rules:", [], 1, "user_rules: my_dense ok, my_dense_wrong FAILED; not checked (no example inputs): "
+                           "my_tanh"),
+], ids=["right", "wrong", "wrong float32", "shape", "no example", "missing", "module"])
 def test_gradcheck_a_users_op(op, extra, code, words):
     r = jaxbp("gradcheck", "--op", op, *extra, cwd=TESTS)
     assert r.returncode == code, r.stdout + r.stderr

@@ -187,23 +187,48 @@ class OpSpecError(ValueError):
     """``--op module:function`` names nothing that can be checked."""
 
 
-def check_user_op(spec, shapes=None, dtype="float64"):
-    """``jaxbp gradcheck --op module:function``: :func:`jaxbp.check` on a user's op
-    with the inputs it declares (``@jaxbp.op(example=...)``) or drawn in ``shapes``."""
+def _user_module(spec, name):
     import importlib
     import os
     import sys
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())   # a module beside the user, as `python -m` finds it
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        raise OpSpecError(f"--op {spec!r}: no module {e.name!r} (run from its folder or put it on PYTHONPATH)")
+
+
+def check_user_module(spec, dtype="float64"):
+    """``jaxbp gradcheck --op module:``: every ``@jaxbp.op`` the module defines that
+    declares its example inputs, one report each, then one line per op."""
+    module = _user_module(spec, spec[:-1])
+    ops = [name for name, f in vars(module).items() if not name.startswith("_") and hasattr(f, "autodiff")
+           and getattr(f, "__module__", None) == module.__name__]
+    checked = [name for name in ops if hasattr(getattr(module, name), "example")]
+    if not checked:
+        raise OpSpecError(f"--op {spec!r}: module {module.__name__!r} defines no @jaxbp.op with example inputs "
+                          f"({'ops without: ' + ', '.join(ops) if ops else 'no op at all'}): declare them with "
+                          "@jaxbp.op(example=lambda normal: normal((4, 3), ...))")
+    results = {name: check_user_op(f"{spec}{name}", dtype=dtype) for name in checked}
+    line = f"{module.__name__}: " + ", ".join(f"{n} {'ok' if ok else 'FAILED'}" for n, ok in results.items())
+    skipped = [n for n in ops if n not in checked]
+    if skipped:
+        line += f"; not checked (no example inputs): {', '.join(skipped)}"
+    print("\n" + line)
+    return all(results.values())
+
+
+def check_user_op(spec, shapes=None, dtype="float64"):
+    """``jaxbp gradcheck --op module:function``: :func:`jaxbp.check` on a user's op
+    with the inputs it declares (``@jaxbp.op(example=...)``) or drawn in ``shapes``."""
     from jaxbp.tools.check import check
 
     module, _, attr = spec.partition(":")
     if not module or not attr:
         raise OpSpecError(f"--op {spec!r}: expected module:function (e.g. my_rules:my_dense)")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())   # a module beside the user, as `python -m` finds it
     try:
-        fn = getattr(importlib.import_module(module), attr)
-    except ModuleNotFoundError as e:
-        raise OpSpecError(f"--op {spec!r}: no module {e.name!r} (run from its folder or put it on PYTHONPATH)")
+        fn = getattr(_user_module(spec, module), attr)
     except AttributeError:
         raise OpSpecError(f"--op {spec!r}: module {module!r} has no {attr!r}")
     normal = _draw(0, jnp.float64)
