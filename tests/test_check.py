@@ -221,6 +221,13 @@ def test_a_keyword_option_that_is_an_array_or_unhashable_is_named(traced, scale,
         jax.jit(grad)(W.x8[:, :4], scale) if traced else grad(W.x8[:, :4], scale)
 
 
+def test_a_residual_that_is_not_an_array_is_named():
+    rule = jaxbp.Rule(lambda z: (jnp.sin(z), (z, z.shape, "tag")), lambda r, g: (g * jnp.cos(r[0]),), name="sin")
+    with pytest.raises(TypeError, match=r"rule 'sin': forward's residuals hold a str at \[2\]; residuals must be "
+                                        r"arrays or numbers"):
+        jax.grad(lambda z: rule(z).sum())(W.x8)
+
+
 def test_the_public_extension_api():
     assert {"Rule", "op", "saved", "after", "validate", "check", "CheckReport", "CheckFailed"} <= set(jaxbp.__all__)
     with pytest.raises(ValueError, match=r"w must have shape \(3, 4\) \(out, in\), got \(4, 3\)"):

@@ -33,6 +33,7 @@ import typing
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 _TWIN = contextvars.ContextVar("jaxbp_autodiff_twin", default=False)
@@ -73,6 +74,7 @@ class Rule:
                 if symbolic:  # arrays arrive as (value, perturbed) records
                     arrays = jax.tree.map(lambda a: a.value, arrays)
                 out, residuals = forward(*arrays, **dict(static))
+                self._check_residuals(residuals)
                 return out, (residuals, jax.tree.map(carrier, arrays))
 
             def bwd(static, saved_, g):
@@ -102,6 +104,15 @@ class Rule:
             return self.forward(*arrays, **static)[0]
         custom = self._dense_zeros if any(map(_eager_shard_map, jax.tree.leaves(arrays))) else self.custom
         return custom(tuple(sorted(static.items())), *arrays)
+
+    def _check_residuals(self, residuals):
+        """Residuals are arrays (or numbers); anything else is named here, not by
+        custom_vjp as an 'argument' the user never passed."""
+        for path, leaf in jax.tree_util.tree_flatten_with_path(residuals)[0]:
+            if not isinstance(leaf, (jax.Array, np.ndarray, np.generic, int, float, complex)):
+                raise TypeError(f"rule {self.name!r}: forward's residuals hold a {type(leaf).__name__} at "
+                                f"{jax.tree_util.keystr(path) or 'the top'}; residuals must be arrays or "
+                                "numbers (a static value is a keyword option: the backward gets it too)")
 
     def _argument(self, i):
         return repr(self.arg_names[i]) if i < len(self.arg_names) else f"number {i + 1}"
