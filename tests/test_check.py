@@ -221,6 +221,15 @@ def test_a_keyword_option_that_is_an_array_or_unhashable_is_named(traced, scale,
         jax.jit(grad)(W.x8[:, :4], scale) if traced else grad(W.x8[:, :4], scale)
 
 
+@pytest.mark.parametrize("twin", [False, True])
+def test_a_forward_that_returns_no_pair_is_named(twin):
+    rule = jaxbp.Rule(lambda z: jnp.sin(z), lambda r, g: (g,), name="sin")   # the residuals forgotten
+    op = jaxbp.op(lambda z: rule(z))
+    with pytest.raises(TypeError, match=r"rule 'sin': forward must return a pair \(output, residuals\), got "
+                                        r"an array of shape \(2, 4\)"):
+        jax.grad(lambda z: (op.autodiff if twin else op)(z).sum())(W.x8[:2])
+
+
 def test_a_residual_that_is_not_an_array_is_named():
     rule = jaxbp.Rule(lambda z: (jnp.sin(z), (z, z.shape, "tag")), lambda r, g: (g * jnp.cos(r[0]),), name="sin")
     with pytest.raises(TypeError, match=r"rule 'sin': forward's residuals hold a str at \[2\]; residuals must be "

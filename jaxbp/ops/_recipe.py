@@ -67,13 +67,13 @@ class Rule:
                                                 for n in self.arg_names])
 
         def primal(static, *arrays):
-            return forward(*arrays, **dict(static))[0]
+            return self._forward(arrays, dict(static))[0]
 
         def make(symbolic):
             def fwd(static, *arrays):
                 if symbolic:  # arrays arrive as (value, perturbed) records
                     arrays = jax.tree.map(lambda a: a.value, arrays)
-                out, residuals = forward(*arrays, **dict(static))
+                out, residuals = self._forward(arrays, dict(static))
                 self._check_residuals(residuals)
                 return out, (residuals, jax.tree.map(carrier, arrays))
 
@@ -101,9 +101,17 @@ class Rule:
                 raise TypeError(f"rule {self.name!r}: keyword argument {key!r} must be hashable (an option: "
                                 f"a number, a string, a tuple), got {type(value).__name__}") from None
         if _TWIN.get():
-            return self.forward(*arrays, **static)[0]
+            return self._forward(arrays, static)[0]
         custom = self._dense_zeros if any(map(_eager_shard_map, jax.tree.leaves(arrays))) else self.custom
         return custom(tuple(sorted(static.items())), *arrays)
+
+    def _forward(self, arrays, static):
+        result = self.forward(*arrays, **static)
+        if not (isinstance(result, tuple) and len(result) == 2):
+            got = (f"a tuple of {len(result)}" if isinstance(result, tuple) else
+                   f"an array of shape {tuple(result.shape)}" if hasattr(result, "shape") else type(result).__name__)
+            raise TypeError(f"rule {self.name!r}: forward must return a pair (output, residuals), got {got}")
+        return result
 
     def _check_residuals(self, residuals):
         """Residuals are arrays (or numbers); anything else is named here, not by
