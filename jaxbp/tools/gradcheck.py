@@ -201,7 +201,9 @@ def _user_module(spec, name):
 
 def check_user_module(spec, dtype="float64"):
     """``jaxbp gradcheck --op module:``: every ``@jaxbp.op`` the module defines that
-    declares its example inputs, one report each, then one line per op."""
+    declares its example inputs, one report each, then one line of their results."""
+    if spec == ":":
+        raise OpSpecError("--op ':': expected module: (e.g. my_rules:) or module:function")
     module = _user_module(spec, spec[:-1])
     ops = [name for name, f in vars(module).items() if not name.startswith("_") and hasattr(f, "autodiff")
            and getattr(f, "__module__", None) == module.__name__]
