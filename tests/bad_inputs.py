@@ -340,6 +340,7 @@ def cli_error_cases(workdir):
         "cli_gradcheck_dtype": (lambda: ["gradcheck", "--dtype", "float16"], 2, "--dtype: invalid choice"),
         "cli_gradcheck_module_with_shape": (lambda: ["gradcheck", "--op", "user_rules:", "--shape", "3,4"], 2,
                                             "--op module: checks every op of the module with its example inputs"),
+        "cli_gradcheck_no_module": (lambda: ["gradcheck", "--op", ":"], 2, r"--op ':': expected module: "),
         "cli_gradcheck_module_without_ops": (lambda: ["gradcheck", "--op", "helpers:"], 2,
                                              "module 'helpers' defines no @jaxbp.op with example inputs"),
         "cli_bench_batch_size": (lambda: ["bench", "--batch-size", "0"], 2, "--batch-size: expected a positive"),
