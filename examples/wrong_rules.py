@@ -96,6 +96,11 @@ def rowmax_rule(to_all=False):
     return jaxbp.op(jaxbp.Rule(forward, backward, name=f"row max ({'to all' if to_all else 'to the arg-max'})"))
 
 
+# σ' = a(1 − a) written with the input z in place of the output a: z(1 − z).
+sigmoid_of_input = jaxbp.op(jaxbp.Rule(lambda z: (jax.nn.sigmoid(z), z), lambda z, g: (g * z * (1 - z),),
+                                       name="sigmoid, z(1 − z)"))
+
+
 # -- softplus with a learned sharpness β: log(1 + e^{βz})/β ------------------------
 def _softplus_forward(z, beta):
     return jnp.logaddexp(0.0, beta * z) / beta, (z, beta)

@@ -44,6 +44,8 @@ DIAGNOSES = {
     "at the wrong point: −z": (W.softplus_rule("sign inside"), (W.x8, W.beta), {}, "at −z: a sign inside",
                                W.softplus_rule()),
     "at the wrong point: the output": (W.tanh_at_output, (W.x8,), {}, "at the output f(z)", jaxbp.tanh),
+    "the output's formula at the input": (W.sigmoid_of_input, (W.x8,), {}, "in terms of the output, φ(a), "
+                                          "evaluated at the input z", jaxbp.sigmoid),
     "softmax's sum missing": (W.softmax_diagonal, (W.x8,), {}, "a multiple of the output", jaxbp.softmax),
     "δ to every element of a max": (W.rowmax_rule(to_all=True), (W.x8,), {}, "instead of the one the forward "
                                     "selected", W.rowmax_rule()),

@@ -33,11 +33,11 @@ the outputs, ``∂⟨u, fn(x)⟩/∂x`` per differentiable argument. What is che
 A failure gets a diagnosis: a constant factor, a flipped sign, a transposed or
 flipped gradient, a factor per index of one axis, an extra sum, a missing
 term through a mean and variance or a normalization, a max's gradient sent to
-every element, the twin's gradient at ``−x`` or at the output, errors only
-where contributions should add up (overlapping windows, repeated indices),
-only at 0 or ties, only for some arguments or through some outputs, only in
-float32. The report also lists what the rule and the twin keep for the
-backward pass.
+every element, the twin's gradient at ``−x`` or at the output, the output's
+derivative formula applied to the input, errors only where contributions
+should add up (overlapping windows, repeated indices), only at 0 or ties,
+only for some arguments or through some outputs, only in float32. The report
+also lists what the rule and the twin keep for the backward pass.
 """
 from __future__ import annotations
 
@@ -427,7 +427,7 @@ class _Check:
             out = self.output()
             out = out if out is not None and out.shape == c.shape else None
             self.diagnoses.append(f"{name!r}: " + (_diagnose(c, t, np.asarray(x), fanout, out)
-                                                  or self.wrong_point(name, c, out) or _unexplained(c, t)))
+                                                  or self.wrong_point(name, c, t, out) or _unexplained(c, t)))
 
     def per_output(self, custom, twin):
         """For a function of several outputs, whether the rule is wrong through some
@@ -467,10 +467,12 @@ class _Check:
             self._output = np.asarray(leaves[0]) if len(leaves) == 1 else None
         return self._output
 
-    def wrong_point(self, name, c, out):
-        """Whether the rule's gradient is the twin's at another point: at ``−x``
+    def wrong_point(self, name, c, t, out):
+        """Whether the rule's gradient ``c`` is the twin's at another point: at ``−x``
         (a sign inside the derivative's argument) or, for an elementwise op, at
-        its output ``out`` (the derivative applied to the saved output). ``None`` if neither."""
+        its output ``out`` (the derivative applied to the saved output); or, the
+        twin's derivative being a polynomial φ of the output (σ' = a(1 − a),
+        tanh' = 1 − a²), φ of the input. ``None`` if none of these."""
         k = self.names.index(name)
         x = self.x[k]
         points = [(-x, f"equals the twin's gradient at −{name}: a sign inside the derivative's argument "
@@ -483,9 +485,18 @@ class _Check:
         for point, words in points:
             args = list(self.x)
             args[k] = point
-            t = np.asarray(self.jitted(self.custom, self.twin)(*args)[1][k])
-            if np.isfinite(t).all() and np.abs(c - t).max() <= 1e-8 * max(np.abs(t).max(), 1e-300):
+            there = np.asarray(self.jitted(self.custom, self.twin)(*args)[1][k])
+            if np.isfinite(there).all() and np.abs(c - there).max() <= 1e-8 * max(np.abs(there).max(), 1e-300):
                 return words
+        u = np.asarray(self.u[0])
+        if out is None or len(self.u) != 1 or u.shape != c.shape or c.size < 4 or not (u != 0).all():
+            return None
+        close = lambda a, b: np.abs(a - b).max() <= 1e-8 * max(np.abs(b).max(), 1e-300)
+        derivative, rule = (t / u).ravel(), (c / u).ravel()
+        phi = np.polyfit(out.ravel(), derivative, 2)
+        if close(np.polyval(phi, out.ravel()), derivative) and close(np.polyval(phi, np.asarray(x).ravel()), rule):
+            return (f"the derivative written in terms of the output, φ(a), evaluated at the input {name} instead "
+                    "(e.g. z(1 − z) where σ' = a(1 − a) belongs)")
         return None
 
     def finite_differences(self, custom, twin):
