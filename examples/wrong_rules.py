@@ -90,7 +90,7 @@ def rowmax_rule(to_all=False):
         return z.max(-1), z
 
     def backward(z, g):
-        if to_all:   # every element of the row, as an average pool's would
+        if to_all:   # every element of the row: a sum's gradient, not a max's
             return (jnp.broadcast_to(g[:, None], z.shape),)
         return (g[:, None] * jax.nn.one_hot(jnp.argmax(z, -1), z.shape[-1], dtype=z.dtype),)
     return jaxbp.op(jaxbp.Rule(forward, backward, name=f"row max ({'to all' if to_all else 'to the arg-max'})"))
