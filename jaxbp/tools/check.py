@@ -162,7 +162,7 @@ def _num(v):
 
 
 def _arrays(kept):
-    """``[(shape, dtype)]`` as ``3 arrays, 1.2 KiB: f64[8,16], ...`` (shapes up to six)."""
+    """``[(shape, dtype)]`` as ``2 arrays, 1.2 KiB (f64[8,16], f64[4,16])`` (shapes up to six)."""
     size = sum(math.prod(s) * np.dtype(d).itemsize for s, d in kept)
     unit = next((u, f) for u, f in (("MiB", 2 ** 20), ("KiB", 2 ** 10), ("B", 1)) if size >= f or f == 1)
     text = f"{len(kept)} array{'' if len(kept) == 1 else 's'}, {size / unit[1]:.3g} {unit[0]}"
@@ -486,15 +486,14 @@ class _Check:
             args = list(self.x)
             args[k] = point
             there = np.asarray(self.jitted(self.custom, self.twin)(*args)[1][k])
-            if np.isfinite(there).all() and np.abs(c - there).max() <= 1e-8 * max(np.abs(there).max(), 1e-300):
+            if np.isfinite(there).all() and _close(c, there):
                 return words
         u = np.asarray(self.u[0])
         if out is None or len(self.u) != 1 or u.shape != c.shape or c.size < 4 or not (u != 0).all():
             return None
-        close = lambda a, b: np.abs(a - b).max() <= 1e-8 * max(np.abs(b).max(), 1e-300)
         derivative, rule = (t / u).ravel(), (c / u).ravel()
         phi = np.polyfit(out.ravel(), derivative, 2)
-        if close(np.polyval(phi, out.ravel()), derivative) and close(np.polyval(phi, np.asarray(x).ravel()), rule):
+        if _close(np.polyval(phi, out.ravel()), derivative) and _close(np.polyval(phi, np.asarray(x).ravel()), rule):
             return (f"the derivative written in terms of the output, φ(a), evaluated at the input {name} instead "
                     "(e.g. z(1 − z) where σ' = a(1 − a) belongs)")
         return None
@@ -726,6 +725,11 @@ class _Check:
                                   "where JAX's forward sends it)")
 
 
+def _close(a, b):
+    """``a`` equals ``b`` to 1e-8 of ``b``'s largest entry: one candidate explanation fits."""
+    return np.abs(a - b).max() <= 1e-8 * max(np.abs(b).max(), 1e-300)
+
+
 def _diagnose(c, t, x, fanout, out=None):
     """What kind of mistake turns the twin's gradient ``t`` into the rule's ``c``
     (``None``: none of these). ``out``: the op's output, when of ``x``'s shape."""
@@ -734,11 +738,10 @@ def _diagnose(c, t, x, fanout, out=None):
         return "the twin's gradient is 0 but the rule's is not"
     if not np.abs(c).any():
         return "the rule's gradient is 0 everywhere (a missing term or a dropped gradient)"
-    close = lambda a, b: np.abs(a - b).max() <= 1e-8 * max(np.abs(b).max(), 1e-300)
     mask = np.abs(t) > 1e-6 * peak
     r = c[mask] / t[mask]
     factor = float(np.median(r))
-    if close(c, factor * t):
+    if _close(c, factor * t):
         if abs(factor + 1) < 1e-8:
             return "sign flipped (the rule gives −1 × the twin's gradient)"
         if mask.sum() == 1:   # one value: any wrong one is a factor, which says nothing of the mistake
@@ -756,17 +759,17 @@ def _diagnose(c, t, x, fanout, out=None):
                 factors.append(None if not np.abs(cc[k]).any() else float("nan"))
                 continue
             f = float(np.median(cc[k][m] / tt[k][m]))
-            factors.append(f if close(cc[k], f * tt[k]) else float("nan"))
+            factors.append(f if _close(cc[k], f * tt[k]) else float("nan"))
         known = [f for f in factors if f is not None]
         if known and not any(map(math.isnan, known)) and max(known) - min(known) > 1e-8 * max(map(abs, known)):
             shown = ", ".join(f"{f:.4g}" for f in known[:4]) + (", ..." if len(known) > 4 else "")
             return (f"scaled by a different factor for each index along axis {axis} ({shown}): "
                     "a per-example (per-row) factor is wrong, e.g. a norm where a mean belongs")
     for cand, what in _rearrangements(t):
-        if cand.shape == c.shape and close(c, cand):
+        if cand.shape == c.shape and _close(c, cand):
             return f"matches the twin's gradient {what}"
     for axis in range(c.ndim):
-        if c.shape[axis] > 1 and close(c, np.take(c, [0], axis=axis)) and not close(t, np.take(t, [0], axis=axis)):
+        if c.shape[axis] > 1 and _close(c, np.take(c, [0], axis=axis)) and not _close(t, np.take(t, [0], axis=axis)):
             if (np.count_nonzero(t, axis=axis) <= 1).all():
                 return (f"the same value at every index along axis {axis}, where the twin's gradient goes to one "
                         "index: δ sent to every element instead of the one the forward selected (a max's "
